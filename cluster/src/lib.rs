@@ -1,0 +1,1 @@
+//! Local Postgres clusters (primary + streaming replicas) from the system binaries.
