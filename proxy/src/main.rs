@@ -1,7 +1,165 @@
-//! pgsteer command line (placeholder until the proxy lands).
-fn main() {
-    match std::env::args().nth(1).as_deref() {
-        Some("demo") => println!("pgsteer demo: not yet available"),
-        _ => println!("usage: pgsteer demo"),
+//! The `pgsteer` command: parse the command line, set up logging and the
+//! runtime, turn signals into shutdown tokens, run. Exit codes: 0 ok,
+//! 1 runtime failure, 64 bad configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use pgsteer::demo::{self, DemoAddrs};
+use pgsteer::{Config, Shutdown};
+use tracing::{info, warn};
+
+/// Exit code for configuration errors (EX_USAGE... EX_DATAERR family: 64).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "pgsteer",
+    version,
+    about = "Postgres-protocol-aware connection router for replicated Postgres"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Configuration file (TOML); PGSTEER_* variables override its keys.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the configuration, run discovery once, print the topology.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a local primary + replicas from the system PostgreSQL and run pgsteer in front.
+    Demo {
+        /// Number of streaming replicas.
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Run { config } => match load(&config) {
+            Ok(c) => exit(serve(c, None)),
+            Err(code) => code,
+        },
+        Command::Check { config } => match load(&config) {
+            Ok(c) => exit(check(c)),
+            Err(code) => code,
+        },
+        Command::Demo { replicas } => {
+            let addrs = DemoAddrs::default();
+            match demo::prepare(replicas, addrs) {
+                Ok((cluster, config)) => {
+                    println!("{}", demo::banner(&cluster, addrs));
+                    let r = serve(config, None);
+                    drop(cluster);
+                    exit(r)
+                }
+                Err(e) => {
+                    eprintln!("pgsteer demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgsteer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path, std::env::vars()).map_err(|e| {
+        eprintln!("pgsteer: {}: {e}", path.display());
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    b.enable_all().build().context("cannot start the runtime")
+}
+
+fn serve(config: Config, _ready: Option<()>) -> anyhow::Result<()> {
+    let rt = runtime(config.runtime.threads)?;
+    rt.block_on(async {
+        let shutdown = Shutdown::new();
+        tokio::spawn(signals(shutdown.clone()));
+        pgsteer::run(config, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// First SIGTERM/SIGINT: graceful drain. Second: now.
+async fn signals(shutdown: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    info!("signal received: draining (send again to stop at once)");
+    shutdown.drain.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    info!("second signal: stopping now");
+    shutdown.now.cancel();
+}
+
+fn check(config: Config) -> anyhow::Result<()> {
+    let rt = runtime(1)?;
+    let probe = pgsteer::probe_config(&config)?;
+    let members = pgsteer::static_members(&config);
+    let topology = rt.block_on(pgsteer_discovery::probe_once(&members, &probe));
+    println!("{}", serde_json::to_string_pretty(&topology)?);
+    Ok(())
 }

@@ -1,0 +1,157 @@
+//! Cancel keys: the ones pgsteer hands to clients, mapped to the backend's.
+//!
+//! Each client gets its own random BackendKeyData, so a key seen on one
+//! backend cannot cancel queries of another client, and a key is only valid
+//! while its session lives. A CancelRequest with an unknown key is dropped
+//! silently, as Postgres does.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Where a client's cancel key leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelTarget {
+    /// Member name (for logs and metrics).
+    pub member: String,
+    /// Backend address at the time the session connected.
+    pub address: String,
+    /// The backend's process id.
+    pub pid: i32,
+    /// The backend's secret key.
+    pub key: Vec<u8>,
+}
+
+struct Entry {
+    key: Vec<u8>,
+    target: CancelTarget,
+}
+
+/// Live sessions' cancel keys by the process id pgsteer made up for them.
+#[derive(Default)]
+pub struct CancelRegistry {
+    map: Mutex<HashMap<i32, Entry>>,
+}
+
+/// Fills `buf` with random bytes from the OS.
+pub(crate) fn random_bytes(buf: &mut [u8]) {
+    if getrandom::fill(buf).is_err() {
+        // The OS generator does not fail on Linux once booted; if it ever does,
+        // fall back to something unpredictable enough rather than panic.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(151);
+        }
+    }
+}
+
+impl CancelRegistry {
+    /// Registers a session's backend key and returns the `(pid, key)` to give
+    /// the client; `key_len` is 4 for protocol 3.0, longer for 3.2.
+    pub fn register(&self, target: CancelTarget, key_len: usize) -> (i32, Vec<u8>) {
+        let mut key = vec![0u8; key_len];
+        random_bytes(&mut key);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let mut p = [0u8; 4];
+            random_bytes(&mut p);
+            // Positive and non-zero, like a real process id.
+            let pid = (i32::from_be_bytes(p) & 0x7fff_ffff).max(1);
+            if let std::collections::hash_map::Entry::Vacant(v) = map.entry(pid) {
+                v.insert(Entry {
+                    key: key.clone(),
+                    target,
+                });
+                return (pid, key);
+            }
+        }
+    }
+
+    /// Forgets a session's key.
+    pub fn unregister(&self, pid: i32) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid);
+    }
+
+    /// The backend a client key cancels, if the key is valid.
+    pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<CancelTarget> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let e = map.get(&pid)?;
+        constant_time_eq(&e.key, key).then(|| e.target.clone())
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no key is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Sends a CancelRequest for `target` to its backend.
+pub async fn forward(target: &CancelTarget, timeout: Duration) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(16 + target.key.len());
+    pgsteer_protocol::encode::cancel_request(&mut buf, target.pid, &target.key);
+    let send = async {
+        let mut s = TcpStream::connect(&target.address).await?;
+        s.write_all(&buf).await?;
+        s.shutdown().await
+    };
+    tokio::time::timeout(timeout, send)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> CancelTarget {
+        CancelTarget {
+            member: "pg-0".into(),
+            address: "127.0.0.1:1".into(),
+            pid: 77,
+            key: vec![1, 2, 3, 4],
+        }
+    }
+
+    #[test]
+    fn only_the_exact_key_finds_the_backend() {
+        let r = CancelRegistry::default();
+        let (pid, key) = r.register(target(), 4);
+        assert!(pid > 0);
+        assert_eq!(r.lookup(pid, &key), Some(target()));
+        let mut wrong = key.clone();
+        wrong[0] ^= 1;
+        assert_eq!(r.lookup(pid, &wrong), None);
+        assert_eq!(r.lookup(pid, &key[..3]), None);
+        r.unregister(pid);
+        assert_eq!(r.lookup(pid, &key), None);
+    }
+
+    #[test]
+    fn keys_differ_between_sessions() {
+        let r = CancelRegistry::default();
+        let (p1, k1) = r.register(target(), 4);
+        let (p2, k2) = r.register(target(), 32);
+        assert!(p1 != p2 || k1 != k2);
+        assert_eq!(k2.len(), 32);
+        assert_eq!(r.len(), 2);
+    }
+}

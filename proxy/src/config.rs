@@ -1,0 +1,475 @@
+//! Configuration: the TOML file, environment overrides and validation.
+//!
+//! Every key has a default except the member list. Environment variables
+//! `PGSTEER_<SECTION>_<KEY>` override file values (`PGSTEER_LISTEN_RW`,
+//! `PGSTEER_ROUTING_HOLD_TIMEOUT`, `PGSTEER_DISCOVERY_PROBE_USER`, …). Bad
+//! configuration is a [`ConfigError`] with a one-line reason; `main` exits 64.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A configuration problem, reported in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listening addresses.
+    #[serde(default)]
+    pub listen: Listen,
+    /// Where the topology comes from.
+    pub discovery: Discovery,
+    /// Routing behaviour.
+    #[serde(default)]
+    pub routing: Routing,
+    /// Connection limits and timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Draining and shutdown.
+    #[serde(default)]
+    pub drain: Drain,
+    /// Runtime tuning.
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Read-write listener: sessions go to the primary.
+    pub rw: Option<SocketAddr>,
+    /// Read-only listener: sessions go to a replica.
+    pub ro: Option<SocketAddr>,
+    /// Admin HTTP listener.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            rw: Some(SocketAddr::from(([127, 0, 0, 1], 6432))),
+            ro: Some(SocketAddr::from(([127, 0, 0, 1], 6433))),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9930))),
+        }
+    }
+}
+
+/// Which discovery source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A fixed member list checked by the SQL probe.
+    Static,
+}
+
+/// `[discovery]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    /// The source.
+    pub source: Source,
+    /// How often the probe asks each member its role.
+    #[serde(default = "default_probe_interval", deserialize_with = "duration")]
+    pub probe_interval: Duration,
+    /// Bound on one probe (connect + query).
+    #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
+    pub probe_timeout: Duration,
+    /// Probe credentials.
+    pub probe: Option<Probe>,
+    /// Static members.
+    #[serde(default)]
+    pub members: Vec<MemberConfig>,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// `[discovery.probe]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    /// Role the probe logs in as.
+    pub user: String,
+    /// Its password.
+    pub password: Option<String>,
+    /// Or a file holding it (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// Database to connect to.
+    #[serde(default = "default_dbname")]
+    pub dbname: String,
+}
+
+fn default_dbname() -> String {
+    "postgres".into()
+}
+
+impl Probe {
+    /// The password, reading `password_file` if set.
+    pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
+        match (&self.password, &self.password_file) {
+            (Some(_), Some(_)) => Err(err(
+                "discovery.probe: set either password or password_file, not both",
+            )),
+            (Some(p), None) => Ok(Some(p.clone())),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
+                .map_err(|e| {
+                    err(format!(
+                        "discovery.probe.password_file {}: {e}",
+                        f.display()
+                    ))
+                }),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// `[[discovery.members]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Stable name (pod name).
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    /// How long a new session waits for a backend for its route.
+    #[serde(default = "default_hold_timeout", deserialize_with = "duration")]
+    pub hold_timeout: Duration,
+    /// Let `ro` sessions use the primary when no replica is available.
+    #[serde(default)]
+    pub replica_fallback: bool,
+    /// Bound on one TCP connect to a backend.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+fn default_hold_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing {
+            hold_timeout: default_hold_timeout(),
+            replica_fallback: false,
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Client connections served at once; more get `FATAL 53300`.
+    #[serde(default = "default_max_clients")]
+    pub max_client_connections: usize,
+    /// A client must finish its startup packet within this.
+    #[serde(default = "default_startup_timeout", deserialize_with = "duration")]
+    pub startup_timeout: Duration,
+    /// Largest protocol message accepted (bytes); larger streams through
+    /// only when the proxy does not need to read it whole.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: u32,
+}
+
+fn default_max_clients() -> usize {
+    10_000
+}
+
+fn default_startup_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_message() -> u32 {
+    pgsteer_protocol::frame::DEFAULT_MAX_MESSAGE_LEN
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_client_connections: default_max_clients(),
+            startup_timeout: default_startup_timeout(),
+            max_message_bytes: default_max_message(),
+        }
+    }
+}
+
+/// `[drain]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drain {
+    /// On SIGTERM, how long sessions may take to reach an idle point.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Worker threads; 1 runs everything on one thread (fewest wake-ups).
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+fn default_threads() -> usize {
+    1
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            threads: default_threads(),
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+}
+
+/// Section names that environment variables may address, longest first so
+/// `DISCOVERY_PROBE_USER` finds `discovery.probe` before `discovery`.
+const ENV_SECTIONS: &[&str] = &[
+    "discovery.probe",
+    "discovery",
+    "listen",
+    "routing",
+    "limits",
+    "drain",
+    "runtime",
+];
+
+impl Config {
+    /// Reads a file, applies `PGSTEER_*` overrides from `env`, and validates.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text, env)
+    }
+
+    /// Parses TOML text, applies overrides and validates.
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err(format!("invalid TOML: {}", e.message().trim())))?;
+        for (k, v) in env {
+            if let Some(rest) = k.strip_prefix("PGSTEER_") {
+                apply_env(&mut table, rest, &v)?;
+            }
+        }
+        let config: Config = Config::deserialize(table)
+            .map_err(|e| err(format!("invalid configuration: {}", e.message().trim())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.rw.is_none() && self.listen.ro.is_none() {
+            return Err(err("listen: set at least one of rw and ro"));
+        }
+        let d = &self.discovery;
+        if d.members.is_empty() {
+            return Err(err(
+                "discovery: the static source needs at least one [[discovery.members]]",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for m in &d.members {
+            if m.name.is_empty() {
+                return Err(err("discovery.members: a member has an empty name"));
+            }
+            if !names.insert(m.name.as_str()) {
+                return Err(err(format!(
+                    "discovery.members: duplicate member name {:?}",
+                    m.name
+                )));
+            }
+            if m.address
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err(err(format!(
+                    "discovery.members: member {:?} has address {:?}, expected host:port",
+                    m.name, m.address
+                )));
+            }
+        }
+        match &d.probe {
+            None => {
+                return Err(err(
+                    "discovery: the static source needs [discovery.probe] credentials",
+                ));
+            }
+            Some(p) => {
+                p.resolve_password()?;
+            }
+        }
+        if d.probe_interval.is_zero() {
+            return Err(err("discovery.probe_interval must be above zero"));
+        }
+        if self.limits.max_client_connections == 0 {
+            return Err(err("limits.max_client_connections must be above zero"));
+        }
+        if self.limits.max_message_bytes < 1024 {
+            return Err(err("limits.max_message_bytes must be at least 1024"));
+        }
+        if self.runtime.threads == 0 {
+            return Err(err("runtime.threads must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let lower = var.to_ascii_lowercase();
+    for section in ENV_SECTIONS {
+        let prefix = format!("{}_", section.replace('.', "_"));
+        let Some(key) = lower.strip_prefix(&prefix) else {
+            continue;
+        };
+        let mut t = &mut *table;
+        for part in section.split('.') {
+            t = t
+                .entry(part)
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .ok_or_else(|| err(format!("PGSTEER_{var}: {section} is not a table")))?;
+        }
+        t.insert(key.to_owned(), env_value(value));
+        return Ok(());
+    }
+    Err(err(format!("unknown environment override PGSTEER_{var}")))
+}
+
+/// Reads an override as a TOML scalar when it is one (numbers, booleans),
+/// else as a string.
+fn env_value(v: &str) -> toml::Value {
+    if let Ok(b) = v.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(i) = v.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    toml::Value::String(v.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+        [discovery]
+        source = "static"
+        [discovery.probe]
+        user = "pgsteer"
+        password = "x"
+        [[discovery.members]]
+        name = "pg-0"
+        address = "127.0.0.1:5432"
+    "#;
+
+    #[test]
+    fn defaults_fill_everything_but_the_members() {
+        let c = Config::parse(MIN, []).unwrap();
+        assert_eq!(c.routing.hold_timeout, Duration::from_secs(10));
+        assert_eq!(c.discovery.probe_interval, Duration::from_millis(500));
+        assert_eq!(c.limits.max_client_connections, 10_000);
+        assert!(!c.routing.replica_fallback);
+        assert_eq!(c.listen.rw.unwrap().port(), 6432);
+    }
+
+    #[test]
+    fn environment_overrides_file_values() {
+        let c = Config::parse(
+            MIN,
+            [
+                ("PGSTEER_LISTEN_RW".into(), "0.0.0.0:7000".into()),
+                ("PGSTEER_ROUTING_HOLD_TIMEOUT".into(), "2s".into()),
+                ("PGSTEER_ROUTING_REPLICA_FALLBACK".into(), "true".into()),
+                ("PGSTEER_DISCOVERY_PROBE_USER".into(), "other".into()),
+                ("HOME".into(), "/root".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.rw.unwrap().port(), 7000);
+        assert_eq!(c.routing.hold_timeout, Duration::from_secs(2));
+        assert!(c.routing.replica_fallback);
+        assert_eq!(c.discovery.probe.unwrap().user, "other");
+    }
+
+    #[test]
+    fn mistakes_are_reported_in_one_line() {
+        for (text, needle) in [
+            (
+                MIN.replace("source = \"static\"", "source = \"zk\""),
+                "unknown variant",
+            ),
+            (
+                MIN.replace("127.0.0.1:5432", "nowhere"),
+                "expected host:port",
+            ),
+            (
+                format!("{MIN}\n[routing]\nhold_timeout = \"soon\""),
+                "invalid duration",
+            ),
+            (
+                format!("{MIN}\n[routing]\nholdtimeout = \"1s\""),
+                "unknown field",
+            ),
+        ] {
+            let e = Config::parse(&text, []).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+            assert!(!e.contains('\n'), "{e:?} spans lines");
+        }
+        let e = Config::parse(MIN, [("PGSTEER_BOGUS_X".into(), "1".into())]).unwrap_err();
+        assert!(e.to_string().contains("PGSTEER_BOGUS_X"));
+    }
+}

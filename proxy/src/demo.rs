@@ -1,0 +1,97 @@
+//! `pgsteer demo`: a local primary + streaming replicas with pgsteer in front.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use pgsteer_cluster::{Cluster, Spec};
+
+use crate::config::{Config, ConfigError};
+
+/// Addresses the demo listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoAddrs {
+    /// Read-write listener.
+    pub rw: SocketAddr,
+    /// Read-only listener.
+    pub ro: SocketAddr,
+    /// Admin HTTP.
+    pub admin: SocketAddr,
+}
+
+impl Default for DemoAddrs {
+    fn default() -> Self {
+        DemoAddrs {
+            rw: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            ro: SocketAddr::from(([127, 0, 0, 1], 6433)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9930)),
+        }
+    }
+}
+
+/// The config text for a proxy in front of `cluster`.
+pub fn config_text(cluster: &Cluster, addrs: DemoAddrs) -> String {
+    let mut s = format!(
+        "# Written by `pgsteer demo`.\n\
+         [listen]\nrw = \"{}\"\nro = \"{}\"\nadmin = \"{}\"\n\n\
+         [discovery]\nsource = \"static\"\nprobe_interval = \"500ms\"\n\n\
+         [discovery.probe]\nuser = \"{}\"\npassword = \"{}\"\ndbname = \"postgres\"\n",
+        addrs.rw,
+        addrs.ro,
+        addrs.admin,
+        pgsteer_cluster::PROBE_USER,
+        pgsteer_cluster::PROBE_PASSWORD
+    );
+    for n in cluster.nodes() {
+        let _ = write!(
+            s,
+            "\n[[discovery.members]]\nname = \"{}\"\naddress = \"{}\"\n",
+            n.name,
+            n.address()
+        );
+    }
+    s
+}
+
+/// Starts the cluster and writes `pgsteer.toml` into its directory.
+pub fn prepare(replicas: usize, addrs: DemoAddrs) -> Result<(Cluster, Config), ConfigError> {
+    let spec = Spec {
+        replicas,
+        ..Spec::default()
+    };
+    let cluster = Cluster::start(&spec).map_err(|e| ConfigError(format!("demo cluster: {e}")))?;
+    let text = config_text(&cluster, addrs);
+    let path = cluster.dir().join("pgsteer.toml");
+    std::fs::write(&path, &text)
+        .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))?;
+    let config = Config::parse(&text, std::iter::empty())?;
+    Ok((cluster, config))
+}
+
+/// What to print once the demo is up.
+pub fn banner(cluster: &Cluster, addrs: DemoAddrs) -> String {
+    let (u, p, db) = (
+        pgsteer_cluster::APP_USER,
+        pgsteer_cluster::APP_PASSWORD,
+        pgsteer_cluster::DATABASE,
+    );
+    let mut s = String::from("pgsteer demo is up.\n\nMembers:\n");
+    for n in cluster.nodes() {
+        let _ = writeln!(s, "  {:6} {}", n.name, n.address());
+    }
+    let _ = write!(
+        s,
+        "\nRead-write (primary):\n  psql \"host={rh} port={rp} user={u} password={p} dbname={db}\" -c 'select pg_is_in_recovery(), inet_server_port()'\n\
+         Read-only (a replica):\n  psql \"host={oh} port={op} user={u} password={p} dbname={db}\" -c 'select pg_is_in_recovery(), inet_server_port()'\n\
+         Pin a member by name:\n  psql \"host={rh} port={rp} user={u} password={p} dbname={db} options='-c pgsteer.pod=pg-1'\"\n\
+         Topology:\n  curl -s http://{admin}/topology\n\
+         Config: {}/pgsteer.toml\n\nCtrl-C stops pgsteer and the cluster and removes {}.\n",
+        cluster.dir().display(),
+        cluster.dir().display(),
+        rh = addrs.rw.ip(),
+        rp = addrs.rw.port(),
+        oh = addrs.ro.ip(),
+        op = addrs.ro.port(),
+        admin = addrs.admin,
+    );
+    s
+}

@@ -1,0 +1,195 @@
+//! The start of a connection: TLS/GSS negotiation requests, cancel requests,
+//! the StartupMessage and the `pgsteer.*` settings in its `options`.
+
+use bytes::BytesMut;
+use pgsteer_protocol::options;
+use pgsteer_protocol::sqlstate::SqlState;
+use pgsteer_protocol::startup::{
+    self, CancelRequest, MAX_STARTUP_PACKET_LEN, Negotiation, ProtocolVersion, StartupMessage,
+    StartupPacket,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{SessionError, Side};
+use crate::router::{Request, Route};
+
+/// What a connection turned out to be.
+pub enum Opening {
+    /// A session to route.
+    Session {
+        /// The startup message, `pgsteer.*` settings and `_pq_.` options removed.
+        message: StartupMessage,
+        /// What the version negotiation changed.
+        negotiation: Negotiation,
+    },
+    /// A cancel request.
+    Cancel(CancelRequest),
+}
+
+/// Reads packets until a StartupMessage or CancelRequest, answering `N` to
+/// SSLRequest and GSSENCRequest (each at most once, as Postgres allows).
+pub async fn read_opening(client: &mut TcpStream) -> Result<Opening, SessionError> {
+    let mut buf = BytesMut::with_capacity(256);
+    let (mut ssl_done, mut gss_done) = (false, false);
+    loop {
+        let packet = loop {
+            match startup::parse_startup(&mut buf) {
+                Ok(Some(p)) => break p,
+                Ok(None) => {}
+                Err(e) => return Err(SessionError::client_protocol(e.to_string())),
+            }
+            let want = startup::startup_len(&buf)
+                .ok()
+                .flatten()
+                .unwrap_or(8)
+                .min(MAX_STARTUP_PACKET_LEN);
+            buf.reserve(want.saturating_sub(buf.len()));
+            let n = client
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| SessionError::io(Side::Client, e))?;
+            if n == 0 {
+                return Err(SessionError::quiet(
+                    Side::Client,
+                    if buf.is_empty() {
+                        "client closed before sending a startup packet"
+                    } else {
+                        "incomplete startup packet"
+                    },
+                ));
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                let first = if matches!(packet, StartupPacket::SslRequest) {
+                    !std::mem::replace(&mut ssl_done, true)
+                } else {
+                    !std::mem::replace(&mut gss_done, true)
+                };
+                if !first || !buf.is_empty() {
+                    // A repeated request, or bytes sent before our answer
+                    // (which could be injected plaintext): refuse.
+                    return Err(SessionError::client_protocol(
+                        "unexpected data around an encryption request".into(),
+                    ));
+                }
+                client
+                    .write_all(b"N")
+                    .await
+                    .map_err(|e| SessionError::io(Side::Client, e))?;
+            }
+            StartupPacket::Cancel(c) => return Ok(Opening::Cancel(c)),
+            StartupPacket::Startup(mut message) => {
+                if !buf.is_empty() {
+                    return Err(SessionError::client_protocol(
+                        "data sent after the startup packet before authentication".into(),
+                    ));
+                }
+                if message.user().is_none_or(str::is_empty) {
+                    return Err(SessionError::fatal(
+                        Side::Client,
+                        SqlState::INVALID_AUTHORIZATION,
+                        "no PostgreSQL user name specified in startup packet",
+                    ));
+                }
+                let negotiation = message.negotiate(ProtocolVersion::LATEST);
+                return Ok(Opening::Session {
+                    message,
+                    negotiation,
+                });
+            }
+        }
+    }
+}
+
+/// Reads and strips the `pgsteer.*` settings from `options`, giving the
+/// routing request for a session that arrived on a listener with `route`.
+pub fn take_request(message: &mut StartupMessage, route: Route) -> Result<Request, SessionError> {
+    let mut req = Request {
+        route,
+        explicit_route: false,
+        pin: None,
+    };
+    let Some(opts) = message.options().map(str::to_owned) else {
+        return Ok(req);
+    };
+    let taken = options::take_prefixed(&opts, "pgsteer.").map_err(|arg| {
+        SessionError::fatal(
+            Side::Client,
+            SqlState::INVALID_PARAMETER_VALUE,
+            format!("invalid command-line argument in options: {arg:?}"),
+        )
+    })?;
+    for (name, value) in taken.settings {
+        match name.as_str() {
+            "pgsteer.route" => {
+                req.route = Route::parse(&value).ok_or_else(|| {
+                    SessionError::fatal(
+                        Side::Client,
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        format!(
+                            "invalid value for parameter \"pgsteer.route\": \"{value}\" (expected primary, replica or any)"
+                        ),
+                    )
+                })?;
+                req.explicit_route = true;
+            }
+            "pgsteer.pod" => req.pin = Some(value),
+            _ => {
+                return Err(SessionError::fatal(
+                    Side::Client,
+                    SqlState::UNDEFINED_OBJECT,
+                    format!(
+                        "unrecognized configuration parameter \"{name}\" (pgsteer knows pgsteer.route and pgsteer.pod)"
+                    ),
+                ));
+            }
+        }
+    }
+    match taken.rest {
+        Some(rest) => message.set("options", rest),
+        None => {
+            message.remove("options");
+        }
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(options: &str) -> StartupMessage {
+        StartupMessage::new(vec![
+            ("user".into(), "app".into()),
+            ("options".into(), options.into()),
+        ])
+    }
+
+    #[test]
+    fn own_settings_are_read_and_stripped() {
+        let mut m = msg("-c pgsteer.route=replica -c pgsteer.pod=pg-2 -c statement_timeout=5s");
+        let r = take_request(&mut m, Route::Primary).unwrap();
+        assert_eq!(r.route, Route::Replica);
+        assert!(r.explicit_route);
+        assert_eq!(r.pin.as_deref(), Some("pg-2"));
+        assert_eq!(m.options(), Some("-c statement_timeout=5s"));
+    }
+
+    #[test]
+    fn options_holding_only_our_settings_are_removed() {
+        let mut m = msg("-c pgsteer.route=any");
+        take_request(&mut m, Route::Primary).unwrap();
+        assert_eq!(m.options(), None);
+    }
+
+    #[test]
+    fn unknown_settings_and_values_are_fatal() {
+        let e = take_request(&mut msg("-c pgsteer.rout=replica"), Route::Primary).unwrap_err();
+        assert_eq!(e.code, Some(SqlState::UNDEFINED_OBJECT));
+        assert!(e.message.contains("pgsteer.rout"));
+        let e = take_request(&mut msg("-c pgsteer.route=sideways"), Route::Primary).unwrap_err();
+        assert_eq!(e.code, Some(SqlState::INVALID_PARAMETER_VALUE));
+    }
+}
