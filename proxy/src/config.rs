@@ -71,6 +71,10 @@ impl Default for Listen {
 pub enum Source {
     /// A fixed member list checked by the SQL probe.
     Static,
+    /// Pods from the Kubernetes API, roles from their labels (`[discovery.kubernetes]`).
+    Kubernetes,
+    /// Patroni's REST API (`[discovery.patroni]`).
+    Patroni,
 }
 
 /// `[discovery]`.
@@ -90,6 +94,60 @@ pub struct Discovery {
     /// Static members.
     #[serde(default)]
     pub members: Vec<MemberConfig>,
+    /// Kubernetes source settings.
+    pub kubernetes: Option<KubernetesConfig>,
+    /// Patroni source settings.
+    pub patroni: Option<PatroniConfig>,
+}
+
+/// `[discovery.kubernetes]`: pods watched through the API server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// Namespace of the database pods (default: the pod's own namespace, else `default`).
+    pub namespace: Option<String>,
+    /// Label selector of the database pods, e.g. `cluster-name=pg`.
+    pub selector: String,
+    /// Postgres port on the pods.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Role labels: `patroni`, `spilo`, `cloudnativepg`, `crunchy`, or a custom table.
+    pub preset: toml::Value,
+    /// `ip` (default) or `dns` (`{pod}.{service}.{namespace}.svc`, needs `service`).
+    #[serde(default = "default_address_mode")]
+    pub address: String,
+    /// Headless Service name for `address = "dns"`.
+    pub service: Option<String>,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+fn default_address_mode() -> String {
+    "ip".into()
+}
+
+/// `[discovery.patroni]`: Patroni REST endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatroniConfig {
+    /// Any members' REST API base URLs, e.g. `http://pg-0:8008`.
+    pub endpoints: Vec<String>,
+    /// How often `/cluster` is read.
+    #[serde(default = "default_patroni_poll", deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// Bound on one request.
+    #[serde(default = "default_patroni_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+}
+
+fn default_patroni_poll() -> Duration {
+    Duration::from_millis(250)
+}
+
+fn default_patroni_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_probe_interval() -> Duration {
@@ -273,6 +331,8 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 /// `DISCOVERY_PROBE_USER` finds `discovery.probe` before `discovery`.
 const ENV_SECTIONS: &[&str] = &[
     "discovery.probe",
+    "discovery.kubernetes",
+    "discovery.patroni",
     "discovery",
     "listen",
     "routing",
@@ -315,6 +375,48 @@ impl Config {
         if self.listen.rw.is_none() && self.listen.ro.is_none() {
             return Err(err("listen: set at least one of rw and ro"));
         }
+        let d = &self.discovery;
+        match d.source {
+            Source::Static => self.validate_static()?,
+            Source::Kubernetes if d.kubernetes.is_none() => {
+                return Err(err(
+                    "discovery: source = \"kubernetes\" needs [discovery.kubernetes]",
+                ));
+            }
+            Source::Patroni => match &d.patroni {
+                None => {
+                    return Err(err(
+                        "discovery: source = \"patroni\" needs [discovery.patroni]",
+                    ));
+                }
+                Some(p) if p.endpoints.is_empty() => {
+                    return Err(err(
+                        "discovery.patroni.endpoints: list at least one REST API URL",
+                    ));
+                }
+                Some(_) => {}
+            },
+            Source::Kubernetes => {}
+        }
+        if let Some(p) = &d.probe {
+            p.resolve_password()?;
+        }
+        if d.probe_interval.is_zero() {
+            return Err(err("discovery.probe_interval must be above zero"));
+        }
+        if self.limits.max_client_connections == 0 {
+            return Err(err("limits.max_client_connections must be above zero"));
+        }
+        if self.limits.max_message_bytes < 1024 {
+            return Err(err("limits.max_message_bytes must be at least 1024"));
+        }
+        if self.runtime.threads == 0 {
+            return Err(err("runtime.threads must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn validate_static(&self) -> Result<(), ConfigError> {
         let d = &self.discovery;
         if d.members.is_empty() {
             return Err(err(

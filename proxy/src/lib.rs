@@ -10,6 +10,7 @@ pub mod admin;
 pub mod cancel;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod listener;
 pub mod router;
 pub mod session;
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use pgsteer_discovery::{ProbeConfig, StaticMember, Topology};
+use pgsteer_discovery::Topology;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -76,32 +77,6 @@ impl Running {
     }
 }
 
-/// The probe settings for the discovery crate.
-pub fn probe_config(config: &Config) -> Result<ProbeConfig, ConfigError> {
-    let d = &config.discovery;
-    let probe = d
-        .probe
-        .as_ref()
-        .ok_or_else(|| ConfigError("discovery: [discovery.probe] is missing".into()))?;
-    Ok(ProbeConfig {
-        user: probe.user.clone(),
-        password: probe.resolve_password()?,
-        dbname: probe.dbname.clone(),
-        interval: d.probe_interval,
-        timeout: d.probe_timeout,
-    })
-}
-
-/// The static members for the discovery crate.
-pub fn static_members(config: &Config) -> Vec<StaticMember> {
-    config
-        .discovery
-        .members
-        .iter()
-        .map(|m| StaticMember::new(m.name.clone(), m.address.clone()))
-        .collect()
-}
-
 async fn bind(
     what: &'static str,
     addr: Option<SocketAddr>,
@@ -117,7 +92,6 @@ async fn bind(
 
 /// Binds the listeners, starts discovery and serves until `shutdown` fires.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartError> {
-    let probe = probe_config(&config)?;
     let rw = bind("rw", config.listen.rw).await?;
     let ro = bind("ro", config.listen.ro).await?;
     let admin = bind("admin", config.listen.admin).await?;
@@ -126,8 +100,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
 
     let (tx, rx) = watch::channel(Topology::default());
     let discovery_stop = CancellationToken::new();
-    let (reprobe, discovery_task) =
-        pgsteer_discovery::spawn_static(static_members(&config), probe, tx, discovery_stop.clone());
+    let (reprobe, discovery_task) = discovery::spawn(&config, tx, discovery_stop.clone())?;
 
     let shared = Arc::new(Shared {
         permits: Arc::new(Semaphore::new(config.limits.max_client_connections)),

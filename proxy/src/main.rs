@@ -157,9 +157,7 @@ async fn signals(shutdown: Shutdown) {
 
 fn check(config: Config) -> anyhow::Result<()> {
     let rt = runtime(1)?;
-    let probe = pgsteer::probe_config(&config)?;
-    let members = pgsteer::static_members(&config);
-    let topology = rt.block_on(pgsteer_discovery::probe_once(&members, &probe));
+    let topology = rt.block_on(pgsteer::discovery::once(&config))?;
     println!("{}", serde_json::to_string_pretty(&topology)?);
     Ok(())
 }
