@@ -106,6 +106,11 @@ pub struct Topology {
     /// Source problem, if the view may be stale.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_error: Option<String>,
+    /// A role change the source announced ahead of time (Patroni scheduled
+    /// switchover, a stopping leader, a terminating pod), for operators and
+    /// the drain logic. The affected member is also marked `draining`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_change: Option<String>,
 }
 
 fn members_as_list<S: serde::Serializer>(

@@ -11,12 +11,12 @@ pub fn split(options: &str) -> Vec<String> {
     let mut args = Vec::new();
     let mut chars = options.chars().peekable();
     loop {
-        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+        while chars.next_if(|&c| is_space(c)).is_some() {}
         if chars.peek().is_none() {
             return args;
         }
         let mut arg = String::new();
-        while let Some(c) = chars.next_if(|c| !c.is_ascii_whitespace()) {
+        while let Some(c) = chars.next_if(|&c| !is_space(c)) {
             if c == '\\' {
                 // A backslash takes the next character literally, space included.
                 match chars.next() {
@@ -31,6 +31,12 @@ pub fn split(options: &str) -> Vec<String> {
     }
 }
 
+/// Whitespace as Postgres' `isspace` sees it: `char::is_ascii_whitespace` plus the
+/// vertical tab, which Postgres also splits on.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0B' | '\x0C' | '\r')
+}
+
 /// Joins arguments back into an `options` value that [`split`] reads identically.
 pub fn join<S: AsRef<str>>(args: &[S]) -> String {
     let mut out = String::new();
@@ -39,7 +45,7 @@ pub fn join<S: AsRef<str>>(args: &[S]) -> String {
             out.push(' ');
         }
         for c in arg.as_ref().chars() {
-            if c == '\\' || c.is_ascii_whitespace() {
+            if c == '\\' || is_space(c) {
                 out.push('\\');
             }
             out.push(c);
