@@ -6,7 +6,7 @@
 //!   over the whole buffer and in 16 KiB reads;
 //! - `split_frame`: splitting every frame off a `BytesMut` without copying its body.
 //!
-//! `cargo bench -p pgsteer-benches --bench frame_split` (about a minute and a half).
+//! `cargo bench -p pgsteer-benches --bench frame_split` (about a minute on an idle machine).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -126,6 +126,8 @@ fn frame_split(c: &mut Criterion) {
         g.bench_function("scanner_16k_reads", |b| {
             b.iter(|| scan_reads(black_box(&data)))
         });
+        // About 0.1-0.3 s an iteration: leave room for 10 of them.
+        g.measurement_time(Duration::from_secs(5));
         g.bench_function("split_frame", |b| {
             b.iter_batched(
                 || BytesMut::from(&data[..]),

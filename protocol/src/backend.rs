@@ -344,8 +344,8 @@ impl<'a> BackendMessage<'a> {
                         what: "option count",
                     });
                 }
-                // Each option takes at least one byte: bound the count by the body.
-                let mut options = Vec::with_capacity((n as usize).min(body.len()));
+                // Grows with what is really there, not with the count sent.
+                let mut options = Vec::new();
                 for _ in 0..n {
                     options.push(r.cstr()?);
                 }

@@ -4,7 +4,7 @@
 //! `len >= 4`. The header is validated against a limit before anything is
 //! reserved; incomplete input is `Ok(None)`.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Bytes in a tagged frame header: one tag byte and a 4-byte length.
 pub const HEADER_LEN: usize = 5;
@@ -103,6 +103,7 @@ pub struct Frame {
 ///
 /// `Ok(None)` (and `buf` untouched) until the whole frame is present. The
 /// header is checked before the caller could be tempted to reserve room for it.
+#[inline]
 pub fn split_frame(buf: &mut BytesMut, limit: u32) -> Result<Option<Frame>, FrameError> {
     let Some(h) = Header::parse(buf, limit)? else {
         return Ok(None);
@@ -111,8 +112,13 @@ pub fn split_frame(buf: &mut BytesMut, limit: u32) -> Result<Option<Frame>, Fram
         return Ok(None);
     }
     let mut frame = buf.split_to(h.frame_len());
-    let body = frame.split_off(HEADER_LEN).freeze();
-    Ok(Some(Frame { tag: h.tag, body }))
+    // Moving the start past the header is pointer arithmetic; `split_off` would take
+    // (and later drop) one more reference to the shared buffer per frame.
+    frame.advance(HEADER_LEN);
+    Ok(Some(Frame {
+        tag: h.tag,
+        body: frame.freeze(),
+    }))
 }
 
 /// Length of the longest prefix of `buf` made of whole frames.
@@ -140,5 +146,23 @@ pub fn needed(buf: &[u8], limit: u32) -> Result<usize, FrameError> {
     match Header::parse(buf, limit)? {
         None => Ok(HEADER_LEN - buf.len()),
         Some(h) => Ok(h.frame_len().saturating_sub(buf.len())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_frame_bodies_are_views_of_the_buffer_not_copies() {
+        let mut buf = BytesMut::from(&b"Z\0\0\0\x05IQ\0\0\0\x0dSELECT 1\0"[..]);
+        let base = buf.as_ptr() as usize;
+        let z = split_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        let q = split_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert!(buf.is_empty());
+        assert_eq!((z.tag, &z.body[..]), (b'Z', &b"I"[..]));
+        assert_eq!((q.tag, &q.body[..]), (b'Q', &b"SELECT 1\0"[..]));
+        assert_eq!(z.body.as_ptr() as usize, base + HEADER_LEN);
+        assert_eq!(q.body.as_ptr() as usize, base + 6 + HEADER_LEN);
     }
 }

@@ -7,8 +7,9 @@
 
 use bytes::{Buf, BytesMut};
 
-/// Largest startup-family packet Postgres accepts (`MAX_STARTUP_PACKET_LENGTH`).
-pub const MAX_STARTUP_PACKET_LEN: usize = 10_000;
+/// Largest startup-family packet Postgres accepts, length word included:
+/// `MAX_STARTUP_PACKET_LENGTH` (10,000) bounds what follows the length.
+pub const MAX_STARTUP_PACKET_LEN: usize = 10_000 + 4;
 /// Code of an SSLRequest (1234.5679).
 pub const SSL_REQUEST_CODE: u32 = (1234 << 16) | 5679;
 /// Code of a GSSENCRequest (1234.5680).
