@@ -1,84 +1,57 @@
 //! The static discovery source: a configured member list, each member probed with SQL by its
-//! own task, the observations folded into the published [`Topology`].
+//! own lane of a [`ProbeSet`], the observations folded into the published [`Topology`].
 //!
-//! Every member task keeps one persistent connection and sends one [`Observation`] per probe; a
+//! Every lane keeps one persistent connection and sends one [`Observation`] per probe; a
 //! single folding task owns the observations, applies [`fold`] and publishes at once with
 //! `send_if_modified`, so a role change shows within one probe round trip.
 
 use std::collections::BTreeMap;
-use std::pin::pin;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+pub use crate::probe_set::{MIN_REPROBE_GAP, ProbeHandle};
+
 use crate::probe::{Observation, ProbeConfig, Prober, StaticMember, fold};
+use crate::probe_set::ProbeSet;
 use crate::topology::{Member, Role, Topology};
-
-/// Re-probes asked for through a [`ProbeHandle`] start no sooner than this after the previous
-/// probe of the same member started, so a burst of refused connections cannot turn into a
-/// probe storm.
-pub const MIN_REPROBE_GAP: Duration = Duration::from_millis(50);
-
-/// Asks a running static source to probe every member now rather than at the next interval.
-///
-/// Cheap to clone; calling it while the source is not running does nothing.
-#[derive(Debug, Clone, Default)]
-pub struct ProbeHandle {
-    notify: Arc<Notify>,
-}
-
-impl ProbeHandle {
-    /// Probes every member as soon as possible (for instance after a backend refused a
-    /// connection). Requests that arrive while a probe is running cause one more probe right
-    /// after it; requests never queue up beyond that.
-    pub fn reprobe(&self) {
-        self.notify.notify_waiters();
-    }
-}
+use crate::verify::publish;
 
 /// Runs the static source until `cancel` fires.
 ///
 /// Publishes all members as [`Role::Unknown`] at once, then every observation as it arrives.
 /// `confirmed_at` is refreshed on every observation without waking receivers; they are woken
 /// when members change (roles, readiness, but also LSN and lag). Returns the handle that asks
-/// for an immediate re-probe and the task, which ends after `cancel` fires.
+/// for an immediate re-probe and the task, which ends after `cancel` fires and every probe
+/// connection is closed.
 pub fn spawn_static(
     members: Vec<StaticMember>,
     probe: ProbeConfig,
     tx: watch::Sender<Topology>,
     cancel: CancellationToken,
 ) -> (ProbeHandle, JoinHandle<()>) {
-    let handle = ProbeHandle::default();
-    let notify = Arc::clone(&handle.notify);
-    let task = tokio::spawn(run_static(members, probe, tx, notify, cancel));
+    let (out, observations) = mpsc::channel(members.len().max(1) * 2);
+    let set = ProbeSet::new(probe, out, cancel.clone());
+    let handle = set.handle();
+    let task = tokio::spawn(run_static(members, set, observations, tx, cancel));
     (handle, task)
 }
 
 async fn run_static(
     members: Vec<StaticMember>,
-    probe: ProbeConfig,
+    mut set: ProbeSet,
+    mut observations: mpsc::Receiver<(String, Observation)>,
     tx: watch::Sender<Topology>,
-    notify: Arc<Notify>,
     cancel: CancellationToken,
 ) {
-    let (out, mut observations) = mpsc::channel(members.len().max(1) * 2);
-    let mut tasks = JoinSet::new();
-    for member in &members {
-        let prober = Prober::new(member.clone(), &probe);
-        let lane = Lane {
-            interval: probe.interval,
-            notify: Arc::clone(&notify),
-            out: out.clone(),
-            cancel: cancel.clone(),
-        };
-        tasks.spawn(lane.run(prober));
-    }
-    drop(out);
+    let addresses: BTreeMap<String, String> = members
+        .iter()
+        .map(|m| (m.name.clone(), m.address.clone()))
+        .collect();
+    set.sync(&addresses);
     let mut folder = Folder::new(members);
     folder.publish(&tx);
     while let Some(Some((name, observation))) =
@@ -87,55 +60,8 @@ async fn run_static(
         folder.observations.insert(name, observation);
         folder.publish(&tx);
     }
-    // Without members the loop ends at once; still run until cancelled, as documented.
-    cancel.cancelled().await;
     drop(observations);
-    while let Some(result) = tasks.join_next().await {
-        if let Err(e) = result {
-            error!(error = %e, "member probe task failed");
-        }
-    }
-}
-
-/// What one member task needs besides its [`Prober`].
-struct Lane {
-    interval: Duration,
-    notify: Arc<Notify>,
-    out: mpsc::Sender<(String, Observation)>,
-    cancel: CancellationToken,
-}
-
-impl Lane {
-    /// Probes every interval (or sooner when asked) until cancelled or the folder is gone.
-    async fn run(self, mut prober: Prober) {
-        loop {
-            // Registered before probing: a re-probe asked for during the probe is not lost.
-            let mut reprobe = pin!(self.notify.notified());
-            let started = Instant::now();
-            let Some(observation) = self.cancel.run_until_cancelled(prober.observe()).await else {
-                return;
-            };
-            if self
-                .out
-                .send((prober.name().to_owned(), observation))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let wait = async {
-                tokio::select! {
-                    () = tokio::time::sleep(self.interval) => {}
-                    () = reprobe.as_mut() => {
-                        tokio::time::sleep_until(started + MIN_REPROBE_GAP).await;
-                    }
-                }
-            };
-            if self.cancel.run_until_cancelled(wait).await.is_none() {
-                return;
-            }
-        }
-    }
+    set.shutdown().await;
 }
 
 /// The folding task's state: configuration, latest observations, what was last published.
@@ -160,12 +86,7 @@ impl Folder {
     fn publish(&mut self, tx: &watch::Sender<Topology>) {
         let next = fold(&self.members, &self.observations);
         self.log_transitions(&next);
-        let now = SystemTime::now();
-        tx.send_if_modified(|topology| {
-            topology.confirmed_at = Some(now);
-            let error_cleared = topology.source_error.take().is_some();
-            topology.replace_members(next.clone()) || error_cleared
-        });
+        publish(tx, next.clone(), None, None);
         self.published = next;
     }
 
@@ -231,6 +152,8 @@ pub async fn probe_once(members: &[StaticMember], probe: &ProbeConfig) -> Topolo
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// An address that refuses connections: a port that was just free.
