@@ -1,0 +1,122 @@
+//! The Kubernetes source: the database pods, watched through the API server, roles from their
+//! labels (operator presets), cross-checked by the SQL probe.
+//!
+//! A member is a pod by name; its address is the pod IP (or a headless-Service DNS name) and
+//! the pod's Postgres port. [`pods`] holds the pure fold (pod → member, events → snapshot),
+//! [`source`] the task around kube-runtime's watcher, [`client`] the API client.
+
+pub mod client;
+pub mod pods;
+pub mod preset;
+pub mod source;
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+
+pub use client::{KubeClient, KubernetesError, connect};
+pub use pods::{PodStore, pending_change, pod_port, pod_to_member};
+pub use preset::{CustomPreset, LabelRole, Preset, PresetError};
+pub use source::{spawn, spawn_kubernetes};
+
+use crate::topology::Topology;
+
+/// What the Kubernetes source watches and how it reads pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesSettings {
+    /// Namespace of the database pods; `None` = the client's default namespace (the service
+    /// account's namespace in a cluster, the kubeconfig context's, else `default`).
+    pub namespace: Option<String>,
+    /// Label selector of the database pods (`cluster-name=pg,app=postgres`).
+    pub selector: String,
+    /// Postgres port for pods that declare no container port named `postgresql` or `postgres`.
+    pub port: u16,
+    /// How labels name the role.
+    pub preset: Preset,
+    /// Pod IP or DNS name.
+    pub address: AddressMode,
+    /// Kubeconfig file to use instead of `KUBECONFIG` / in-cluster configuration.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// How a member's host is formed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressMode {
+    /// The pod IP (`status.podIP`).
+    Ip,
+    /// `{pod}.{service}.{namespace}.svc` through a headless Service.
+    Dns {
+        /// The headless Service's name.
+        service: String,
+    },
+}
+
+impl AddressMode {
+    /// From the configuration's `address` (`ip` or `dns`) and `service`.
+    pub fn parse(mode: &str, service: Option<&str>) -> Result<AddressMode, String> {
+        match (mode, service) {
+            ("ip", _) => Ok(AddressMode::Ip),
+            ("dns", Some(s)) if !s.is_empty() => Ok(AddressMode::Dns {
+                service: s.to_owned(),
+            }),
+            ("dns", _) => Err("address = \"dns\" needs service (the headless Service)".into()),
+            (other, _) => Err(format!("address {other:?}: expected \"ip\" or \"dns\"")),
+        }
+    }
+}
+
+/// Lists the pods once and folds them, without probing (for `pgsteer check`).
+pub async fn list_once(settings: &KubernetesSettings) -> Result<Topology, KubernetesError> {
+    let client = connect(settings.kubeconfig.as_deref()).await?;
+    let namespace = settings
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.client.default_namespace().to_owned());
+    let api: Api<Pod> = Api::namespaced(client.client, &namespace);
+    let pods = api
+        .list(&ListParams::default().labels(&settings.selector))
+        .await
+        .map_err(|e| KubernetesError(format!("listing pods in {namespace}: {e}")))?;
+    let mut store = PodStore::new();
+    store.apply(kube::runtime::watcher::Event::Init, settings);
+    for pod in pods.items {
+        store.apply(kube::runtime::watcher::Event::InitApply(pod), settings);
+    }
+    store.apply(kube::runtime::watcher::Event::InitDone, settings);
+    let members = store.claimed();
+    let mut topology = Topology {
+        pending_change: pending_change(&members),
+        confirmed_at: Some(std::time::SystemTime::now()),
+        ..Topology::default()
+    };
+    topology.replace_members(members);
+    Ok(topology)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_modes_parse_with_clear_errors() {
+        assert_eq!(AddressMode::parse("ip", None), Ok(AddressMode::Ip));
+        assert_eq!(
+            AddressMode::parse("dns", Some("pg")),
+            Ok(AddressMode::Dns {
+                service: "pg".into()
+            })
+        );
+        assert!(
+            AddressMode::parse("dns", None)
+                .unwrap_err()
+                .contains("service")
+        );
+        assert!(
+            AddressMode::parse("fqdn", None)
+                .unwrap_err()
+                .contains("\"ip\" or \"dns\"")
+        );
+    }
+}
