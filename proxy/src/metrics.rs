@@ -1,0 +1,420 @@
+//! Prometheus metrics: one struct of families, registered once per proxy in
+//! its own registry (two proxies can share a process), passed by `Arc`.
+//!
+//! Labels are stable member (pod) names and roles, never addresses or
+//! clients. Sessions resolve their per-pod handles once ([`PodCounters`]),
+//! so the relay's hot path only does atomic adds.
+
+use std::time::SystemTime;
+
+use pgsteer_discovery::{Role, Topology};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets from 100 µs to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Values of the `reason` label of `pgsteer_client_connections_rejected_total`.
+pub const REJECT_REASONS: &[&str] = &[
+    "too_many_connections",
+    "protocol_violation",
+    "no_backend",
+    "bad_startup",
+    "unknown_member",
+];
+
+/// Every metric family pgsteer exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections by listener.
+    pub client_connections: IntGaugeVec,
+    /// Accepted client connections by listener.
+    pub client_accepted: IntCounterVec,
+    /// Refused client connections by listener and reason.
+    pub client_rejected: IntCounterVec,
+    /// Sessions routed, by listener, route and pod.
+    pub sessions_routed: IntCounterVec,
+    /// Backend sessions now, by pod and role.
+    pub backend_sessions: IntGaugeVec,
+    /// Backend TCP connect latency by pod.
+    pub backend_connect_seconds: HistogramVec,
+    /// Backend connect failures by pod.
+    pub backend_connect_failures: IntCounterVec,
+    /// Transactions (ReadyForQuery idle) by pod.
+    pub transactions: IntCounterVec,
+    /// Statements (CommandComplete) by pod.
+    pub queries: IntCounterVec,
+    /// Bytes from clients to the pod.
+    pub bytes_to_backend: IntCounterVec,
+    /// Bytes from the pod to clients.
+    pub bytes_from_backend: IntCounterVec,
+    /// Query duration (Query/Sync to ReadyForQuery) by pod.
+    pub query_seconds: HistogramVec,
+    /// Transaction duration (first request to idle ReadyForQuery) by pod.
+    pub transaction_seconds: HistogramVec,
+    /// 1 for the role each pod has now.
+    pub member_role: IntGaugeVec,
+    /// Topology generation.
+    pub topology_generation: IntGauge,
+    /// Role changes seen.
+    pub role_changes: IntCounter,
+    /// Discovery source errors.
+    pub discovery_errors: IntCounter,
+    /// Seconds since the source last confirmed the topology.
+    pub discovery_staleness: Gauge,
+    /// Replication lag in bytes by pod.
+    pub lag_bytes: IntGaugeVec,
+    /// Replay delay in seconds by pod.
+    pub lag_seconds: GaugeVec,
+    /// Discovery change to first session routed on it.
+    pub reroute_seconds: Histogram,
+    /// Sessions drained by outcome (idle, after_transaction, terminated).
+    pub sessions_drained: IntCounterVec,
+    /// Connections held now (no backend yet, or paused).
+    pub held_connections: IntGauge,
+    /// How long held connections waited.
+    pub held_seconds: Histogram,
+    /// Held connections refused at hold_timeout.
+    pub refused_after_hold: IntCounter,
+    /// Cancel requests by result (forwarded, unknown).
+    pub cancel_requests: IntCounterVec,
+}
+
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+fn single<C: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: C,
+) -> prometheus::Result<C> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    /// Creates and registers every family in a fresh registry.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        let info = IntGaugeVec::new(
+            Opts::new("pgsteer_build_info", "pgsteer build; always 1"),
+            &["version"],
+        )?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(info))?;
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let pod = &["pod"];
+        let m = Metrics {
+            client_connections: gauge(
+                &r,
+                "pgsteer_client_connections",
+                "Open client connections",
+                &["listener"],
+            )?,
+            client_accepted: counter(
+                &r,
+                "pgsteer_client_connections_accepted_total",
+                "Client connections accepted",
+                &["listener"],
+            )?,
+            client_rejected: counter(
+                &r,
+                "pgsteer_client_connections_rejected_total",
+                "Client connections refused, by reason",
+                &["listener", "reason"],
+            )?,
+            sessions_routed: counter(
+                &r,
+                "pgsteer_sessions_routed_total",
+                "Sessions routed to a backend",
+                &["listener", "route", "pod"],
+            )?,
+            backend_sessions: gauge(
+                &r,
+                "pgsteer_backend_sessions",
+                "Backend sessions open now",
+                &["pod", "role"],
+            )?,
+            backend_connect_seconds: histogram(
+                &r,
+                "pgsteer_backend_connect_seconds",
+                "Backend TCP connect latency",
+                pod,
+            )?,
+            backend_connect_failures: counter(
+                &r,
+                "pgsteer_backend_connect_failures_total",
+                "Backend connects that failed",
+                pod,
+            )?,
+            transactions: counter(
+                &r,
+                "pgsteer_transactions_total",
+                "Transactions completed (idle ReadyForQuery)",
+                pod,
+            )?,
+            queries: counter(
+                &r,
+                "pgsteer_queries_total",
+                "Statements completed (CommandComplete)",
+                pod,
+            )?,
+            bytes_to_backend: counter(
+                &r,
+                "pgsteer_backend_sent_bytes_total",
+                "Bytes relayed from clients to the backend",
+                pod,
+            )?,
+            bytes_from_backend: counter(
+                &r,
+                "pgsteer_backend_received_bytes_total",
+                "Bytes relayed from the backend to clients",
+                pod,
+            )?,
+            query_seconds: histogram(
+                &r,
+                "pgsteer_query_duration_seconds",
+                "Query/Sync to ReadyForQuery",
+                pod,
+            )?,
+            transaction_seconds: histogram(
+                &r,
+                "pgsteer_transaction_duration_seconds",
+                "First request to idle ReadyForQuery",
+                pod,
+            )?,
+            member_role: gauge(
+                &r,
+                "pgsteer_member_role",
+                "1 for the role each member has now",
+                &["pod", "role"],
+            )?,
+            topology_generation: single(
+                &r,
+                IntGauge::new("pgsteer_topology_generation", "Topology generation")?,
+            )?,
+            role_changes: single(
+                &r,
+                IntCounter::new("pgsteer_role_changes_total", "Member role changes seen")?,
+            )?,
+            discovery_errors: single(
+                &r,
+                IntCounter::new("pgsteer_discovery_errors_total", "Discovery source errors")?,
+            )?,
+            discovery_staleness: single(
+                &r,
+                Gauge::new(
+                    "pgsteer_discovery_staleness_seconds",
+                    "Seconds since the source last confirmed the topology",
+                )?,
+            )?,
+            lag_bytes: gauge(
+                &r,
+                "pgsteer_replication_lag_bytes",
+                "Replication lag behind the primary",
+                pod,
+            )?,
+            lag_seconds: {
+                let g = GaugeVec::new(
+                    Opts::new("pgsteer_replication_lag_seconds", "Replay delay"),
+                    pod,
+                )?;
+                single(&r, g)?
+            },
+            reroute_seconds: single(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pgsteer_reroute_seconds",
+                        "Topology change to the first session routed on it",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )?,
+            )?,
+            sessions_drained: counter(
+                &r,
+                "pgsteer_sessions_drained_total",
+                "Sessions closed by a drain, by outcome",
+                &["outcome"],
+            )?,
+            held_connections: single(
+                &r,
+                IntGauge::new(
+                    "pgsteer_held_connections",
+                    "Connections held waiting for a backend or a resume",
+                )?,
+            )?,
+            held_seconds: single(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("pgsteer_held_seconds", "How long held connections waited")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                )?,
+            )?,
+            refused_after_hold: single(
+                &r,
+                IntCounter::new(
+                    "pgsteer_refused_after_hold_total",
+                    "Held connections refused at hold_timeout",
+                )?,
+            )?,
+            cancel_requests: counter(
+                &r,
+                "pgsteer_cancel_requests_total",
+                "Cancel requests by result",
+                &["result"],
+            )?,
+            registry: r,
+        };
+        m.start_at_zero();
+        Ok(m)
+    }
+
+    /// Creates the known label values at 0, so that `rate()` and
+    /// `increase()` see their first event.
+    fn start_at_zero(&self) {
+        for listener in ["rw", "ro"] {
+            self.client_accepted.with_label_values(&[listener]);
+            self.client_connections.with_label_values(&[listener]);
+            for reason in REJECT_REASONS {
+                self.client_rejected.with_label_values(&[listener, reason]);
+            }
+        }
+        for outcome in ["idle", "after_transaction", "terminated"] {
+            self.sessions_drained.with_label_values(&[outcome]);
+        }
+        for result in ["forwarded", "unknown"] {
+            self.cancel_requests.with_label_values(&[result]);
+        }
+    }
+
+    /// The text exposition of every family.
+    pub fn render(&self, topology: &Topology) -> Vec<u8> {
+        if let Some(age) = topology.staleness(SystemTime::now()) {
+            self.discovery_staleness.set(age.as_secs_f64());
+        }
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    /// Sets the topology gauges from a new topology value.
+    pub fn observe_topology(&self, t: &Topology) {
+        self.topology_generation.set(t.generation as i64);
+        self.member_role.reset();
+        self.lag_bytes.reset();
+        self.lag_seconds.reset();
+        for m in t.members.values() {
+            for role in [
+                Role::Primary,
+                Role::Replica,
+                Role::Unknown,
+                Role::Unreachable,
+            ] {
+                let v = i64::from(m.role == role);
+                self.member_role
+                    .with_label_values(&[&m.name, role.as_str()])
+                    .set(v);
+            }
+            if let Some(b) = m.lag_bytes {
+                self.lag_bytes.with_label_values(&[&m.name]).set(b as i64);
+            }
+            if let Some(s) = m.lag_seconds {
+                self.lag_seconds.with_label_values(&[&m.name]).set(s);
+            }
+        }
+    }
+
+    /// Handles for one session's pod.
+    pub fn pod(&self, pod: &str) -> PodCounters {
+        PodCounters {
+            transactions: self.transactions.with_label_values(&[pod]),
+            queries: self.queries.with_label_values(&[pod]),
+            bytes_to_backend: self.bytes_to_backend.with_label_values(&[pod]),
+            bytes_from_backend: self.bytes_from_backend.with_label_values(&[pod]),
+            query_seconds: self.query_seconds.with_label_values(&[pod]),
+            transaction_seconds: self.transaction_seconds.with_label_values(&[pod]),
+        }
+    }
+}
+
+/// One session's metric handles, resolved once: updates are atomic adds.
+#[derive(Clone)]
+pub struct PodCounters {
+    /// Transactions.
+    pub transactions: IntCounter,
+    /// Statements.
+    pub queries: IntCounter,
+    /// Client → backend bytes.
+    pub bytes_to_backend: IntCounter,
+    /// Backend → client bytes.
+    pub bytes_from_backend: IntCounter,
+    /// Query durations.
+    pub query_seconds: Histogram,
+    /// Transaction durations.
+    pub transaction_seconds: Histogram,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_render_in_the_text_format_with_base_units() {
+        let m = Metrics::new().unwrap();
+        m.pod("pg-0").transactions.inc_by(3);
+        m.client_rejected
+            .with_label_values(&["rw", "too_many_connections"])
+            .inc();
+        let text = String::from_utf8(m.render(&Topology::default())).unwrap();
+        assert!(
+            text.contains("pgsteer_transactions_total{pod=\"pg-0\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("pgsteer_build_info{version="));
+        assert!(text.contains("reason=\"too_many_connections\""));
+    }
+
+    #[test]
+    fn two_proxies_in_one_process_have_separate_registries() {
+        let a = Metrics::new().unwrap();
+        let b = Metrics::new().unwrap();
+        a.role_changes.inc();
+        assert_eq!(b.role_changes.get(), 0);
+    }
+}
