@@ -16,6 +16,8 @@
 mod cluster;
 mod exec;
 mod files;
+pub mod patroni;
+pub mod tls;
 
 pub use cluster::Cluster;
 

@@ -3,10 +3,18 @@
 //! `tokio::sync::watch`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod kubernetes;
+pub mod patroni;
 pub mod probe;
+pub mod probe_set;
 pub mod static_source;
 pub mod topology;
+pub mod verify;
 
+pub use kubernetes::{KubernetesSettings, Preset, spawn_kubernetes};
+pub use patroni::{ClusterDoc, PatroniSettings, fold_cluster, patroni_once, spawn_patroni};
 pub use probe::{Observation, ProbeConfig, StaticMember, fold, parse_lsn};
-pub use static_source::{ProbeHandle, probe_once, spawn_static};
+pub use probe_set::{ProbeHandle, ProbeSet};
+pub use static_source::{probe_once, spawn_static};
 pub use topology::{Member, Role, Topology};
+pub use verify::{publish, verify, zombies};

@@ -1,4 +1,6 @@
-//! The admin HTTP endpoint (hyper 1): `/healthz`, `/readyz`, `/topology`.
+//! The admin HTTP endpoint (hyper 1): `/metrics`, `/healthz`, `/readyz`, `/topology`,
+//! and the operator controls `POST /drain/{member}`, `/undrain/{member}`,
+//! `/pause`, `/resume` (bearer token from `[admin] token_file` when set).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::state::Shared;
 
@@ -57,12 +59,34 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == Method::POST {
+        return control(shared, &req);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/metrics" => {
+            let body = shared.metrics.render(&shared.discovered.borrow());
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
         "/readyz" if shared.ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/topology" => {
@@ -76,6 +100,73 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The refusal for a request without the configured bearer token, if any.
+fn unauthorized(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let token = match shared.config.admin.token() {
+        Ok(None) => return None,
+        Ok(Some(t)) => t,
+        Err(e) => {
+            warn!(error = %e, "cannot read the admin token");
+            let msg = "admin token unavailable\n";
+            return Some(text(StatusCode::INTERNAL_SERVER_ERROR, msg));
+        }
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => None,
+        _ => Some(text(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token\n",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST` operator controls.
+fn control(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(denied) = unauthorized(shared, req) {
+        return denied;
+    }
+    let path = req.uri().path();
+    let admin = &shared.admin;
+    if let Some(member) = path.strip_prefix("/drain/") {
+        if shared.discovered.borrow().member(member).is_none() {
+            return text(StatusCode::NOT_FOUND, "no such member\n");
+        }
+        admin.drained.send_modify(|d| {
+            d.insert(member.to_owned());
+        });
+        info!(member, "member drained by an operator");
+    } else if let Some(member) = path.strip_prefix("/undrain/") {
+        admin.drained.send_modify(|d| {
+            d.remove(member);
+        });
+        info!(member, "member undrained by an operator");
+    } else if path == "/pause" {
+        admin.paused.send_replace(true);
+        info!("new transactions paused by an operator");
+    } else if path == "/resume" {
+        admin.paused.send_replace(false);
+        info!("new transactions resumed by an operator");
+    } else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "drained": admin.drained.borrow().iter().collect::<Vec<_>>(),
+            "paused": *admin.paused.borrow(),
+        }),
+    )
 }
 
 /// The `/topology` document: the current view plus live session counts.
@@ -104,6 +195,12 @@ pub fn topology_json(shared: &Shared) -> serde_json::Value {
         "primary": t.primary().map(|m| m.name.clone()),
         "members": members,
         "source_error": t.source_error,
-        "source_stale_seconds": t.staleness(SystemTime::now()).map(|d| d.as_secs_f64()),
+        "pending_change": t.pending_change,
+        "source_stale_seconds": shared
+            .discovered
+            .borrow()
+            .staleness(SystemTime::now())
+            .map(|d| d.as_secs_f64()),
+        "paused": *shared.admin.paused.borrow(),
     })
 }

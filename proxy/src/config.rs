@@ -41,6 +41,186 @@ pub struct Config {
     /// Runtime tuning.
     #[serde(default)]
     pub runtime: Runtime,
+    /// Admin endpoint settings.
+    #[serde(default)]
+    pub admin: Admin,
+    /// TLS towards clients and towards the servers.
+    #[serde(default)]
+    pub tls: Tls,
+}
+
+/// `[tls]`: TLS on both sides of the proxy.
+///
+/// Client side: with `cert_file` and `key_file`, SSLRequest is answered `S`
+/// and TLS is terminated here (also Postgres 17 direct TLS). Server side:
+/// `server_mode` follows libpq's `sslmode`. The certificate files are
+/// re-read every `reload_interval`; a changed pair is used for new
+/// connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain served to clients (leaf first).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// `allow` (plaintext or TLS) or `require` (plaintext startups get `FATAL 28000`).
+    #[serde(default)]
+    pub client_mode: ClientTlsMode,
+    /// PEM CA bundle: clients must present a certificate it signed.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the certificate files are checked for a new pair.
+    #[serde(default = "default_tls_reload", deserialize_with = "duration")]
+    pub reload_interval: Duration,
+    /// TLS towards the servers, as libpq's `sslmode`.
+    #[serde(default)]
+    pub server_mode: ServerTlsMode,
+    /// PEM CA bundle the servers' certificates are verified against
+    /// (`verify-ca`, `verify-full`).
+    pub server_ca_file: Option<PathBuf>,
+}
+
+fn default_tls_reload() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            cert_file: None,
+            key_file: None,
+            client_mode: ClientTlsMode::default(),
+            client_ca_file: None,
+            reload_interval: default_tls_reload(),
+            server_mode: ServerTlsMode::default(),
+            server_ca_file: None,
+        }
+    }
+}
+
+/// Whether clients must use TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// Plaintext and TLS clients are both served.
+    #[default]
+    Allow,
+    /// A plaintext StartupMessage is refused with `FATAL 28000`.
+    Require,
+}
+
+/// TLS towards the servers, with libpq's `sslmode` semantics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plaintext only (no SSLRequest is sent).
+    #[default]
+    Disable,
+    /// TLS if the server accepts the SSLRequest, else plaintext; no verification.
+    Prefer,
+    /// TLS or fail; the certificate is not verified.
+    Require,
+    /// TLS with the certificate chain verified against `server_ca_file`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the member's host.
+    VerifyFull,
+}
+
+impl ServerTlsMode {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerTlsMode::Disable => "disable",
+            ServerTlsMode::Prefer => "prefer",
+            ServerTlsMode::Require => "require",
+            ServerTlsMode::VerifyCa => "verify-ca",
+            ServerTlsMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl Tls {
+    /// Whether TLS towards clients is configured.
+    pub fn client_enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(err("tls: set both cert_file and key_file, or neither"));
+        }
+        if !self.client_enabled() {
+            if self.client_mode == ClientTlsMode::Require {
+                return Err(err(
+                    "tls.client_mode = \"require\" needs tls.cert_file and tls.key_file",
+                ));
+            }
+            if self.client_ca_file.is_some() {
+                return Err(err(
+                    "tls.client_ca_file needs tls.cert_file and tls.key_file",
+                ));
+            }
+        }
+        if self.client_ca_file.is_some() && self.client_mode != ClientTlsMode::Require {
+            return Err(err(
+                "tls.client_ca_file: client certificates are only checked over TLS; \
+                 set tls.client_mode = \"require\" too",
+            ));
+        }
+        if self.reload_interval.is_zero() {
+            return Err(err("tls.reload_interval must be above zero"));
+        }
+        let verifies = matches!(
+            self.server_mode,
+            ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull
+        );
+        match (&self.server_ca_file, verifies) {
+            (None, true) => {
+                return Err(err(format!(
+                    "tls.server_mode = \"{}\" needs tls.server_ca_file",
+                    self.server_mode.as_str()
+                )));
+            }
+            (Some(_), false) => {
+                return Err(err(format!(
+                    "tls.server_ca_file is only used with server_mode = \"verify-ca\" or \
+                     \"verify-full\" (server_mode is \"{}\")",
+                    self.server_mode.as_str()
+                )));
+            }
+            _ => {}
+        }
+        // Read the files now, so a bad path or PEM is a configuration error.
+        crate::tls::Tls::load(self)?;
+        Ok(())
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// File holding a bearer token required by the admin POST endpoints
+    /// (drain, undrain, pause, resume). Without it they are open to anyone
+    /// who can reach the admin port.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Admin {
+    /// The token, read from `token_file`.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        match &self.token_file {
+            None => Ok(None),
+            Some(f) => {
+                let t = std::fs::read_to_string(f)
+                    .map_err(|e| err(format!("admin.token_file {}: {e}", f.display())))?;
+                let t = t.trim().to_owned();
+                if t.is_empty() {
+                    return Err(err(format!("admin.token_file {} is empty", f.display())));
+                }
+                Ok(Some(t))
+            }
+        }
+    }
 }
 
 /// `[listen]`.
@@ -108,16 +288,21 @@ pub struct KubernetesConfig {
     pub namespace: Option<String>,
     /// Label selector of the database pods, e.g. `cluster-name=pg`.
     pub selector: String,
-    /// Postgres port on the pods.
+    /// Postgres port on the pods, for pods that declare no container port named
+    /// `postgresql` or `postgres` (a named port wins, like a Service's `targetPort`).
     #[serde(default = "default_pg_port")]
     pub port: u16,
-    /// Role labels: `patroni`, `spilo`, `cloudnativepg`, `crunchy`, or a custom table.
-    pub preset: toml::Value,
+    /// Role labels: `patroni`, `spilo`, `cloudnativepg`, `crunchy`, or a custom table
+    /// `{ label = "...", primary = [..], replica = [..] }`.
+    pub preset: pgsteer_discovery::Preset,
     /// `ip` (default) or `dns` (`{pod}.{service}.{namespace}.svc`, needs `service`).
     #[serde(default = "default_address_mode")]
     pub address: String,
     /// Headless Service name for `address = "dns"`.
     pub service: Option<String>,
+    /// Kubeconfig file; default: `KUBECONFIG` or `~/.kube/config` if present, else the
+    /// in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 fn default_pg_port() -> u16 {
@@ -286,6 +471,18 @@ pub struct Drain {
     /// On SIGTERM, how long sessions may take to reach an idle point.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// How long a draining session may take to finish its transaction
+    /// (replica removed or promoted, pod terminating, admin drain).
+    #[serde(default = "default_grace", deserialize_with = "duration")]
+    pub grace: Duration,
+    /// The same for a session in a transaction on a primary that was demoted
+    /// or vanished: writes there may be lost, so the default is 0 (terminate now).
+    #[serde(default, deserialize_with = "duration")]
+    pub demoted_primary_grace: Duration,
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_shutdown_timeout() -> Duration {
@@ -296,6 +493,8 @@ impl Default for Drain {
     fn default() -> Self {
         Drain {
             shutdown_timeout: default_shutdown_timeout(),
+            grace: default_grace(),
+            demoted_primary_grace: Duration::ZERO,
         }
     }
 }
@@ -339,6 +538,8 @@ const ENV_SECTIONS: &[&str] = &[
     "limits",
     "drain",
     "runtime",
+    "admin",
+    "tls",
 ];
 
 impl Config {
@@ -401,6 +602,8 @@ impl Config {
         if let Some(p) = &d.probe {
             p.resolve_password()?;
         }
+        self.admin.token()?;
+        self.tls.validate()?;
         if d.probe_interval.is_zero() {
             return Err(err("discovery.probe_interval must be above zero"));
         }

@@ -1,5 +1,6 @@
 //! Wiring from configuration to the discovery sources of `pgsteer-discovery`.
 
+use pgsteer_discovery::kubernetes::{AddressMode, KubernetesSettings};
 use pgsteer_discovery::{ProbeConfig, ProbeHandle, StaticMember, Topology};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -32,6 +33,30 @@ pub fn static_members(config: &Config) -> Vec<StaticMember> {
         .collect()
 }
 
+/// The Kubernetes source settings from `[discovery.kubernetes]`.
+pub fn kubernetes_settings(config: &Config) -> Result<KubernetesSettings, ConfigError> {
+    let Some(k) = &config.discovery.kubernetes else {
+        return Err(ConfigError(
+            "discovery: source = \"kubernetes\" needs [discovery.kubernetes]".into(),
+        ));
+    };
+    if k.selector.trim().is_empty() {
+        return Err(ConfigError(
+            "discovery.kubernetes.selector: give the label selector of the database pods".into(),
+        ));
+    }
+    let address = AddressMode::parse(&k.address, k.service.as_deref())
+        .map_err(|e| ConfigError(format!("discovery.kubernetes: {e}")))?;
+    Ok(KubernetesSettings {
+        namespace: k.namespace.clone(),
+        selector: k.selector.clone(),
+        port: k.port,
+        preset: k.preset.clone(),
+        address,
+        kubeconfig: k.kubeconfig.clone(),
+    })
+}
+
 fn need_probe(config: &Config) -> Result<ProbeConfig, ConfigError> {
     probe_config(config)?.ok_or_else(|| {
         ConfigError("discovery: the static source needs [discovery.probe] credentials".into())
@@ -51,12 +76,28 @@ pub fn spawn(
             tx,
             cancel,
         )),
-        Source::Kubernetes => Err(ConfigError(
-            "discovery: the kubernetes source is not available in this build yet".into(),
+        Source::Kubernetes => Ok(pgsteer_discovery::kubernetes::spawn(
+            kubernetes_settings(config)?,
+            probe_config(config)?,
+            tx,
+            cancel,
         )),
-        Source::Patroni => Err(ConfigError(
-            "discovery: the patroni source is not available in this build yet".into(),
-        )),
+        Source::Patroni => {
+            let Some(p) = &config.discovery.patroni else {
+                return Err(ConfigError(
+                    "discovery: source = \"patroni\" needs [discovery.patroni]".into(),
+                ));
+            };
+            let settings = pgsteer_discovery::PatroniSettings {
+                endpoints: p.endpoints.clone(),
+                poll_interval: p.poll_interval,
+                request_timeout: p.request_timeout,
+            };
+            let probe = probe_config(config)?;
+            Ok(pgsteer_discovery::spawn_patroni(
+                settings, probe, tx, cancel,
+            ))
+        }
     }
 }
 
@@ -66,8 +107,24 @@ pub async fn once(config: &Config) -> Result<Topology, ConfigError> {
         Source::Static => {
             Ok(pgsteer_discovery::probe_once(&static_members(config), &need_probe(config)?).await)
         }
-        _ => Err(ConfigError(
-            "discovery: check supports the static source only in this build".into(),
-        )),
+        Source::Patroni => {
+            let Some(p) = &config.discovery.patroni else {
+                return Err(ConfigError(
+                    "discovery: source = \"patroni\" needs [discovery.patroni]".into(),
+                ));
+            };
+            let settings = pgsteer_discovery::PatroniSettings {
+                endpoints: p.endpoints.clone(),
+                poll_interval: p.poll_interval,
+                request_timeout: p.request_timeout,
+            };
+            let probe = probe_config(config)?;
+            Ok(pgsteer_discovery::patroni_once(&settings, probe.as_ref()).await)
+        }
+        Source::Kubernetes => {
+            pgsteer_discovery::kubernetes::list_once(&kubernetes_settings(config)?)
+                .await
+                .map_err(|e| ConfigError(format!("discovery.kubernetes: {e}")))
+        }
     }
 }

@@ -11,10 +11,13 @@ pub mod cancel;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod drain;
 pub mod listener;
+pub mod metrics;
 pub mod router;
 pub mod session;
 pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,21 +101,39 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
     let (rw_addr, ro_addr, admin_addr) = (addr(&rw), addr(&ro), addr(&admin));
 
+    let (raw_tx, raw_rx) = watch::channel(Topology::default());
     let (tx, rx) = watch::channel(Topology::default());
     let discovery_stop = CancellationToken::new();
-    let (reprobe, discovery_task) = discovery::spawn(&config, tx, discovery_stop.clone())?;
+    let (reprobe, discovery_task) = discovery::spawn(&config, raw_tx, discovery_stop.clone())?;
+    let admin_state = state::AdminState::default();
+    let drained_rx = admin_state.drained.subscribe();
+    let metrics = metrics::Metrics::new()
+        .map_err(|e| ConfigError(format!("cannot register metrics: {e}")))?;
+    let tls = Arc::new(tls::Tls::load(&config.tls)?);
 
     let shared = Arc::new(Shared {
         permits: Arc::new(Semaphore::new(config.limits.max_client_connections)),
         config,
         topology: rx,
+        discovered: raw_rx.clone(),
+        admin: admin_state,
+        metrics,
+        role_change: Default::default(),
         sessions: Default::default(),
         cancels: Default::default(),
         shutdown: shutdown.clone(),
         reprobe,
-        discovered: AtomicBool::new(false),
+        ready: AtomicBool::new(false),
+        tls: tls.clone(),
     });
 
+    tokio::spawn(apply_overlay(
+        shared.clone(),
+        raw_rx,
+        drained_rx,
+        tx,
+        discovery_stop.clone(),
+    ));
     let sessions = TaskTracker::new();
     let accept_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
@@ -131,19 +152,23 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     if let Some(l) = admin {
         tokio::spawn(admin::serve(l, shared.clone(), admin_stop.clone()));
     }
+    // Certificate reload stops with the admin endpoint, after the sessions.
+    tokio::spawn(tls::watch(tls, admin_stop.child_token()));
     let ready_watch = {
         let shared = shared.clone();
         let mut rx = shared.topology.clone();
         tokio::spawn(async move {
-            // Ready once discovery has seen every member at least once.
+            // Ready once the source has answered (an empty pod list counts)
+            // and every member it lists has been probed once.
             let _ = rx
                 .wait_for(|t| {
-                    t.members.values().all(|m| {
-                        m.note.as_deref() != Some(pgsteer_discovery::probe::NOT_PROBED_NOTE)
-                    })
+                    (t.confirmed_at.is_some() || !t.members.is_empty())
+                        && t.members.values().all(|m| {
+                            m.note.as_deref() != Some(pgsteer_discovery::probe::NOT_PROBED_NOTE)
+                        })
                 })
                 .await;
-            shared.discovered.store(true, Ordering::Relaxed);
+            shared.ready.store(true, Ordering::Relaxed);
         })
     };
     info!(rw = ?rw_addr, ro = ?ro_addr, admin = ?admin_addr, "pgsteer listening");
@@ -185,6 +210,87 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
         shared,
         task: supervisor,
     })
+}
+
+/// Publishes the discovered topology with admin drains applied, which is
+/// what routing and fencing look at, and records role changes.
+async fn apply_overlay(
+    shared: Arc<Shared>,
+    mut raw: watch::Receiver<Topology>,
+    mut drained: watch::Receiver<std::collections::BTreeSet<String>>,
+    tx: watch::Sender<Topology>,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = {
+            let r = raw.borrow_and_update();
+            let d = drained.borrow_and_update();
+            let mut next = tx.borrow().clone();
+            let mut changed = next.replace_members(drain::overlay(&r, &d));
+            if next.pending_change != r.pending_change || next.source_error != r.source_error {
+                if r.source_error.is_some() && next.source_error != r.source_error {
+                    shared.metrics.discovery_errors.inc();
+                }
+                next.pending_change = r.pending_change.clone();
+                next.source_error = r.source_error.clone();
+                changed = true;
+            }
+            next.confirmed_at = r.confirmed_at;
+            changed.then_some(next)
+        };
+        if let Some(next) = next {
+            let before = tx.send_replace(next);
+            let after = tx.borrow().clone();
+            record_change(&shared, &before, &after);
+        }
+        tokio::select! {
+            r = raw.changed() => if r.is_err() { return },
+            r = drained.changed() => if r.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Metrics and one info line per role change.
+fn record_change(shared: &Shared, before: &Topology, after: &Topology) {
+    shared.metrics.observe_topology(after);
+    let roles = |t: &Topology| {
+        t.members
+            .values()
+            .map(|m| {
+                format!(
+                    "{}={}{}",
+                    m.name,
+                    m.role,
+                    if m.draining { "(draining)" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let changed = after
+        .members
+        .values()
+        .filter(|m| {
+            before
+                .member(&m.name)
+                .is_none_or(|b| b.role != m.role || b.draining != m.draining)
+        })
+        .count();
+    if changed == 0 || before.generation == 0 {
+        return;
+    }
+    shared.metrics.role_changes.inc_by(changed as u64);
+    *shared.role_change.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((after.generation, std::time::Instant::now()));
+    info!(
+        generation = after.generation,
+        before = %roles(before),
+        after = %roles(after),
+        primary = after.primary().map(|m| m.name.as_str()).unwrap_or("none"),
+        pending_change = after.pending_change.as_deref().unwrap_or(""),
+        "topology changed"
+    );
 }
 
 /// Starts and serves until shut down.

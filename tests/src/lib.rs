@@ -1,1 +1,4 @@
-//! Integration-test crate: the tests live in `tests/tests/`; this library is intentionally empty.
+//! Integration-test crate: the tests live in `tests/tests/`; this library holds fixtures they
+//! share.
+
+pub mod kube_api;

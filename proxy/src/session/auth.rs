@@ -3,15 +3,29 @@
 //! first ReadyForQuery. pgsteer keeps no passwords. On the way it swaps the
 //! backend's BackendKeyData for one of its own (see `cancel`) and merges
 //! protocol-version negotiation so the client sees one answer.
+//!
+//! SCRAM channel binding cannot work through pgsteer: the client's TLS
+//! channel ends here and the server's begins here, so the binding data the
+//! client would send (its channel's certificate hash) can never match the
+//! server's. The `-PLUS` mechanisms are therefore removed from the
+//! AuthenticationSASL offer, so `channel_binding=require` fails with libpq's
+//! own message. A TLS client with `channel_binding=prefer` then answers with
+//! the gs2 flag `y` ("I support binding, you do not"), which a server on a
+//! TLS connection must refuse as a downgrade (RFC 5802), and which pgsteer
+//! cannot rewrite (the flag is covered by the client's proof). Over a
+//! plaintext server connection it works; over a TLS one pgsteer refuses it
+//! itself with an explanation instead of the server's terse error.
 
 use bytes::BytesMut;
-use pgsteer_protocol::backend::{BackendMessage, TxStatus};
+use pgsteer_protocol::backend::{Authentication, BackendMessage, TxStatus};
 use pgsteer_protocol::encode;
 use pgsteer_protocol::frame::split_frame;
+use pgsteer_protocol::sqlstate::SqlState;
 use pgsteer_protocol::startup::{Negotiation, StartupMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tracing::debug;
 
+use super::stream::Stream;
 use super::{SessionError, Side};
 use crate::cancel::{CancelRegistry, CancelTarget};
 use crate::router::Target;
@@ -31,8 +45,8 @@ pub struct Authenticated {
 
 /// Sends the startup message and relays authentication until ReadyForQuery.
 pub async fn authenticate(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
+    client: &mut Stream,
+    server: &mut Stream,
     message: &StartupMessage,
     negotiation: &Negotiation,
     target: &Target,
@@ -40,8 +54,7 @@ pub async fn authenticate(
 ) -> Result<Authenticated, SessionError> {
     let mut out = BytesMut::with_capacity(512);
     encode::startup_message(&mut out, message);
-    server
-        .write_all(&out)
+    send(server, &out)
         .await
         .map_err(|e| SessionError::io(Side::Server, e))?;
     out.clear();
@@ -53,19 +66,27 @@ pub async fn authenticate(
         cancel_pid: None,
         target,
         cancels,
+        sasl_offered: false,
+        relayed: false,
     };
     let mut sbuf = BytesMut::with_capacity(1024);
     let mut cbuf = BytesMut::with_capacity(256);
     let result = loop {
         tokio::select! {
             r = server.read_buf(&mut sbuf) => {
-                let n = r.map_err(|e| SessionError::io(Side::Server, e))?;
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) if !ex.relayed => break Err(SessionError::unavailable(format!(
+                        "pgsteer: {} failed before authentication: {e}", target.member
+                    ))),
+                    Err(e) => break Err(SessionError::io(Side::Server, e)),
+                };
                 if n == 0 {
-                    break Err(SessionError::fatal(
-                        Side::Server,
-                        pgsteer_protocol::sqlstate::SqlState::CONNECTION_FAILURE,
-                        format!("pgsteer: {} closed the connection during authentication", target.member),
-                    ));
+                    let why = format!("pgsteer: {} closed the connection during authentication", target.member);
+                    if !ex.relayed {
+                        break Err(SessionError::unavailable(why));
+                    }
+                    break Err(SessionError::fatal(Side::Server, SqlState::CONNECTION_FAILURE, why));
                 }
                 match ex.relay_frames(&mut sbuf, &mut out) {
                     Ok(Step::More) => {}
@@ -78,10 +99,14 @@ pub async fn authenticate(
                         break Ok(tx);
                     }
                     Ok(Step::Failed(why)) => break Err(SessionError::quiet(Side::Server, why)),
+                    Ok(Step::Unavailable(why)) => break Err(SessionError::unavailable(why)),
                     Err(e) => break Err(e),
                 }
-                client.write_all(&out).await.map_err(|e| SessionError::io(Side::Client, e))?;
-                out.clear();
+                if !out.is_empty() {
+                    ex.relayed = true;
+                    send(client, &out).await.map_err(|e| SessionError::io(Side::Client, e))?;
+                    out.clear();
+                }
             }
             r = client.read_buf(&mut cbuf) => {
                 let n = r.map_err(|e| SessionError::io(Side::Client, e))?;
@@ -93,15 +118,22 @@ pub async fn authenticate(
                         "too much data from the client during authentication".into(),
                     ));
                 }
-                server.write_all(&cbuf).await.map_err(|e| SessionError::io(Side::Server, e))?;
+                if ex.sasl_offered && server.is_tls() {
+                    // The SASLInitialResponse decides whether SCRAM can succeed.
+                    match sasl_initial_flag(&cbuf) {
+                        None => continue,
+                        Some(Some(b'y')) => break Err(binding_downgrade()),
+                        Some(_) => ex.sasl_offered = false,
+                    }
+                }
+                send(server, &cbuf).await.map_err(|e| SessionError::io(Side::Server, e))?;
                 cbuf.clear();
             }
         }
     };
     // Whatever the outcome, the client gets what the backend said (errors included).
     if !out.is_empty() {
-        client
-            .write_all(&out)
+        send(client, &out)
             .await
             .map_err(|e| SessionError::io(Side::Client, e))?;
     }
@@ -119,10 +151,46 @@ pub async fn authenticate(
     }
 }
 
+/// The gs2 channel-binding flag (`n`, `y` or `p`) of a SASLInitialResponse
+/// at the start of `buf`: `None` while the message is incomplete,
+/// `Some(None)` if it is some other message.
+fn sasl_initial_flag(buf: &[u8]) -> Option<Option<u8>> {
+    let (&tag, rest) = buf.split_first()?;
+    if tag != b'p' {
+        return Some(None);
+    }
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let body = rest.get(4..len.max(4))?;
+    let nul = body.iter().position(|&b| b == 0);
+    let data = nul.and_then(|n| body.get(n + 5..));
+    Some(data.and_then(|d| d.first().copied()))
+}
+
+/// A TLS client offering channel binding to a server on a TLS connection
+/// that (through pgsteer) offers none: the server would refuse it.
+fn binding_downgrade() -> SessionError {
+    SessionError::fatal(
+        Side::Internal,
+        SqlState::INVALID_AUTHORIZATION,
+        "pgsteer: SCRAM channel binding cannot work through pgsteer (the client's TLS ends at \
+         pgsteer, and the server refuses a client that supports channel binding on its own TLS \
+         connection); connect with channel_binding=disable, or use tls.server_mode = \"disable\"",
+    )
+}
+
+/// Writes and flushes (TLS buffers writes).
+async fn send(s: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    s.write_all(bytes).await?;
+    s.flush().await
+}
+
 enum Step {
     More,
     Ready(TxStatus),
     Failed(String),
+    /// The backend cannot take sessions right now (starting up, shutting
+    /// down) and nothing reached the client yet: try elsewhere or wait.
+    Unavailable(String),
 }
 
 struct Exchange<'a> {
@@ -132,6 +200,11 @@ struct Exchange<'a> {
     cancel_pid: Option<i32>,
     target: &'a Target,
     cancels: &'a CancelRegistry,
+    /// A SASL offer was relayed and the client's first answer is still to come.
+    sasl_offered: bool,
+    /// Something was sent to the client: the session can no longer move to
+    /// another backend.
+    relayed: bool,
 }
 
 impl Exchange<'_> {
@@ -186,9 +259,30 @@ impl Exchange<'_> {
                     }
                     encode::backend_key_data(out, pid, &key);
                 }
+                BackendMessage::Authentication(Authentication::Sasl { mechanisms })
+                    if mechanisms.iter().any(|m| is_channel_binding(&m)) =>
+                {
+                    debug!("removed SCRAM channel binding (-PLUS) from the server's offer");
+                    self.sasl_offered = true;
+                    encode::authentication_sasl(
+                        out,
+                        mechanisms.iter().filter(|m| !is_channel_binding(m)),
+                    );
+                }
                 BackendMessage::ReadyForQuery(tx) => {
                     encode::ready_for_query(out, tx);
                     return Ok(Step::Ready(tx));
+                }
+                BackendMessage::ErrorResponse(e)
+                    if !self.relayed
+                        && out.is_empty()
+                        && e.code().as_deref() == Some(SqlState::CANNOT_CONNECT_NOW.code()) =>
+                {
+                    return Ok(Step::Unavailable(format!(
+                        "{} cannot take sessions now: {}",
+                        self.target.member,
+                        e.message().unwrap_or_default()
+                    )));
                 }
                 BackendMessage::ErrorResponse(e) => {
                     push_frame(out, frame.tag, &frame.body);
@@ -206,9 +300,48 @@ impl Exchange<'_> {
     }
 }
 
+/// `SCRAM-SHA-256-PLUS` and the like: SASL mechanisms with channel binding.
+fn is_channel_binding(mechanism: &&[u8]) -> bool {
+    mechanism.ends_with(b"-PLUS")
+}
+
 /// Re-frames a message that passes through unchanged.
 fn push_frame(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.extend_from_slice(&[tag]);
     out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
     out.extend_from_slice(body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn initial(mechanism: &str, data: &[u8]) -> Vec<u8> {
+        let mut body = mechanism.as_bytes().to_vec();
+        body.push(0);
+        body.extend_from_slice(&(data.len() as i32).to_be_bytes());
+        body.extend_from_slice(data);
+        let mut m = vec![b'p'];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn the_gs2_flag_is_read_from_a_whole_sasl_initial_response() {
+        let m = initial("SCRAM-SHA-256", b"y,,n=,r=abc");
+        assert_eq!(sasl_initial_flag(&m), Some(Some(b'y')));
+        for cut in 0..m.len() {
+            assert_eq!(sasl_initial_flag(&m[..cut]), None, "cut at {cut}");
+        }
+        let m = initial("SCRAM-SHA-256", b"n,,n=,r=abc");
+        assert_eq!(sasl_initial_flag(&m), Some(Some(b'n')));
+        assert_eq!(sasl_initial_flag(b"X\0\0\0\x04"), Some(None));
+    }
+
+    #[test]
+    fn only_plus_mechanisms_are_channel_binding() {
+        assert!(is_channel_binding(&&b"SCRAM-SHA-256-PLUS"[..]));
+        assert!(!is_channel_binding(&&b"SCRAM-SHA-256"[..]));
+    }
 }

@@ -8,6 +8,8 @@ mod auth;
 pub mod buffer;
 mod relay;
 mod startup;
+pub mod stream;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,15 +18,18 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pgsteer_protocol::encode::{self, ErrorInfo};
 use pgsteer_protocol::sqlstate::SqlState;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::drain::{self, Binding, DrainOrder, Graces};
 use crate::router::{self, Decision, Policy, Request, Route, Target};
 use crate::state::Shared;
 use relay::{EndKind, Relay, Signals};
 use startup::Opening;
+use stream::Stream;
+use upstream::UpstreamError;
 
 /// Which side of a session an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +51,9 @@ pub struct SessionError {
     pub code: Option<SqlState>,
     /// Human-readable reason (sent to the client when `code` is set).
     pub message: String,
+    /// The backend could not take the session and nothing reached the client
+    /// yet: the session may be routed again (held like a missing backend).
+    pub retryable: bool,
 }
 
 impl SessionError {
@@ -55,6 +63,7 @@ impl SessionError {
             side,
             code: Some(code),
             message: message.into(),
+            retryable: false,
         }
     }
 
@@ -64,6 +73,18 @@ impl SessionError {
             side,
             code: None,
             message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// The backend refused or dropped the session before anything reached
+    /// the client (starting up, shutting down, crashed): route again.
+    pub fn unavailable(message: String) -> SessionError {
+        SessionError {
+            side: Side::Server,
+            code: Some(SqlState::CANNOT_CONNECT_NOW),
+            message,
+            retryable: true,
         }
     }
 
@@ -95,6 +116,22 @@ impl SessionError {
             ),
             _ => SessionError::quiet(side, format!("client connection error: {e}")),
         }
+    }
+
+    /// Label for `pgsteer_client_connections_rejected_total`, if this error
+    /// refused the client before a session was established.
+    fn rejection(&self) -> Option<&'static str> {
+        let code = self.code?;
+        Some(match code {
+            SqlState::PROTOCOL_VIOLATION => "protocol_violation",
+            SqlState::CANNOT_CONNECT_NOW => "no_backend",
+            SqlState::TOO_MANY_CONNECTIONS => "too_many_connections",
+            SqlState::INVALID_AUTHORIZATION
+            | SqlState::UNDEFINED_OBJECT
+            | SqlState::INVALID_PARAMETER_VALUE => "bad_startup",
+            SqlState::UNABLE_TO_CONNECT => "unknown_member",
+            _ => return None,
+        })
     }
 
     fn log(&self) {
@@ -140,7 +177,7 @@ impl ListenerKind {
 /// Serves one client connection to the end. Never panics on network input.
 pub async fn serve(
     shared: Arc<Shared>,
-    mut client: TcpStream,
+    client: TcpStream,
     listener: ListenerKind,
     peer: SocketAddr,
 ) {
@@ -150,11 +187,26 @@ pub async fn serve(
         listener = listener.as_str(),
         route = tracing::field::Empty,
         pod = tracing::field::Empty,
+        tls = tracing::field::Empty,
     );
     async move {
         let _ = client.set_nodelay(true);
-        if let Err(e) = run(&shared, &mut client, listener).await {
+        let mut client = Stream::Plain(client);
+        let m = &shared.metrics;
+        m.client_accepted
+            .with_label_values(&[listener.as_str()])
+            .inc();
+        let open = m.client_connections.with_label_values(&[listener.as_str()]);
+        open.inc();
+        let result = run(&shared, &mut client, listener).await;
+        open.dec();
+        if let Err(e) = result {
             e.log();
+            if let Some(reason) = e.rejection() {
+                m.client_rejected
+                    .with_label_values(&[listener.as_str(), reason])
+                    .inc();
+            }
             if let Some(code) = e.code {
                 send_fatal(&mut client, code, &e.message).await;
             }
@@ -165,7 +217,7 @@ pub async fn serve(
 }
 
 /// Writes a FATAL error and closes, bounded in time (the client may be gone or stalled).
-pub async fn send_fatal(client: &mut TcpStream, code: SqlState, message: &str) {
+pub async fn send_fatal<S: AsyncWrite + Unpin>(client: &mut S, code: SqlState, message: &str) {
     let mut buf = BytesMut::with_capacity(64 + message.len());
     encode::error_response(&mut buf, &ErrorInfo::fatal(code, message));
     let write = async {
@@ -175,13 +227,20 @@ pub async fn send_fatal(client: &mut TcpStream, code: SqlState, message: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
+/// Closes a connection (TLS: close_notify, flushing what is buffered),
+/// bounded in time like [`send_fatal`].
+async fn shut(s: &mut Stream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
+}
+
 async fn run(
     shared: &Shared,
-    client: &mut TcpStream,
+    client: &mut Stream,
     listener: ListenerKind,
 ) -> Result<(), SessionError> {
     let limits = &shared.config.limits;
-    let opening = tokio::time::timeout(limits.startup_timeout, startup::read_opening(client))
+    let opening = startup::read_opening(client, shared.tls.client.as_ref());
+    let opening = tokio::time::timeout(limits.startup_timeout, opening)
         .await
         .map_err(|_| {
             SessionError::fatal(
@@ -204,30 +263,81 @@ async fn run(
         } => (message, negotiation),
     };
     let request = startup::take_request(&mut message, listener.route())?;
-    tracing::Span::current().record("route", request.route.as_str());
+    let span = tracing::Span::current();
+    span.record("route", request.route.as_str());
+    span.record("tls", client.is_tls());
 
-    let (mut server, target) = route_and_connect(shared, client, &request).await?;
-    tracing::Span::current().record("pod", target.member.as_str());
+    let mut hold = Hold::new(shared);
+    let (mut server, target, authed) = loop {
+        let (mut server, target) = route_and_connect(shared, client, &request, &mut hold).await?;
+        let authed = auth::authenticate(
+            client,
+            &mut server,
+            &message,
+            &negotiation,
+            &target,
+            &shared.cancels,
+        )
+        .await;
+        match authed {
+            Ok(a) => break (server, target, a),
+            Err(e) if e.retryable => {
+                warn!(member = %target.member, error = %e.message, "backend cannot take sessions now; routing again");
+                shared.reprobe.reprobe();
+                hold.exclude.push(target.member);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    drop(hold);
+    span.record("pod", target.member.as_str());
     let _slot = shared.sessions.enter(&target.member);
-    debug!(address = %target.address, role = %target.role, "connected to backend");
-
-    let authed = auth::authenticate(
-        client,
-        &mut server,
-        &message,
-        &negotiation,
-        &target,
-        &shared.cancels,
-    )
-    .await?;
+    let m = &shared.metrics;
+    m.sessions_routed
+        .with_label_values(&[listener.as_str(), request.route.as_str(), &target.member])
+        .inc();
+    let backend_gauge = m
+        .backend_sessions
+        .with_label_values(&[&target.member, target.role.as_str()]);
+    backend_gauge.inc();
+    let _backend = scopeguard(move || backend_gauge.dec());
+    debug!(
+        address = %target.address,
+        role = %target.role,
+        tls = server.is_tls(),
+        "connected to backend"
+    );
     let _key = KeyGuard {
         shared,
         pid: authed.cancel_pid,
     };
 
+    let binding = Binding::new(
+        &target.member,
+        target.role,
+        request.route,
+        request.explicit_route,
+        request.pin.is_some(),
+    );
+    let fence = drain::fence(
+        shared.topology.clone(),
+        binding,
+        Graces::from(&shared.config.drain),
+    );
+    let shutdown = shared.shutdown.drain.clone();
     let signals = Signals {
-        drain: Box::pin(shared.shutdown.drain.cancelled()),
+        drain: Box::pin(async move {
+            tokio::select! {
+                order = fence => order,
+                _ = shutdown.cancelled() => DrainOrder {
+                    reason: "the proxy is shutting down".into(),
+                    grace: None,
+                    demoted_primary: false,
+                },
+            }
+        }),
         hard: Box::pin(shared.shutdown.now.cancelled()),
+        paused: shared.admin.paused.subscribe(),
     };
     let end = Relay::new(
         client,
@@ -235,11 +345,25 @@ async fn run(
         limits.max_message_bytes,
         authed.tx,
         signals,
+        m.pod(&target.member),
     )
     .run()
     .await?;
-    close(client, &mut server, &target, end).await;
+    close(shared, client, &mut server, &target, end).await;
     Ok(())
+}
+
+/// Runs `f` when dropped.
+struct ScopeGuard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for ScopeGuard<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+fn scopeguard<F: FnMut()>(f: F) -> ScopeGuard<F> {
+    ScopeGuard(f)
 }
 
 /// Unregisters the client's cancel key when the session ends.
@@ -258,18 +382,24 @@ impl Drop for KeyGuard<'_> {
 
 /// Closes both sides after the relay stopped, telling the client why when
 /// it can be said at a message boundary.
-async fn close(client: &mut TcpStream, server: &mut TcpStream, target: &Target, end: relay::End) {
+async fn close(
+    shared: &Shared,
+    client: &mut Stream,
+    server: &mut Stream,
+    target: &Target,
+    end: relay::End,
+) {
     if end.client_at_boundary && !end.client_terminated {
         let mut x = BytesMut::with_capacity(5);
         encode::terminate(&mut x);
         let _ = tokio::time::timeout(Duration::from_secs(1), server.write_all(&x)).await;
     }
-    let _ = server.shutdown().await;
+    shut(server).await;
     match end.kind {
         EndKind::ClientClosed => debug!("client closed the session"),
         EndKind::ServerClosed if end.client_terminated || end.last_server_tag == b'E' => {
             debug!("server closed the session");
-            let _ = client.shutdown().await;
+            shut(client).await;
         }
         EndKind::ServerClosed => {
             warn!("server closed the connection unexpectedly");
@@ -279,69 +409,143 @@ async fn close(client: &mut TcpStream, server: &mut TcpStream, target: &Target, 
             }
         }
         EndKind::Drained | EndKind::Terminated => {
-            info!(kind = ?end.kind, tx = ?end.tx, "session closed for shutdown");
+            let reason = end
+                .order
+                .as_ref()
+                .map(|o| o.reason.as_str())
+                .unwrap_or("the proxy is shutting down");
+            let outcome = match (end.kind, end.idle_at_order) {
+                (EndKind::Drained, true) => "idle",
+                (EndKind::Drained, false) => "after_transaction",
+                _ => "terminated",
+            };
+            shared
+                .metrics
+                .sessions_drained
+                .with_label_values(&[outcome])
+                .inc();
+            let msg = if end.kind == EndKind::Drained {
+                format!("pgsteer: {reason}; reconnect")
+            } else {
+                format!("pgsteer: terminating connection: {reason}; reconnect")
+            };
+            info!(outcome, tx = ?end.tx, reason, "session drained");
             if end.server_at_boundary {
-                send_fatal(
-                    client,
-                    SqlState::ADMIN_SHUTDOWN,
-                    "pgsteer: terminating connection because the proxy is shutting down; reconnect",
-                )
-                .await;
+                send_fatal(client, SqlState::ADMIN_SHUTDOWN, &msg).await;
+            } else {
+                shut(client).await;
             }
         }
     }
 }
 
+/// One connection's wait for a backend: the deadline, the members that just
+/// failed it, and the held-connection metrics from the first wait until it
+/// is released.
+struct Hold<'a> {
+    shared: &'a Shared,
+    since: Option<std::time::Instant>,
+    deadline: Instant,
+    /// Members that refused this connection; forgotten when the topology changes.
+    exclude: Vec<String>,
+    generation: u64,
+    client_quiet: bool,
+}
+
+impl<'a> Hold<'a> {
+    fn new(shared: &'a Shared) -> Hold<'a> {
+        Hold {
+            shared,
+            since: None,
+            deadline: Instant::now() + shared.config.routing.hold_timeout,
+            exclude: Vec::new(),
+            generation: shared.topology.borrow().generation,
+            client_quiet: false,
+        }
+    }
+
+    fn start(&mut self) {
+        if self.since.is_none() {
+            self.since = Some(std::time::Instant::now());
+            self.shared.metrics.held_connections.inc();
+        }
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.since {
+            let m = &self.shared.metrics;
+            m.held_connections.dec();
+            m.held_seconds.observe(t.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Why a held connection stopped waiting.
+enum Woken {
+    /// Something changed: decide again.
+    Retry,
+    /// The hold deadline passed.
+    TimedOut,
+}
+
 /// Decides where the session goes, holding it while no backend is available
-/// (up to `hold_timeout`), and connects.
+/// or new sessions are paused (up to `hold_timeout`), and connects.
 async fn route_and_connect(
     shared: &Shared,
-    client: &TcpStream,
+    client: &Stream,
     request: &Request,
-) -> Result<(TcpStream, Target), SessionError> {
+    hold: &mut Hold<'_>,
+) -> Result<(Stream, Target), SessionError> {
     let routing = &shared.config.routing;
     let policy = Policy {
         replica_fallback: routing.replica_fallback,
     };
-    let deadline = Instant::now() + routing.hold_timeout;
+    let deadline = hold.deadline;
     let mut topology = shared.topology.clone();
-    let mut exclude: Vec<String> = Vec::new();
-    let mut generation = topology.borrow().generation;
-    let mut client_quiet = false;
+    let mut paused = shared.admin.paused.subscribe();
     loop {
-        let decision = {
-            let t = topology.borrow_and_update();
-            if t.generation != generation {
-                generation = t.generation;
-                exclude.clear();
-            }
-            router::decide(&t, request, policy, |m| shared.sessions.get(m), &exclude)
-        };
-        let why = match decision {
-            Decision::Refuse(why) => {
-                return Err(SessionError::fatal(
-                    Side::Internal,
-                    SqlState::UNABLE_TO_CONNECT,
-                    why,
-                ));
-            }
-            Decision::Connect(target) => match connect(&target, routing.connect_timeout).await {
-                Ok(s) => return Ok((s, target)),
-                Err(e) => {
-                    warn!(member = %target.member, address = %target.address, error = %e, "backend refused the connection");
-                    shared.reprobe.reprobe();
-                    let why = format!(
-                        "{} ({}) refused the connection",
-                        target.member, target.address
-                    );
-                    exclude.push(target.member);
-                    if request.route != Route::Primary || request.pin.is_some() {
-                        continue;
-                    }
-                    why
+        let why = if *paused.borrow_and_update() {
+            "new sessions are paused by an operator".to_owned()
+        } else {
+            let decision = {
+                let t = topology.borrow_and_update();
+                if t.generation != hold.generation {
+                    hold.generation = t.generation;
+                    hold.exclude.clear();
                 }
-            },
-            Decision::Wait(why) => why,
+                router::decide(
+                    &t,
+                    request,
+                    policy,
+                    |m| shared.sessions.get(m),
+                    &hold.exclude,
+                )
+            };
+            match decision {
+                Decision::Refuse(why) => {
+                    return Err(SessionError::fatal(
+                        Side::Internal,
+                        SqlState::UNABLE_TO_CONNECT,
+                        why,
+                    ));
+                }
+                Decision::Connect(target) => {
+                    match connect(shared, &target, hold.generation).await {
+                        Ok(s) => return Ok((s, target)),
+                        Err(Refused::Fatal(e)) => return Err(e),
+                        Err(Refused::Wait(why)) => {
+                            hold.exclude.push(target.member);
+                            if request.route != Route::Primary || request.pin.is_some() {
+                                continue;
+                            }
+                            why
+                        }
+                    }
+                }
+                Decision::Wait(why) => why,
+            }
         };
         if shared.shutdown.drain.is_cancelled() {
             return Err(SessionError::fatal(
@@ -350,51 +554,113 @@ async fn route_and_connect(
                 "pgsteer: the proxy is shutting down",
             ));
         }
-        debug!(reason = %why, "holding the connection until a backend is available");
-        tokio::select! {
-            changed = topology.changed() => {
-                if changed.is_err() {
-                    return Err(SessionError::fatal(Side::Internal, SqlState::CANNOT_CONNECT_NOW, "pgsteer: discovery stopped"));
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(SessionError::fatal(
-                    Side::Internal,
-                    SqlState::CANNOT_CONNECT_NOW,
-                    format!(
-                        "pgsteer: no backend for route {} after waiting {}: {why}",
-                        request.route.as_str(),
-                        humantime::format_duration(routing.hold_timeout)
-                    ),
-                ));
-            }
-            gone = client_gone(client), if !client_quiet => {
+        debug!(reason = %why, "holding the connection");
+        hold.start();
+        let woken = tokio::select! {
+            r = topology.changed() => match r {
+                Ok(()) => Woken::Retry,
+                Err(_) => Woken::TimedOut,
+            },
+            _ = paused.changed() => Woken::Retry,
+            _ = tokio::time::sleep_until(deadline) => Woken::TimedOut,
+            gone = client_gone(client), if !hold.client_quiet => {
                 if gone {
                     return Err(SessionError::quiet(Side::Client, "client left while held"));
                 }
-                client_quiet = true;
+                hold.client_quiet = true;
+                Woken::Retry
             }
-            _ = shared.shutdown.drain.cancelled() => {}
+            _ = shared.shutdown.drain.cancelled() => Woken::Retry,
+        };
+        if let Woken::TimedOut = woken {
+            shared.metrics.refused_after_hold.inc();
+            return Err(SessionError::fatal(
+                Side::Internal,
+                SqlState::CANNOT_CONNECT_NOW,
+                format!(
+                    "pgsteer: no backend for route {} after waiting {}: {why}",
+                    request.route.as_str(),
+                    humantime::format_duration(routing.hold_timeout)
+                ),
+            ));
+        }
+    }
+}
+
+/// Why a backend connection was not made.
+enum Refused {
+    /// The member may come back or another may do: the reason to wait.
+    Wait(String),
+    /// Configuration-level failure (TLS): tell the client now.
+    Fatal(SessionError),
+}
+
+/// Connects to the chosen backend, recording latency, failures and the
+/// reroute time after a role change.
+async fn connect(shared: &Shared, target: &Target, generation: u64) -> Result<Stream, Refused> {
+    let m = &shared.metrics;
+    let started = std::time::Instant::now();
+    let timeout = shared.config.routing.connect_timeout;
+    match upstream::connect(target, &shared.tls.server, timeout).await {
+        Ok(s) => {
+            m.backend_connect_seconds
+                .with_label_values(&[&target.member])
+                .observe(started.elapsed().as_secs_f64());
+            shared.rerouted(generation);
+            Ok(s)
+        }
+        Err(UpstreamError::Unreachable(e)) => {
+            m.backend_connect_failures
+                .with_label_values(&[&target.member])
+                .inc();
+            warn!(member = %target.member, address = %target.address, error = %e, "backend refused the connection");
+            shared.reprobe.reprobe();
+            Err(Refused::Wait(format!(
+                "{} ({}) refused the connection",
+                target.member, target.address
+            )))
+        }
+        Err(UpstreamError::Tls(e)) => {
+            m.backend_connect_failures
+                .with_label_values(&[&target.member])
+                .inc();
+            Err(Refused::Fatal(SessionError::fatal(
+                Side::Server,
+                SqlState::UNABLE_TO_CONNECT,
+                format!(
+                    "pgsteer: cannot connect to {} ({}) with tls.server_mode = \"{}\": {e}",
+                    target.member,
+                    target.address,
+                    shared.tls.server.mode().as_str()
+                ),
+            )))
         }
     }
 }
 
 /// Resolves `true` when the client closed, `false` if it sent data instead.
-async fn client_gone(client: &TcpStream) -> bool {
+/// (A TLS client's close_notify is data: it is noticed at the next read.)
+async fn client_gone(client: &Stream) -> bool {
+    let Some(tcp) = client.tcp() else {
+        return true;
+    };
     let mut b = [0u8; 1];
-    !matches!(client.peek(&mut b).await, Ok(n) if n > 0)
-}
-
-async fn connect(target: &Target, timeout: Duration) -> std::io::Result<TcpStream> {
-    let s = tokio::time::timeout(timeout, TcpStream::connect(&target.address))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    s.set_nodelay(true)?;
-    Ok(s)
+    !matches!(tcp.peek(&mut b).await, Ok(n) if n > 0)
 }
 
 async fn forward_cancel(shared: &Shared, c: pgsteer_protocol::startup::CancelRequest) {
-    match shared.cancels.lookup(c.pid, &c.key) {
+    let target = shared.cancels.lookup(c.pid, &c.key);
+    let result = if target.is_some() {
+        "forwarded"
+    } else {
+        "unknown"
+    };
+    shared
+        .metrics
+        .cancel_requests
+        .with_label_values(&[result])
+        .inc();
+    match target {
         Some(target) => {
             if let Err(e) =
                 crate::cancel::forward(&target, shared.config.routing.connect_timeout).await

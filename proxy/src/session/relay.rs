@@ -6,6 +6,10 @@
 //! whether the session is idle, in a transaction or failed) and only message
 //! types are counted; everything else streams through. A drain request
 //! closes the session at its next idle point.
+//!
+//! Either side may be TLS ([`Stream`]): a TLS write can leave bytes in the
+//! rustls buffer, so a half that wrote to a TLS stream flushes it before it
+//! counts as done. On plaintext TCP that flag is never set.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,10 +19,14 @@ use pgsteer_protocol::backend::{TxStatus, tag as btag};
 use pgsteer_protocol::frontend::tag as ftag;
 use pgsteer_protocol::{Flow, Scanner, TagSet};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 use super::buffer::{BUF_SIZE, Window};
+use super::stream::Stream;
 use super::{SessionError, Side};
+use crate::drain::DrainOrder;
+use crate::metrics::PodCounters;
 
 /// Why the relay stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +42,14 @@ pub enum EndKind {
 }
 
 /// How the relay ended, with what the caller needs to close both sides cleanly.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct End {
     /// Why.
     pub kind: EndKind,
+    /// The drain order that closed the session, if any.
+    pub order: Option<DrainOrder>,
+    /// The session was idle when the drain order arrived.
+    pub idle_at_order: bool,
     /// The client sent Terminate.
     pub client_terminated: bool,
     /// The server stream is at a message boundary: a message may be appended.
@@ -59,15 +71,44 @@ struct State {
     draining: bool,
     client_terminated: bool,
     last_server_tag: u8,
+    /// When the oldest unanswered request was sent.
+    query_start: Option<Instant>,
+    /// When the current transaction's first request was sent.
+    tx_start: Option<Instant>,
 }
 
-/// Futures that ask the relay to stop.
+impl State {
+    /// Book-keeping for one ReadyForQuery: the answer to the oldest request.
+    fn ready_for_query(&mut self, counters: &PodCounters) {
+        self.pending = self.pending.saturating_sub(1);
+        if self.pending > 0 {
+            return;
+        }
+        if let Some(t) = self.query_start.take() {
+            counters.query_seconds.observe(t.elapsed().as_secs_f64());
+        }
+        if self.tx == TxStatus::Idle {
+            counters.transactions.inc();
+            if let Some(t) = self.tx_start.take() {
+                counters
+                    .transaction_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
+
+/// Futures that ask the relay to stop or wait.
 pub struct Signals<'a> {
     /// Resolves when the session should close at its next idle point.
-    pub drain: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    pub drain: Pin<Box<dyn Future<Output = DrainOrder> + Send + 'a>>,
     /// Resolves when the session must close now.
     pub hard: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    /// `true` while new transactions are held (`POST /pause`).
+    pub paused: watch::Receiver<bool>,
 }
+
+type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 struct Half {
     win: Window,
@@ -75,17 +116,44 @@ struct Half {
     eof: bool,
     /// Stop reading: the relay is closing once approved bytes are written.
     stop: bool,
+    /// Bytes were written to a TLS stream that has not been flushed since.
+    unflushed: bool,
+}
+
+impl Half {
+    fn new(limit: u32, inspect: TagSet) -> Half {
+        Half {
+            win: Window::default(),
+            scanner: Scanner::new(limit, inspect, BUF_SIZE),
+            eof: false,
+            stop: false,
+            unflushed: false,
+        }
+    }
+
+    /// Everything read has been written out (and flushed).
+    fn delivered(&self) -> bool {
+        self.win.approved().is_empty() && !self.unflushed
+    }
 }
 
 /// One relay run.
 pub struct Relay<'a> {
-    client: &'a mut TcpStream,
-    server: &'a mut TcpStream,
+    client: &'a mut Stream,
+    server: &'a mut Stream,
     c2s: Half,
     s2c: Half,
     state: State,
     signals: Signals<'a>,
-    drain_seen: bool,
+    order: Option<DrainOrder>,
+    idle_at_order: bool,
+    counters: PodCounters,
+    /// Fires when a draining session's grace is over.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Resolves when a pause is lifted (only while one holds this session).
+    resume: Option<Wait>,
+    /// Skip the `EAGAIN` read after a short read (current-thread runtime only).
+    short_read_drains: bool,
 }
 
 /// Tags read whole on the server side: only ReadyForQuery.
@@ -95,36 +163,35 @@ impl<'a> Relay<'a> {
     /// A relay over an authenticated session; `tx` is the status of the
     /// ReadyForQuery that ended authentication.
     pub fn new(
-        client: &'a mut TcpStream,
-        server: &'a mut TcpStream,
+        client: &'a mut Stream,
+        server: &'a mut Stream,
         limit: u32,
         tx: TxStatus,
         signals: Signals<'a>,
+        counters: PodCounters,
     ) -> Relay<'a> {
         Relay {
             client,
             server,
-            c2s: Half {
-                win: Window::default(),
-                scanner: Scanner::new(limit, TagSet::EMPTY, BUF_SIZE),
-                eof: false,
-                stop: false,
-            },
-            s2c: Half {
-                win: Window::default(),
-                scanner: Scanner::new(limit, SERVER_INSPECT, BUF_SIZE),
-                eof: false,
-                stop: false,
-            },
+            c2s: Half::new(limit, TagSet::EMPTY),
+            s2c: Half::new(limit, SERVER_INSPECT),
             state: State {
                 pending: 0,
                 tx,
                 draining: false,
                 client_terminated: false,
                 last_server_tag: btag::READY_FOR_QUERY,
+                query_start: None,
+                tx_start: None,
             },
             signals,
-            drain_seen: false,
+            order: None,
+            idle_at_order: false,
+            counters,
+            deadline: None,
+            resume: None,
+            short_read_drains: tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         }
     }
 
@@ -133,9 +200,11 @@ impl<'a> Relay<'a> {
         std::future::poll_fn(|cx| self.poll(cx)).await
     }
 
-    fn end(&self, kind: EndKind) -> End {
+    fn end(&mut self, kind: EndKind) -> End {
         End {
             kind,
+            order: self.order.take(),
+            idle_at_order: self.idle_at_order,
             client_terminated: self.state.client_terminated,
             server_at_boundary: self.s2c.scanner.at_boundary(),
             client_at_boundary: self.c2s.scanner.at_boundary(),
@@ -157,27 +226,57 @@ impl<'a> Relay<'a> {
         if self.signals.hard.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Ok(self.end(EndKind::Terminated)));
         }
-        if !self.drain_seen && self.signals.drain.as_mut().poll(cx).is_ready() {
-            self.drain_seen = true;
+        if self.order.is_none()
+            && let Poll::Ready(order) = self.signals.drain.as_mut().poll(cx)
+        {
             self.state.draining = true;
+            self.idle_at_order = self.idle();
+            let grace = order.grace;
+            self.order = Some(order);
+            match grace {
+                // No grace: not one more byte goes to the server.
+                Some(g) if g.is_zero() && !self.idle() => {
+                    return Poll::Ready(Ok(self.end(EndKind::Terminated)));
+                }
+                Some(g) => self.deadline = Some(Box::pin(tokio::time::sleep(g))),
+                None => {}
+            }
+        }
+        if let Some(d) = &mut self.deadline
+            && d.as_mut().poll(cx).is_ready()
+            && !self.idle()
+        {
+            return Poll::Ready(Ok(self.end(EndKind::Terminated)));
         }
         loop {
             let mut progress = false;
             progress |= self.poll_client_read(cx)?;
-            progress |= poll_flush(&mut self.c2s, self.server, cx, Side::Server)?;
+            progress |= poll_flush(
+                &mut self.c2s,
+                self.server,
+                cx,
+                Side::Server,
+                &self.counters.bytes_to_backend,
+            )?;
             progress |= self.poll_server_read(cx)?;
-            progress |= poll_flush(&mut self.s2c, self.client, cx, Side::Client)?;
+            progress |= poll_flush(
+                &mut self.s2c,
+                self.client,
+                cx,
+                Side::Client,
+                &self.counters.bytes_from_backend,
+            )?;
 
-            if self.s2c.stop && self.s2c.win.approved().is_empty() {
+            if self.s2c.stop && self.s2c.delivered() {
                 return Poll::Ready(Ok(self.end(EndKind::Drained)));
             }
             if self.state.draining && self.idle() {
                 return Poll::Ready(Ok(self.end(EndKind::Drained)));
             }
-            if self.c2s.eof && self.c2s.win.approved().is_empty() {
+            if self.c2s.eof && self.c2s.delivered() {
                 return Poll::Ready(Ok(self.end(EndKind::ClientClosed)));
             }
-            if self.s2c.eof && self.s2c.win.approved().is_empty() {
+            if self.s2c.eof && self.s2c.delivered() {
                 return Poll::Ready(Ok(self.end(EndKind::ServerClosed)));
             }
             if !progress {
@@ -186,8 +285,37 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// Whether a pause holds this session at its transaction boundary now.
+    fn held_by_pause(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.idle() || !*self.signals.paused.borrow() {
+            self.resume = None;
+            return false;
+        }
+        let resume = self.resume.get_or_insert_with(|| {
+            let mut rx = self.signals.paused.clone();
+            Box::pin(async move {
+                let _ = rx.wait_for(|paused| !*paused).await;
+            })
+        });
+        if resume.as_mut().poll(cx).is_ready() {
+            self.resume = None;
+            return false;
+        }
+        true
+    }
+
     fn poll_client_read(&mut self, cx: &mut Context<'_>) -> Result<bool, SessionError> {
-        let Some(n) = poll_fill(&mut self.c2s, self.client, cx, Side::Client)? else {
+        if self.held_by_pause(cx) {
+            return Ok(false);
+        }
+        let Some(n) = poll_fill(
+            &mut self.c2s,
+            self.client,
+            cx,
+            Side::Client,
+            self.short_read_drains,
+        )?
+        else {
             return Ok(false);
         };
         if n == 0 {
@@ -199,7 +327,16 @@ impl<'a> Relay<'a> {
             .scanner
             .scan(self.c2s.win.unscanned(), |f| {
                 match f.tag {
-                    ftag::QUERY | ftag::SYNC | ftag::FUNCTION_CALL => state.pending += 1,
+                    ftag::QUERY | ftag::SYNC | ftag::FUNCTION_CALL => {
+                        if state.pending == 0 {
+                            let now = Instant::now();
+                            state.query_start = Some(now);
+                            if state.tx == TxStatus::Idle && state.tx_start.is_none() {
+                                state.tx_start = Some(now);
+                            }
+                        }
+                        state.pending += 1;
+                    }
                     ftag::TERMINATE => state.client_terminated = true,
                     _ => {}
                 }
@@ -211,18 +348,29 @@ impl<'a> Relay<'a> {
     }
 
     fn poll_server_read(&mut self, cx: &mut Context<'_>) -> Result<bool, SessionError> {
-        let Some(n) = poll_fill(&mut self.s2c, self.server, cx, Side::Server)? else {
+        let Some(n) = poll_fill(
+            &mut self.s2c,
+            self.server,
+            cx,
+            Side::Server,
+            self.short_read_drains,
+        )?
+        else {
             return Ok(false);
         };
         if n == 0 {
             return Ok(true);
         }
         let state = &mut self.state;
+        let counters = &self.counters;
         let scan = self
             .s2c
             .scanner
             .scan(self.s2c.win.unscanned(), |f| {
                 state.last_server_tag = f.tag;
+                if f.tag == btag::COMMAND_COMPLETE {
+                    counters.queries.inc();
+                }
                 if f.tag != btag::READY_FOR_QUERY {
                     return Flow::Continue;
                 }
@@ -233,7 +381,7 @@ impl<'a> Relay<'a> {
                 {
                     state.tx = tx;
                 }
-                state.pending = state.pending.saturating_sub(1);
+                state.ready_for_query(counters);
                 if state.draining && state.pending == 0 && state.tx == TxStatus::Idle {
                     Flow::Stop
                 } else {
@@ -253,14 +401,17 @@ impl<'a> Relay<'a> {
 /// (not ready, no room, or closed); `Ok(Some(0))`: end of stream just seen.
 fn poll_fill(
     half: &mut Half,
-    from: &mut TcpStream,
+    from: &mut Stream,
     cx: &mut Context<'_>,
     side: Side,
+    short_read_drains: bool,
 ) -> Result<Option<usize>, SessionError> {
     if half.eof || half.stop || !half.win.has_room() {
         return Ok(None);
     }
-    let mut rb = ReadBuf::new(half.win.spare());
+    let spare = half.win.spare();
+    let room = spare.len();
+    let mut rb = ReadBuf::new(spare);
     match Pin::new(&mut *from).poll_read(cx, &mut rb) {
         Poll::Pending => {
             half.win.release();
@@ -273,6 +424,9 @@ fn poll_fill(
                 half.win.release();
             } else {
                 half.win.filled(n);
+                if short_read_drains && n < room {
+                    from.mark_drained();
+                }
             }
             Ok(Some(n))
         }
@@ -280,12 +434,13 @@ fn poll_fill(
     }
 }
 
-/// Writes a half's approved bytes to the other side.
+/// Writes a half's approved bytes to the other side (and flushes a TLS stream).
 fn poll_flush(
     half: &mut Half,
-    to: &mut TcpStream,
+    to: &mut Stream,
     cx: &mut Context<'_>,
     side: Side,
+    bytes: &prometheus::IntCounter,
 ) -> Result<bool, SessionError> {
     let mut progress = false;
     while !half.win.approved().is_empty() {
@@ -298,7 +453,19 @@ fn poll_flush(
             Poll::Ready(Err(e)) => return Err(SessionError::io(side, e)),
         };
         half.win.consume(n);
+        bytes.inc_by(n as u64);
         progress = true;
+        half.unflushed = to.buffers_writes();
+    }
+    if half.unflushed {
+        match Pin::new(&mut *to).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                half.unflushed = false;
+                progress = true;
+            }
+            Poll::Pending => {}
+            Poll::Ready(Err(e)) => return Err(SessionError::io(side, e)),
+        }
     }
     Ok(progress)
 }

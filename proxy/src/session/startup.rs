@@ -1,5 +1,6 @@
-//! The start of a connection: TLS/GSS negotiation requests, cancel requests,
-//! the StartupMessage and the `pgsteer.*` settings in its `options`.
+//! The start of a connection: TLS/GSS negotiation requests (and Postgres 17
+//! direct TLS), cancel requests, the StartupMessage and the `pgsteer.*`
+//! settings in its `options`.
 
 use bytes::BytesMut;
 use pgsteer_protocol::options;
@@ -9,10 +10,16 @@ use pgsteer_protocol::startup::{
     StartupPacket,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::stream::Stream;
 use super::{SessionError, Side};
+use crate::config::ClientTlsMode;
 use crate::router::{Request, Route};
+use crate::tls::{ALPN_POSTGRESQL, ClientSide};
+
+/// First byte of a TLS handshake record: a direct-TLS client (Postgres 17
+/// `sslnegotiation=direct`) starts with its ClientHello.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// What a connection turned out to be.
 pub enum Opening {
@@ -27,11 +34,22 @@ pub enum Opening {
     Cancel(CancelRequest),
 }
 
-/// Reads packets until a StartupMessage or CancelRequest, answering `N` to
-/// SSLRequest and GSSENCRequest (each at most once, as Postgres allows).
-pub async fn read_opening(client: &mut TcpStream) -> Result<Opening, SessionError> {
+/// Reads packets until a StartupMessage or CancelRequest. SSLRequest is
+/// answered `S` and TLS is set up when `tls` is configured (else `N`);
+/// GSSENCRequest is answered `N`; each at most once, as Postgres allows. A
+/// connection whose first byte starts a TLS handshake is direct TLS.
+pub async fn read_opening(
+    client: &mut Stream,
+    tls: Option<&ClientSide>,
+) -> Result<Opening, SessionError> {
     let mut buf = BytesMut::with_capacity(256);
     let (mut ssl_done, mut gss_done) = (false, false);
+    if let Some(tls) = tls
+        && first_byte(client).await? == TLS_HANDSHAKE
+    {
+        accept_tls(client, tls, true).await?;
+        (ssl_done, gss_done) = (true, true);
+    }
     loop {
         let packet = loop {
             match startup::parse_startup(&mut buf) {
@@ -62,28 +80,47 @@ pub async fn read_opening(client: &mut TcpStream) -> Result<Opening, SessionErro
         };
         match packet {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                let first = if matches!(packet, StartupPacket::SslRequest) {
+                let ssl = matches!(packet, StartupPacket::SslRequest);
+                let first = if ssl {
                     !std::mem::replace(&mut ssl_done, true)
                 } else {
                     !std::mem::replace(&mut gss_done, true)
                 };
                 if !first || !buf.is_empty() {
                     // A repeated request, or bytes sent before our answer
-                    // (which could be injected plaintext): refuse.
+                    // (which could be injected plaintext, CVE-2021-23222): refuse.
                     return Err(SessionError::client_protocol(
                         "unexpected data around an encryption request".into(),
                     ));
                 }
-                client
-                    .write_all(b"N")
-                    .await
-                    .map_err(|e| SessionError::io(Side::Client, e))?;
+                match tls {
+                    Some(tls) if ssl => {
+                        client
+                            .write_all(b"S")
+                            .await
+                            .map_err(|e| SessionError::io(Side::Client, e))?;
+                        accept_tls(client, tls, false).await?;
+                        // Inside TLS, another encryption request is a violation.
+                        gss_done = true;
+                    }
+                    _ => client
+                        .write_all(b"N")
+                        .await
+                        .map_err(|e| SessionError::io(Side::Client, e))?,
+                }
             }
             StartupPacket::Cancel(c) => return Ok(Opening::Cancel(c)),
             StartupPacket::Startup(mut message) => {
                 if !buf.is_empty() {
                     return Err(SessionError::client_protocol(
                         "data sent after the startup packet before authentication".into(),
+                    ));
+                }
+                if tls.is_some_and(|t| t.mode() == ClientTlsMode::Require) && !client.is_tls() {
+                    return Err(SessionError::fatal(
+                        Side::Client,
+                        SqlState::INVALID_AUTHORIZATION,
+                        "pgsteer: TLS required",
                     ));
                 }
                 if message.user().is_none_or(str::is_empty) {
@@ -101,6 +138,57 @@ pub async fn read_opening(client: &mut TcpStream) -> Result<Opening, SessionErro
             }
         }
     }
+}
+
+/// The first byte the client sent, without consuming it.
+async fn first_byte(client: &Stream) -> Result<u8, SessionError> {
+    let Some(tcp) = client.tcp() else {
+        return Err(SessionError::quiet(
+            Side::Client,
+            "client connection detached",
+        ));
+    };
+    let mut b = [0u8; 1];
+    match tcp.peek(&mut b).await {
+        Ok(1) => Ok(b[0]),
+        Ok(_) => Err(SessionError::quiet(
+            Side::Client,
+            "client closed before sending a startup packet",
+        )),
+        Err(e) => Err(SessionError::io(Side::Client, e)),
+    }
+}
+
+/// Runs the TLS handshake on a plaintext client connection and puts the TLS
+/// stream in its place. A failure leaves the connection detached: nothing
+/// more can be said to the client. Direct TLS must negotiate ALPN
+/// `postgresql`, as Postgres 17 requires.
+async fn accept_tls(
+    client: &mut Stream,
+    tls: &ClientSide,
+    direct: bool,
+) -> Result<(), SessionError> {
+    let tcp = match std::mem::replace(client, Stream::Detached) {
+        Stream::Plain(tcp) => tcp,
+        other => {
+            *client = other;
+            return Err(SessionError::client_protocol(
+                "TLS requested on an encrypted connection".into(),
+            ));
+        }
+    };
+    let stream = tls.acceptor().accept(tcp).await.map_err(|e| {
+        SessionError::quiet(Side::Client, format!("client TLS handshake failed: {e}"))
+    })?;
+    let alpn = stream.get_ref().1.alpn_protocol();
+    if direct && alpn != Some(ALPN_POSTGRESQL) {
+        return Err(SessionError::quiet(
+            Side::Client,
+            "direct TLS connection without ALPN \"postgresql\"",
+        ));
+    }
+    *client = Stream::Accepted(Box::new(stream));
+    Ok(())
 }
 
 /// Reads and strips the `pgsteer.*` settings from `options`, giving the

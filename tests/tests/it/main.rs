@@ -2,8 +2,13 @@
 //! clients (psql, pgbench, tokio-postgres), pgsteer in-process.
 
 mod auth;
+mod drain;
 mod hardening;
 mod harness;
+mod kubernetes;
+mod metrics;
+mod patroni;
 mod pgbench;
 mod routing;
 mod shutdown;
+mod tls;
