@@ -1,1 +1,4 @@
-//! Benchmarks live in `benches/benches/`; the pgbench comparison harness in `benches/compare/`.
+//! Benchmarks for pgsteer. Criterion and counting benches live in `benches/benches/`; the pgbench
+//! comparison harness (`benches/run` → `src/bin/compare.rs`) is the [`compare`] module.
+
+pub mod compare;
