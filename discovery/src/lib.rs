@@ -11,6 +11,9 @@ pub mod static_source;
 pub mod topology;
 pub mod verify;
 
+#[cfg(test)]
+mod test_support;
+
 pub use kubernetes::{KubernetesSettings, Preset, spawn_kubernetes};
 pub use patroni::{ClusterDoc, PatroniSettings, fold_cluster, patroni_once, spawn_patroni};
 pub use probe::{Observation, ProbeConfig, StaticMember, fold, parse_lsn};

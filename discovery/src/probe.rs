@@ -363,6 +363,7 @@ fn describe(error: &tokio_postgres::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{Row, down, observed, row, up};
 
     fn members(names: &[&str]) -> Vec<StaticMember> {
         names
@@ -370,48 +371,6 @@ mod tests {
             .enumerate()
             .map(|(i, n)| StaticMember::new(*n, format!("127.0.0.1:{}", 5432 + i)))
             .collect()
-    }
-
-    fn up(in_recovery: bool, lsn: u64, replay_delay: Option<f64>) -> Observation {
-        Observation::Up {
-            in_recovery,
-            lsn,
-            replay_delay,
-        }
-    }
-
-    fn down(error: &str) -> Observation {
-        Observation::Down {
-            error: error.to_owned(),
-        }
-    }
-
-    fn observed(pairs: &[(&str, Observation)]) -> BTreeMap<String, Observation> {
-        pairs
-            .iter()
-            .map(|(n, o)| ((*n).to_owned(), o.clone()))
-            .collect()
-    }
-
-    /// (role, routable, lsn, lag_bytes, lag_seconds, note) of a folded member.
-    type Row = (
-        Role,
-        bool,
-        Option<u64>,
-        Option<u64>,
-        Option<f64>,
-        Option<String>,
-    );
-
-    fn row(m: &Member) -> Row {
-        (
-            m.role,
-            m.routable,
-            m.lsn,
-            m.lag_bytes,
-            m.lag_seconds,
-            m.note.clone(),
-        )
     }
 
     #[test]

@@ -200,6 +200,7 @@ pub fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{Row, down, observed, row, up};
 
     fn claim(name: &str, role: Role, routable: bool) -> Member {
         Member {
@@ -209,53 +210,11 @@ mod tests {
         }
     }
 
-    fn up(in_recovery: bool, lsn: u64, replay_delay: Option<f64>) -> Observation {
-        Observation::Up {
-            in_recovery,
-            lsn,
-            replay_delay,
-        }
-    }
-
-    fn down(error: &str) -> Observation {
-        Observation::Down {
-            error: error.to_owned(),
-        }
-    }
-
     fn by_name(members: &[Member]) -> BTreeMap<String, Member> {
         members
             .iter()
             .map(|m| (m.name.clone(), m.clone()))
             .collect()
-    }
-
-    fn observed(pairs: &[(&str, Observation)]) -> BTreeMap<String, Observation> {
-        pairs
-            .iter()
-            .map(|(n, o)| ((*n).to_owned(), o.clone()))
-            .collect()
-    }
-
-    /// (role, routable, lsn, lag_bytes, lag_seconds, note) of a verified member.
-    type Row = (
-        Role,
-        bool,
-        Option<u64>,
-        Option<u64>,
-        Option<f64>,
-        Option<String>,
-    );
-
-    fn row(m: &Member) -> Row {
-        (
-            m.role,
-            m.routable,
-            m.lsn,
-            m.lag_bytes,
-            m.lag_seconds,
-            m.note.clone(),
-        )
     }
 
     fn note(text: &str) -> Option<String> {

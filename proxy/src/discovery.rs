@@ -57,6 +57,22 @@ pub fn kubernetes_settings(config: &Config) -> Result<KubernetesSettings, Config
     })
 }
 
+/// The Patroni source settings from `[discovery.patroni]`.
+pub fn patroni_settings(
+    config: &Config,
+) -> Result<pgsteer_discovery::PatroniSettings, ConfigError> {
+    let Some(p) = &config.discovery.patroni else {
+        return Err(ConfigError(
+            "discovery: source = \"patroni\" needs [discovery.patroni]".into(),
+        ));
+    };
+    Ok(pgsteer_discovery::PatroniSettings {
+        endpoints: p.endpoints.clone(),
+        poll_interval: p.poll_interval,
+        request_timeout: p.request_timeout,
+    })
+}
+
 fn need_probe(config: &Config) -> Result<ProbeConfig, ConfigError> {
     probe_config(config)?.ok_or_else(|| {
         ConfigError("discovery: the static source needs [discovery.probe] credentials".into())
@@ -82,22 +98,12 @@ pub fn spawn(
             tx,
             cancel,
         )),
-        Source::Patroni => {
-            let Some(p) = &config.discovery.patroni else {
-                return Err(ConfigError(
-                    "discovery: source = \"patroni\" needs [discovery.patroni]".into(),
-                ));
-            };
-            let settings = pgsteer_discovery::PatroniSettings {
-                endpoints: p.endpoints.clone(),
-                poll_interval: p.poll_interval,
-                request_timeout: p.request_timeout,
-            };
-            let probe = probe_config(config)?;
-            Ok(pgsteer_discovery::spawn_patroni(
-                settings, probe, tx, cancel,
-            ))
-        }
+        Source::Patroni => Ok(pgsteer_discovery::spawn_patroni(
+            patroni_settings(config)?,
+            probe_config(config)?,
+            tx,
+            cancel,
+        )),
     }
 }
 
@@ -108,18 +114,8 @@ pub async fn once(config: &Config) -> Result<Topology, ConfigError> {
             Ok(pgsteer_discovery::probe_once(&static_members(config), &need_probe(config)?).await)
         }
         Source::Patroni => {
-            let Some(p) = &config.discovery.patroni else {
-                return Err(ConfigError(
-                    "discovery: source = \"patroni\" needs [discovery.patroni]".into(),
-                ));
-            };
-            let settings = pgsteer_discovery::PatroniSettings {
-                endpoints: p.endpoints.clone(),
-                poll_interval: p.poll_interval,
-                request_timeout: p.request_timeout,
-            };
             let probe = probe_config(config)?;
-            Ok(pgsteer_discovery::patroni_once(&settings, probe.as_ref()).await)
+            Ok(pgsteer_discovery::patroni_once(&patroni_settings(config)?, probe.as_ref()).await)
         }
         Source::Kubernetes => {
             pgsteer_discovery::kubernetes::list_once(&kubernetes_settings(config)?)
