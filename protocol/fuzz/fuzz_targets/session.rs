@@ -189,7 +189,10 @@ async fn serve_backend(mut s: TcpStream, script: u8) {
         }
         3 => {
             frame(&mut out, b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0");
-            exchanges = &[b"\0\0\0\x0br=abc,s=c2FsdA==,i=4096", b"\0\0\0\x0cv=c2lnbmF0dXJl"];
+            exchanges = &[
+                b"\0\0\0\x0br=abc,s=c2FsdA==,i=4096",
+                b"\0\0\0\x0cv=c2lnbmF0dXJl",
+            ];
         }
         4 => {
             frame(
@@ -237,7 +240,11 @@ async fn serve_backend(mut s: TcpStream, script: u8) {
         let mut out = Vec::new();
         match tag {
             b'Q' => {
-                frame(&mut out, b'T', b"\0\x01?column?\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0");
+                frame(
+                    &mut out,
+                    b'T',
+                    b"\0\x01?column?\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
+                );
                 let rows = body.len() % 8;
                 let size = usize::from(body.first().copied().unwrap_or(0)) * 128;
                 let mut row = vec![0u8, 1];

@@ -1,0 +1,124 @@
+//! `compare`: pgsteer against direct Postgres, PgBouncer and HAProxy with pgbench, and the
+//! proxy's memory per idle or parked client. Run it through `benches/run`, which raises the
+//! open-file limit, builds in release mode and installs the peers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use pgsteer_benches::compare::workloads::{self, Target};
+use pgsteer_benches::compare::{memory, throughput};
+
+#[derive(Parser)]
+#[command(
+    name = "compare",
+    about = "pgsteer comparison harness (see benches/RESULTS.md)"
+)]
+struct Cli {
+    /// Seconds per point.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// Rounds; the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// A smoke run: 2 s per point, one round.
+    #[arg(long)]
+    quick: bool,
+    /// Only these workloads (comma-separated ids, e.g. select-simple-8,tpcb-8).
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Only these targets (direct, pgsteer-rw, pgbouncer, haproxy, direct-replica, pgsteer-ro).
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
+    /// The pgsteer binary (default: `pgsteer` next to this one).
+    #[arg(long)]
+    pgsteer: Option<PathBuf>,
+    /// Where results go.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    out: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The pgbench comparison (the default).
+    Throughput,
+    /// Proxy RSS and descriptors per idle session and per parked client.
+    Memory {
+        /// Idle sessions through rw.
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Clients parked on the hold path.
+        #[arg(long, default_value_t = 10_000)]
+        parked: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compare: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let pgsteer = match cli.pgsteer {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("pgsteer"),
+    };
+    if !pgsteer.is_file() {
+        return Err(format!(
+            "{} not found: cargo build --release -p pgsteer (benches/run does)",
+            pgsteer.display()
+        ));
+    }
+    std::fs::create_dir_all(&cli.out).map_err(|e| format!("{}: {e}", cli.out.display()))?;
+    match cli.command.unwrap_or(Command::Throughput) {
+        Command::Memory { sessions, parked } => memory::run(&memory::Options {
+            pgsteer,
+            out_dir: cli.out,
+            sessions,
+            parked,
+        }),
+        Command::Throughput => {
+            let mut all = workloads::standard();
+            if !cli.workloads.is_empty() {
+                for id in &cli.workloads {
+                    if !all.iter().any(|w| &w.id == id) {
+                        return Err(format!("unknown workload {id}"));
+                    }
+                }
+                all.retain(|w| cli.workloads.contains(&w.id));
+            }
+            let mut targets = Vec::new();
+            for name in &cli.targets {
+                let t = Target::ALL
+                    .into_iter()
+                    .find(|t| t.name() == name)
+                    .ok_or_else(|| format!("unknown target {name}"))?;
+                targets.push(t);
+            }
+            let (duration, rounds) = if cli.quick {
+                (2, 1)
+            } else {
+                (cli.duration, cli.rounds)
+            };
+            throughput::run(&throughput::Options {
+                duration: Duration::from_secs(duration.max(1)),
+                rounds: rounds.max(1),
+                workloads: all,
+                targets,
+                pgsteer,
+                out_dir: cli.out,
+            })
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Running `pgbench` and reading what it reports: the summary on stdout and the per-transaction
+//! log (`-l`) for latency percentiles.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// What a pgbench run is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run<'a> {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    /// Role to log in as.
+    pub user: &'a str,
+    /// Its password (`PGPASSWORD`), if it needs one.
+    pub password: Option<&'a str>,
+    /// Database.
+    pub database: &'a str,
+    /// `-S` (select-only) or the default TPC-B-like script.
+    pub select_only: bool,
+    /// `-M extended` instead of simple.
+    pub extended: bool,
+    /// `-C`: a new connection per transaction.
+    pub connect_per_tx: bool,
+    /// `-c`.
+    pub clients: u32,
+    /// `-T`.
+    pub duration: Duration,
+}
+
+/// What pgbench reported.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// Transactions processed.
+    pub transactions: u64,
+    /// Failed transactions.
+    pub failed: u64,
+    /// `tps = …`.
+    pub tps: f64,
+    /// `latency average = … ms`.
+    pub latency_avg_ms: f64,
+    /// 99th percentile of the logged transaction latencies, in ms.
+    pub latency_p99_ms: Option<f64>,
+}
+
+impl Run<'_> {
+    /// The command line, logging every transaction to files starting with `log_prefix`.
+    pub fn command(&self, log_prefix: &Path) -> Command {
+        let mut cmd = Command::new("pgbench");
+        cmd.args(["-h", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args(["-U", self.user, "-n", "-T"])
+            .arg(self.duration.as_secs().max(1).to_string())
+            .arg("-c")
+            .arg(self.clients.to_string())
+            .arg("-j")
+            .arg(self.clients.clamp(1, 2).to_string())
+            .arg("-l")
+            .arg(format!("--log-prefix={}", log_prefix.display()));
+        if self.select_only {
+            cmd.arg("-S");
+        }
+        if self.extended {
+            cmd.args(["-M", "extended"]);
+        }
+        if self.connect_per_tx {
+            cmd.arg("-C");
+        }
+        cmd.arg(self.database);
+        cmd.env_remove("PGPASSWORD")
+            .env("PGSSLMODE", "disable")
+            .env("PGCONNECT_TIMEOUT", "10");
+        if let Some(p) = self.password {
+            cmd.env("PGPASSWORD", p);
+        }
+        cmd
+    }
+
+    /// Runs pgbench in `dir` (its logs go there and are removed once read).
+    pub fn run(&self, dir: &Path) -> Result<Outcome, String> {
+        let prefix = dir.join("pgbench_log");
+        let out = self
+            .command(&prefix)
+            .output()
+            .map_err(|e| format!("cannot run pgbench: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let latencies = read_logs(dir, "pgbench_log");
+        if !out.status.success() {
+            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+            return Err(format!(
+                "pgbench failed ({}): {}",
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ));
+        }
+        let mut outcome = parse_summary(&stdout)
+            .ok_or_else(|| format!("cannot read the pgbench summary:\n{stdout}\n{stderr}"))?;
+        let mut latencies = latencies?;
+        outcome.latency_p99_ms = percentile(&mut latencies, 99.0).map(|us| us as f64 / 1000.0);
+        Ok(outcome)
+    }
+}
+
+/// Reads the pgbench summary (`number of transactions actually processed`, `tps = `, …).
+pub fn parse_summary(stdout: &str) -> Option<Outcome> {
+    let mut o = Outcome::default();
+    let (mut got_tx, mut got_tps) = (false, false);
+    for line in stdout.lines() {
+        let line = line.trim();
+        if let Some(v) = line.strip_prefix("number of transactions actually processed:") {
+            // "123456" or "123456/200000" with -t
+            o.transactions = v.trim().split('/').next()?.trim().parse().ok()?;
+            got_tx = true;
+        } else if let Some(v) = line.strip_prefix("number of failed transactions:") {
+            o.failed = v.split_whitespace().next()?.parse().ok()?;
+        } else if let Some(v) = line.strip_prefix("latency average =") {
+            o.latency_avg_ms = v.trim().trim_end_matches("ms").trim().parse().ok()?;
+        } else if let Some(v) = line.strip_prefix("tps =") {
+            o.tps = v.split_whitespace().next()?.parse().ok()?;
+            got_tps = true;
+        }
+    }
+    (got_tx && got_tps).then_some(o)
+}
+
+/// Reads and removes every log file `prefix.*` in `dir`, returning the latencies (µs) of the
+/// transactions that succeeded. A line is `client_id transaction_no time script_no epoch µs`,
+/// where `time` is the latency in µs (or `failed`/`skipped`).
+pub fn read_logs(dir: &Path, prefix: &str) -> Result<Vec<u64>, String> {
+    let mut all = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(&format!("{prefix}.")) {
+            continue;
+        }
+        let path = entry.path();
+        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        all.extend(parse_log(&text));
+        let _ = fs::remove_file(&path);
+    }
+    Ok(all)
+}
+
+/// Latencies (µs) of one pgbench log's successful transactions.
+pub fn parse_log(text: &str) -> impl Iterator<Item = u64> + '_ {
+    text.lines()
+        .filter_map(|line| line.split_whitespace().nth(2)?.parse().ok())
+}
+
+/// The `p`th percentile (nearest rank) of `values`; sorts them.
+pub fn percentile(values: &mut [u64], p: f64) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    Some(values[rank.clamp(1, values.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUMMARY: &str = "pgbench (15.14 (Debian 15.14-0+deb12u1))
+transaction type: <builtin: select only>
+scaling factor: 10
+query mode: extended
+number of clients: 8
+number of threads: 2
+maximum number of tries: 1
+duration: 15 s
+number of transactions actually processed: 171717
+number of failed transactions: 0 (0.000%)
+latency average = 0.699 ms
+initial connection time = 9.213 ms
+tps = 11447.800000 (without initial connection time)
+";
+
+    #[test]
+    fn the_summary_gives_transactions_tps_and_latency() {
+        let o = parse_summary(SUMMARY).unwrap();
+        assert_eq!(o.transactions, 171_717);
+        assert_eq!(o.failed, 0);
+        assert!((o.tps - 11447.8).abs() < 1e-9);
+        assert!((o.latency_avg_ms - 0.699).abs() < 1e-9);
+        assert_eq!(parse_summary("pgbench: error: connection refused"), None);
+    }
+
+    #[test]
+    fn reconnecting_runs_report_tps_including_connections() {
+        let text = SUMMARY.replace(
+            "tps = 11447.800000 (without initial connection time)",
+            "average connection time = 2.1 ms\ntps = 400.5 (including reconnection times)",
+        );
+        assert!((parse_summary(&text).unwrap().tps - 400.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn log_lines_give_latencies_and_skip_failures() {
+        let log = "0 1 650 0 1700000000 123456\n1 1 failed 0 1700000000 123999\n0 2 701 0 1700000000 124000\n";
+        assert_eq!(parse_log(log).collect::<Vec<_>>(), vec![650, 701]);
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let mut v: Vec<u64> = (1..=100).rev().collect();
+        assert_eq!(percentile(&mut v, 99.0), Some(99));
+        assert_eq!(percentile(&mut v, 100.0), Some(100));
+        assert_eq!(percentile(&mut v, 50.0), Some(50));
+        assert_eq!(percentile(&mut [7], 99.0), Some(7));
+        assert_eq!(percentile(&mut [], 99.0), None);
+    }
+}

@@ -1,0 +1,331 @@
+//! Medians over rounds, the comparison table, the issue's targets as checks, and the JSON record.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::workloads::{Target, Workload};
+
+/// One pgbench run against one target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Round number (0-based).
+    pub round: usize,
+    /// Transactions processed.
+    pub transactions: u64,
+    /// tps as pgbench reports it.
+    pub tps: f64,
+    /// Average latency, ms.
+    pub latency_avg_ms: f64,
+    /// p99 latency from the transaction log, ms.
+    pub latency_p99_ms: Option<f64>,
+    /// CPU seconds the proxy process used during the run.
+    pub proxy_cpu_s: Option<f64>,
+}
+
+impl Sample {
+    /// Proxy CPU µs per transaction.
+    pub fn cpu_us_per_tx(&self) -> Option<f64> {
+        let cpu = self.proxy_cpu_s?;
+        (self.transactions > 0).then(|| cpu * 1e6 / self.transactions as f64)
+    }
+}
+
+/// Medians of one (workload, target) over the rounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// Median tps.
+    pub tps: f64,
+    /// Median average latency, ms.
+    pub latency_avg_ms: f64,
+    /// Median p99 latency, ms.
+    pub latency_p99_ms: Option<f64>,
+    /// Median proxy CPU µs per transaction.
+    pub cpu_us_per_tx: Option<f64>,
+    /// Rounds that produced a sample.
+    pub rounds: usize,
+}
+
+/// Median of `values` (mean of the middle two for an even count); `None` if empty.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
+}
+
+impl Point {
+    /// Medians of `samples` (at least one).
+    pub fn of(samples: &[Sample]) -> Option<Point> {
+        Some(Point {
+            tps: median(samples.iter().map(|s| s.tps).collect())?,
+            latency_avg_ms: median(samples.iter().map(|s| s.latency_avg_ms).collect())?,
+            latency_p99_ms: median(samples.iter().filter_map(|s| s.latency_p99_ms).collect()),
+            cpu_us_per_tx: median(samples.iter().filter_map(Sample::cpu_us_per_tx).collect()),
+            rounds: samples.len(),
+        })
+    }
+}
+
+/// Every sample, by workload id and target.
+#[derive(Debug, Default)]
+pub struct Results {
+    /// Samples.
+    pub samples: BTreeMap<(String, Target), Vec<Sample>>,
+    /// Runs that failed: (workload, target, round, error).
+    pub failures: Vec<(String, Target, usize, String)>,
+}
+
+impl Results {
+    /// The medians of one workload and target.
+    pub fn point(&self, workload: &str, target: Target) -> Option<Point> {
+        Point::of(self.samples.get(&(workload.to_owned(), target))?)
+    }
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+/// The comparison table: per workload, one row per target.
+pub fn table(workloads: &[Workload], results: &Results) -> String {
+    let mut out = String::new();
+    for w in workloads {
+        let _ = writeln!(out, "\n{} — {}", w.id, w.describe());
+        let _ = writeln!(
+            out,
+            "  {:<15} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>12}",
+            "target",
+            "tps",
+            "avg ms",
+            "p99 ms",
+            "x base",
+            "x bncr",
+            "x hapx",
+            "CPU us/tx",
+            "CPU s/10k tx"
+        );
+        for &t in &w.targets {
+            let Some(p) = results.point(&w.id, t) else {
+                let _ = writeln!(out, "  {:<15} (no successful run)", t.name());
+                continue;
+            };
+            let ratio = |other: Target| {
+                (other != t)
+                    .then(|| results.point(&w.id, other))
+                    .flatten()
+                    .map(|o| p.tps / o.tps)
+            };
+            let _ = writeln!(
+                out,
+                "  {:<15} {:>9.0} {:>8.3} {:>8} {:>8} {:>8} {:>8} {:>10} {:>12}",
+                t.name(),
+                p.tps,
+                p.latency_avg_ms,
+                opt(p.latency_p99_ms, 3),
+                opt(ratio(t.baseline()), 3),
+                opt(ratio(Target::Pgbouncer), 3),
+                opt(ratio(Target::Haproxy), 3),
+                opt(p.cpu_us_per_tx, 1),
+                opt(p.cpu_us_per_tx.map(|us| us / 100.0), 3),
+            );
+        }
+    }
+    out.push_str(
+        "\nx base: tps / direct (pgsteer-ro and direct-replica: / direct-replica); x bncr, x hapx:\n\
+         tps / PgBouncer's, / HAProxy's in the same workload. CPU: utime+stime of the proxy process\n\
+         over the run / transactions processed. Medians over the rounds.\n",
+    );
+    out
+}
+
+/// One of the issue's targets, as measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    /// What is checked.
+    pub what: String,
+    /// The measured value(s).
+    pub measured: String,
+    /// `None`: could not be measured (a peer is missing or a run failed).
+    pub met: Option<bool>,
+}
+
+/// The issue's throughput targets for pgsteer, evaluated on the medians.
+pub fn checks(results: &Results) -> Vec<Check> {
+    let mut out = Vec::new();
+    let get = |w: &str, t| results.point(w, t);
+    for w in [
+        "select-simple-8",
+        "select-simple-32",
+        "select-extended-8",
+        "select-extended-32",
+    ] {
+        let (Some(rw), Some(direct)) = (get(w, Target::PgsteerRw), get(w, Target::Direct)) else {
+            continue;
+        };
+        let ratio = rw.tps / direct.tps;
+        out.push(Check {
+            what: format!("{w}: pgsteer-rw tps >= 0.75 x direct"),
+            measured: format!("{ratio:.3}"),
+            met: Some(ratio >= 0.75),
+        });
+        for peer in [Target::Pgbouncer, Target::Haproxy] {
+            let p = get(w, peer);
+            out.push(Check {
+                what: format!("{w}: pgsteer-rw tps ahead of {peer}"),
+                measured: p.as_ref().map_or("-".into(), |p| {
+                    format!("{:.0} vs {:.0} ({:.3})", rw.tps, p.tps, rw.tps / p.tps)
+                }),
+                met: p.as_ref().map(|p| rw.tps > p.tps),
+            });
+            let cpu = p
+                .as_ref()
+                .and_then(|p| Some((rw.cpu_us_per_tx?, p.cpu_us_per_tx?)));
+            out.push(Check {
+                what: format!("{w}: pgsteer-rw CPU/tx below {peer}'s"),
+                measured: cpu.map_or("-".into(), |(a, b)| format!("{a:.1} vs {b:.1} us")),
+                met: cpu.map(|(a, b)| a < b),
+            });
+        }
+        out.push(Check {
+            what: format!("{w}: pgsteer-rw CPU/tx <= 20 us"),
+            measured: opt(rw.cpu_us_per_tx, 1),
+            met: rw.cpu_us_per_tx.map(|c| c <= 20.0),
+        });
+    }
+    for w in ["connect-select-8", "connect-select-scram-8"] {
+        let (Some(rw), Some(direct)) = (get(w, Target::PgsteerRw), get(w, Target::Direct)) else {
+            continue;
+        };
+        let ratio = rw.tps / direct.tps;
+        out.push(Check {
+            what: format!("{w}: pgsteer-rw tps >= 0.95 x direct"),
+            measured: format!("{ratio:.3}"),
+            met: Some(ratio >= 0.95),
+        });
+    }
+    out
+}
+
+/// The checks as text.
+pub fn checks_text(checks: &[Check]) -> String {
+    let mut out = String::from("\nTargets (issue 9), on the medians:\n");
+    for c in checks {
+        let verdict = match c.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "n/a",
+        };
+        let _ = writeln!(out, "  [{verdict:>7}] {} — {}", c.what, c.measured);
+    }
+    out
+}
+
+/// Everything as JSON: settings, every sample, medians, checks.
+pub fn to_json(meta: Value, workloads: &[Workload], results: &Results, checks: &[Check]) -> Value {
+    let mut points = Vec::new();
+    for w in workloads {
+        for &t in &w.targets {
+            let samples = results
+                .samples
+                .get(&(w.id.clone(), t))
+                .cloned()
+                .unwrap_or_default();
+            let median = Point::of(&samples);
+            points.push(json!({
+                "workload": w.id,
+                "description": w.describe(),
+                "target": t.name(),
+                "median": median.map(|p| json!({
+                    "tps": p.tps,
+                    "latency_avg_ms": p.latency_avg_ms,
+                    "latency_p99_ms": p.latency_p99_ms,
+                    "proxy_cpu_us_per_tx": p.cpu_us_per_tx,
+                    "proxy_cpu_s_per_10k_tx": p.cpu_us_per_tx.map(|us| us / 100.0),
+                    "rounds": p.rounds,
+                })),
+                "samples": samples.iter().map(|s| json!({
+                    "round": s.round,
+                    "transactions": s.transactions,
+                    "tps": s.tps,
+                    "latency_avg_ms": s.latency_avg_ms,
+                    "latency_p99_ms": s.latency_p99_ms,
+                    "proxy_cpu_s": s.proxy_cpu_s,
+                    "proxy_cpu_us_per_tx": s.cpu_us_per_tx(),
+                })).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    json!({
+        "meta": meta,
+        "points": points,
+        "failures": results.failures.iter().map(|(w, t, r, e)| json!({
+            "workload": w, "target": t.name(), "round": r, "error": e,
+        })).collect::<Vec<_>>(),
+        "checks": checks.iter().map(|c| json!({
+            "what": c.what, "measured": c.measured, "met": c.met,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(round: usize, tps: f64, cpu: Option<f64>) -> Sample {
+        Sample {
+            round,
+            transactions: (tps * 10.0) as u64,
+            tps,
+            latency_avg_ms: 1000.0 / tps,
+            latency_p99_ms: Some(2.0),
+            proxy_cpu_s: cpu,
+        }
+    }
+
+    #[test]
+    fn medians_take_the_middle_value_or_the_mean_of_two() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn cpu_per_transaction_is_cpu_seconds_over_transactions() {
+        let s = sample(0, 1000.0, Some(0.2));
+        assert!((s.cpu_us_per_tx().unwrap() - 20.0).abs() < 1e-9);
+        assert_eq!(sample(0, 1000.0, None).cpu_us_per_tx(), None);
+    }
+
+    #[test]
+    fn checks_compare_pgsteer_with_direct_and_its_peers() {
+        let mut r = Results::default();
+        let w = "select-simple-8".to_owned();
+        let put = |r: &mut Results, t, tps, cpu| {
+            r.samples
+                .entry((w.clone(), t))
+                .or_default()
+                .push(sample(0, tps, cpu));
+        };
+        put(&mut r, Target::Direct, 10_000.0, None);
+        put(&mut r, Target::PgsteerRw, 8_000.0, Some(1.2));
+        put(&mut r, Target::Pgbouncer, 7_000.0, Some(2.0));
+        let c = checks(&r);
+        let find = |what: &str| c.iter().find(|c| c.what.contains(what)).unwrap().met;
+        assert_eq!(find("0.75 x direct"), Some(true));
+        assert_eq!(find("ahead of pgbouncer"), Some(true));
+        assert_eq!(find("below pgbouncer"), Some(true));
+        assert_eq!(find("ahead of haproxy"), None);
+        assert_eq!(find("<= 20 us"), Some(true));
+        let text = table(&crate::compare::workloads::standard()[1..2], &r);
+        assert!(text.contains("pgsteer-rw"), "{text}");
+        assert!(text.contains("0.800"), "{text}");
+    }
+}

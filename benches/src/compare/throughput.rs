@@ -1,0 +1,420 @@
+//! The throughput comparison: a local primary + 2 replicas, pgbench against each target in
+//! alternating rounds, medians, the table, and the record in `benches/results/`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pgsteer_cluster::{APP_PASSWORD, APP_USER, Cluster, DATABASE, Spec, TRUST_USER};
+use serde_json::json;
+
+use super::pgbench::Run;
+use super::procfs;
+use super::report::{self, Results, Sample};
+use super::targets::{Pgsteer, PgsteerSpec, Proc, find_program, start_haproxy, start_pgbouncer};
+use super::workloads::{Target, Workload};
+
+/// pgbench scale (`-i -s`).
+pub const SCALE: u32 = 10;
+
+/// How a comparison runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Seconds per point.
+    pub duration: Duration,
+    /// Rounds (medians over them).
+    pub rounds: usize,
+    /// The workloads.
+    pub workloads: Vec<Workload>,
+    /// Only these targets (all if empty).
+    pub targets: Vec<Target>,
+    /// The release `pgsteer` binary.
+    pub pgsteer: PathBuf,
+    /// Where results go (`benches/results`).
+    pub out_dir: PathBuf,
+}
+
+/// Everything started for a comparison; dropping it stops the proxies, then the cluster.
+pub struct Bench {
+    /// The pgsteer instance.
+    pub pgsteer: Pgsteer,
+    pgbouncer: Option<(Proc, u16)>,
+    haproxy: Option<(Proc, u16)>,
+    /// Scratch directory (pgbench logs, PgBouncer's files), removed on drop.
+    scratch: PathBuf,
+    /// The servers; dropped last.
+    pub cluster: Cluster,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// A scratch directory under the system temp dir that `postgres` can enter.
+pub fn scratch_dir(what: &str) -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("pgsteer-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _ = std::process::Command::new("chmod")
+        .arg("755")
+        .arg(&dir)
+        .status();
+    Ok(dir)
+}
+
+/// Starts a cluster (2 replicas, `max_connections` 1200).
+pub fn start_cluster() -> Result<Cluster, String> {
+    eprintln!("compare: starting a primary and 2 replicas");
+    Cluster::start(&Spec {
+        replicas: 2,
+        max_connections: 1200,
+        ..Spec::default()
+    })
+    .map_err(|e| format!("cluster: {e}"))
+}
+
+/// The static members of `cluster` for a pgsteer config.
+pub fn members(cluster: &Cluster) -> Vec<(String, String)> {
+    cluster
+        .nodes()
+        .iter()
+        .map(|n| (n.name.clone(), n.address()))
+        .collect()
+}
+
+impl Bench {
+    /// Starts the cluster, loads the pgbench tables, starts pgsteer and the peers that are installed.
+    pub fn start(opts: &Options, log_dir: &Path) -> Result<Bench, String> {
+        let cluster = start_cluster()?;
+        let primary = cluster.nodes()[0].port;
+        init_pgbench(&cluster)?;
+        let scratch = scratch_dir("bench")?;
+        let pgsteer = Pgsteer::start(
+            &opts.pgsteer,
+            log_dir,
+            &PgsteerSpec {
+                name: "pgsteer",
+                members: members(&cluster),
+                hold_timeout: "10s",
+                max_clients: 10_000,
+            },
+        )?;
+        let wanted = |t| opts.targets.is_empty() || opts.targets.contains(&t);
+        let pgbouncer = match find_program("pgbouncer") {
+            Some(bin) if wanted(Target::Pgbouncer) => Some(start_pgbouncer(
+                &bin, &scratch, primary, DATABASE, TRUST_USER,
+            )?),
+            Some(_) => None,
+            None => {
+                eprintln!("compare: pgbouncer is not installed: skipped (benches/run installs it)");
+                None
+            }
+        };
+        let haproxy = match find_program("haproxy") {
+            Some(bin) if wanted(Target::Haproxy) => Some(start_haproxy(&bin, log_dir, primary)?),
+            Some(_) => None,
+            None => {
+                eprintln!("compare: haproxy is not installed: skipped (benches/run installs it)");
+                None
+            }
+        };
+        Ok(Bench {
+            pgsteer,
+            pgbouncer,
+            haproxy,
+            scratch,
+            cluster,
+        })
+    }
+
+    /// Port and proxy pid of a target, if it is running.
+    pub fn endpoint(&self, t: Target) -> Option<(u16, Option<u32>)> {
+        let nodes = self.cluster.nodes();
+        match t {
+            Target::Direct => Some((nodes[0].port, None)),
+            Target::DirectReplica => Some((nodes.get(1)?.port, None)),
+            Target::PgsteerRw => Some((self.pgsteer.rw, Some(self.pgsteer.proc.pid()))),
+            Target::PgsteerRo => Some((self.pgsteer.ro, Some(self.pgsteer.proc.pid()))),
+            Target::Pgbouncer => self
+                .pgbouncer
+                .as_ref()
+                .map(|(p, port)| (*port, Some(p.pid()))),
+            Target::Haproxy => self
+                .haproxy
+                .as_ref()
+                .map(|(p, port)| (*port, Some(p.pid()))),
+        }
+    }
+
+    /// Fails if a proxy has died.
+    fn check_alive(&mut self) -> Result<(), String> {
+        self.pgsteer.proc.check_alive()?;
+        for (p, _) in self.pgbouncer.iter_mut().chain(self.haproxy.iter_mut()) {
+            p.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// One pgbench run of `w` against `t`, with the proxy's CPU time around it.
+    pub fn measure(
+        &self,
+        w: &Workload,
+        t: Target,
+        duration: Duration,
+        round: usize,
+    ) -> Result<Sample, String> {
+        let (port, pid) = self.endpoint(t).ok_or("not running")?;
+        if !w.select_only {
+            reset_tpcb(&self.cluster)?;
+        }
+        let (user, password) = if w.scram {
+            (APP_USER, Some(APP_PASSWORD))
+        } else {
+            (TRUST_USER, None)
+        };
+        let run = Run {
+            port,
+            user,
+            password,
+            database: DATABASE,
+            select_only: w.select_only,
+            extended: w.extended,
+            connect_per_tx: w.connect_per_tx,
+            clients: w.clients,
+            duration,
+        };
+        let before = pid.and_then(procfs::cpu_ticks);
+        let outcome = run.run(&self.scratch)?;
+        let after = pid.and_then(procfs::cpu_ticks);
+        if outcome.failed > 0 {
+            return Err(format!("{} failed transactions", outcome.failed));
+        }
+        let tick = procfs::clock_ticks() as f64;
+        Ok(Sample {
+            round,
+            transactions: outcome.transactions,
+            tps: outcome.tps,
+            latency_avg_ms: outcome.latency_avg_ms,
+            latency_p99_ms: outcome.latency_p99_ms,
+            proxy_cpu_s: before
+                .zip(after)
+                .map(|(b, a)| a.saturating_sub(b) as f64 / tick),
+        })
+    }
+}
+
+/// `pgbench -i -s 10` as the trusted role, readable and writable by the SCRAM role too; waits
+/// until both replicas have replayed it.
+fn init_pgbench(cluster: &Cluster) -> Result<(), String> {
+    eprintln!("compare: pgbench -i -s {SCALE}");
+    let primary = cluster.nodes()[0].port;
+    let out = std::process::Command::new("pgbench")
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            &SCALE.to_string(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+        ])
+        .arg(primary.to_string())
+        .args(["-U", TRUST_USER, DATABASE])
+        .output()
+        .map_err(|e| format!("pgbench -i: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let psql = |node: &str, sql: &str| cluster.psql(node, sql).map_err(|e| e.to_string());
+    psql(
+        "pg-0",
+        &format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {APP_USER}"),
+    )?;
+    psql("pg-0", "CHECKPOINT")?;
+    let lsn = psql("pg-0", "SELECT pg_current_wal_lsn()")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for node in cluster.nodes().iter().skip(1) {
+        let sql = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+        while psql(&node.name, &sql)? != "t" {
+            if Instant::now() > deadline {
+                return Err(format!("{} did not replay the pgbench tables", node.name));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}
+
+/// What pgbench does before a TPC-B-like run without `-n`, done on the primary directly so that
+/// every target starts from the same state.
+fn reset_tpcb(cluster: &Cluster) -> Result<(), String> {
+    for sql in [
+        "VACUUM pgbench_branches",
+        "VACUUM pgbench_tellers",
+        "TRUNCATE pgbench_history",
+    ] {
+        cluster.psql("pg-0", sql).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Output of a command, trimmed, or `-`.
+fn command_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// UTC time stamp `2026-11-26T151200Z` (from `date`).
+pub fn stamp() -> String {
+    command_line("date", &["-u", "+%Y-%m-%dT%H%M%SZ"])
+}
+
+/// Runs the whole comparison and writes `compare-<stamp>.{json,txt}` into `opts.out_dir`.
+pub fn run(opts: &Options) -> Result<(), String> {
+    let stamp = stamp();
+    let log_dir = opts.out_dir.join(format!("compare-{stamp}"));
+    std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
+    let loadavg_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut bench = Bench::start(opts, &log_dir)?;
+    let workloads: Vec<Workload> = opts
+        .workloads
+        .iter()
+        .cloned()
+        .map(|mut w| {
+            w.targets.retain(|&t| {
+                bench.endpoint(t).is_some()
+                    && (opts.targets.is_empty() || opts.targets.contains(&t))
+            });
+            w
+        })
+        .collect();
+    let points: usize = workloads.iter().map(|w| w.targets.len()).sum();
+    eprintln!(
+        "compare: {} points x {} rounds x {:?} (about {} min)",
+        points,
+        opts.rounds,
+        opts.duration,
+        (points * opts.rounds) as u64 * (opts.duration.as_secs() + 2) / 60 + 1
+    );
+    // Warm every target up once (caches, pools, the proxies' buffers).
+    let warm = Duration::from_secs(1);
+    for &t in &Target::ALL {
+        if let Some(w) = workloads
+            .iter()
+            .find(|w| w.targets.contains(&t) && !w.scram)
+        {
+            let _ = bench.measure(w, t, warm, 0);
+        }
+    }
+    let mut results = Results::default();
+    for round in 0..opts.rounds {
+        for w in &workloads {
+            // Alternate: each round starts with a different target.
+            let mut order = w.targets.clone();
+            if !order.is_empty() {
+                let n = order.len();
+                order.rotate_left(round % n);
+            }
+            for t in order {
+                bench.check_alive()?;
+                let started = Instant::now();
+                match bench.measure(w, t, opts.duration, round) {
+                    Ok(s) => {
+                        eprintln!(
+                            "round {}/{} {:<24} {:<15} {:>9.0} tps {:>8.3} ms  cpu {} ({:.0?})",
+                            round + 1,
+                            opts.rounds,
+                            w.id,
+                            t.name(),
+                            s.tps,
+                            s.latency_avg_ms,
+                            s.cpu_us_per_tx()
+                                .map_or("-".into(), |c| format!("{c:.1} us/tx")),
+                            started.elapsed()
+                        );
+                        results
+                            .samples
+                            .entry((w.id.clone(), t))
+                            .or_default()
+                            .push(s);
+                    }
+                    Err(e) => {
+                        eprintln!("round {} {} {}: FAILED: {e}", round + 1, w.id, t.name());
+                        results.failures.push((w.id.clone(), t, round, e));
+                    }
+                }
+            }
+        }
+    }
+    let checks = report::checks(&results);
+    let mut text = format!(
+        "pgsteer comparison {stamp}: {} s per point, {} round(s), {} cores, load at start {}\n\
+         postgres {}, pgbench scale {SCALE}; pgsteer {} (runtime threads 1); {}; {}\n",
+        opts.duration.as_secs(),
+        opts.rounds,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg_start
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        command_line("pgbench", &["--version"]),
+        command_line("git", &["describe", "--always", "--dirty"]),
+        command_line("pgbouncer", &["--version"]),
+        command_line("haproxy", &["-v"]),
+    );
+    text.push_str(&report::table(&workloads, &results));
+    text.push_str(&report::checks_text(&checks));
+    if !results.failures.is_empty() {
+        text.push_str(&format!("\n{} run(s) failed:\n", results.failures.len()));
+        for (w, t, r, e) in &results.failures {
+            text.push_str(&format!("  round {} {w} {t}: {e}\n", r + 1));
+        }
+    }
+    println!("{text}");
+    let meta = json!({
+        "stamp": stamp,
+        "duration_s": opts.duration.as_secs(),
+        "rounds": opts.rounds,
+        "scale": SCALE,
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "loadavg_start": loadavg_start.trim(),
+        "loadavg_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        "clk_tck": procfs::clock_ticks(),
+        "git": command_line("git", &["describe", "--always", "--dirty"]),
+    });
+    let record = report::to_json(meta, &workloads, &results, &checks);
+    let json_path = opts.out_dir.join(format!("compare-{stamp}.json"));
+    let txt_path = opts.out_dir.join(format!("compare-{stamp}.txt"));
+    let pretty = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
+    std::fs::write(&json_path, pretty).map_err(|e| format!("{}: {e}", json_path.display()))?;
+    std::fs::write(&txt_path, &text).map_err(|e| format!("{}: {e}", txt_path.display()))?;
+    eprintln!(
+        "compare: wrote {} and {} (proxy logs and configs in {})",
+        json_path.display(),
+        txt_path.display(),
+        log_dir.display()
+    );
+    drop(bench);
+    Ok(())
+}
