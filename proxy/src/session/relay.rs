@@ -154,6 +154,8 @@ pub struct Relay<'a> {
     resume: Option<Wait>,
     /// Skip the `EAGAIN` read after a short read (current-thread runtime only).
     short_read_drains: bool,
+    /// Last value seen on `signals.paused`.
+    paused: bool,
 }
 
 /// Tags read whole on the server side: only ReadyForQuery.
@@ -170,6 +172,7 @@ impl<'a> Relay<'a> {
         signals: Signals<'a>,
         counters: PodCounters,
     ) -> Relay<'a> {
+        let paused = *signals.paused.borrow();
         Relay {
             client,
             server,
@@ -190,6 +193,7 @@ impl<'a> Relay<'a> {
             counters,
             deadline: None,
             resume: None,
+            paused,
             short_read_drains: tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         }
@@ -287,7 +291,12 @@ impl<'a> Relay<'a> {
 
     /// Whether a pause holds this session at its transaction boundary now.
     fn held_by_pause(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.idle() || !*self.signals.paused.borrow() {
+        // `has_changed` is one atomic load; `borrow` would take the channel's
+        // lock on every pass of the relay loop.
+        if self.signals.paused.has_changed().unwrap_or(false) {
+            self.paused = *self.signals.paused.borrow_and_update();
+        }
+        if !self.paused || !self.idle() {
             self.resume = None;
             return false;
         }
