@@ -99,23 +99,33 @@ impl Env {
 
     /// Waits until the proxy's topology satisfies `pred`.
     pub async fn wait_topology(&self, what: &str, pred: impl FnMut(&Topology) -> bool) {
-        let mut rx = self.proxy.topology();
-        let waited = tokio::time::timeout(DEADLINE, rx.wait_for(pred))
-            .await
-            .map(|r| r.is_ok());
-        match waited {
-            Ok(true) => {}
-            Ok(false) => panic!("discovery stopped while waiting for: {what}"),
-            Err(_) => panic!(
-                "timed out waiting for: {what}; topology: {:?}",
-                *rx.borrow()
-            ),
-        }
+        wait_topology(self.proxy.topology(), DEADLINE, what, pred).await;
     }
 
     /// Port of a member by name.
     pub fn port_of(&self, member: &str) -> u16 {
         self.cluster.node(member).port
+    }
+}
+
+/// Waits until a proxy's topology satisfies `pred` and returns that value;
+/// panics with the last topology when `deadline` passes.
+pub async fn wait_topology(
+    mut rx: tokio::sync::watch::Receiver<Topology>,
+    deadline: Duration,
+    what: &str,
+    pred: impl FnMut(&Topology) -> bool,
+) -> Topology {
+    let waited = tokio::time::timeout(deadline, rx.wait_for(pred))
+        .await
+        .map(|r| r.map(|t| t.clone()));
+    match waited {
+        Ok(Ok(t)) => t,
+        Ok(Err(_)) => panic!("discovery stopped while waiting for: {what}"),
+        Err(_) => panic!(
+            "timed out waiting for: {what}; topology: {:?}",
+            *rx.borrow()
+        ),
     }
 }
 

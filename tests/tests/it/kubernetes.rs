@@ -13,7 +13,7 @@ use pgsteer_discovery::{Role, Topology};
 use pgsteer_tests::kube_api::{FakePod, KubeApi};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness::{DEADLINE, cluster, connect, server_port, try_connect};
+use crate::harness::{DEADLINE, cluster, connect, eventually, server_port, try_connect};
 use crate::routing::http_get;
 
 const NAMESPACE: &str = "db";
@@ -68,18 +68,7 @@ impl Proxy {
     }
 
     async fn wait(&self, what: &str, pred: impl FnMut(&Topology) -> bool) -> Topology {
-        let mut rx = self.running.topology();
-        let waited = tokio::time::timeout(DEADLINE, rx.wait_for(pred))
-            .await
-            .map(|r| r.map(|t| t.clone()));
-        match waited {
-            Ok(Ok(t)) => t,
-            Ok(Err(_)) => panic!("discovery stopped while waiting for: {what}"),
-            Err(_) => panic!(
-                "timed out waiting for: {what}; topology: {:?}",
-                *rx.borrow()
-            ),
-        }
+        crate::harness::wait_topology(self.running.topology(), DEADLINE, what, pred).await
     }
 
     async fn topology_json(&self) -> serde_json::Value {
@@ -362,8 +351,17 @@ async fn an_api_outage_keeps_routing_shows_staleness_and_recovers_and_410_relist
     proxy
         .wait("source error shown", |t| t.source_error.is_some())
         .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let json = proxy.topology_json().await;
+    // Staleness grows while the API server is away.
+    let mut json = proxy.topology_json().await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while json["source_stale_seconds"].as_f64().unwrap_or_default() < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "staleness never grew: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        json = proxy.topology_json().await;
+    }
     assert!(json["source_error"].is_string(), "{json}");
     let stale = json["source_stale_seconds"].as_f64().unwrap_or_default();
     assert!(stale >= 1.0, "staleness grows during the outage: {json}");
@@ -440,8 +438,12 @@ async fn an_api_outage_keeps_routing_shows_staleness_and_recovers_and_410_relist
 
     // Streams that end mid-way are resumed without a relist.
     let lists = api.stats().lists;
+    let watches = api.stats().watches;
     api.drop_watches();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the watcher watches again", || async {
+        api.stats().watches > watches
+    })
+    .await;
     api.update("pg-1", |p| {
         p.labels.insert("spilo-role".into(), "unknown".into());
     });

@@ -82,18 +82,7 @@ impl PatroniEnv {
     }
 
     async fn wait_topology(&self, what: &str, pred: impl FnMut(&Topology) -> bool) {
-        let mut rx = self.proxy.topology();
-        let waited = tokio::time::timeout(ROLE_CHANGE_DEADLINE, rx.wait_for(pred))
-            .await
-            .map(|r| r.is_ok());
-        match waited {
-            Ok(true) => {}
-            Ok(false) => panic!("discovery stopped while waiting for: {what}"),
-            Err(_) => panic!(
-                "timed out waiting for: {what}; topology: {:?}",
-                *rx.borrow()
-            ),
-        }
+        wait_topology(self.proxy.topology(), ROLE_CHANGE_DEADLINE, what, pred).await;
     }
 }
 
