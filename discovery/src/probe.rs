@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_util::task::AbortOnDropHandle;
@@ -100,12 +100,24 @@ pub enum Observation {
         lsn: u64,
         /// Seconds since the last replayed transaction's commit, if any was replayed.
         replay_delay: Option<f64>,
+        /// Round-trip time of the probe query alone (not connecting or authenticating).
+        round_trip: Duration,
     },
     /// The member could not be reached or did not answer in time.
     Down {
         /// What went wrong, for operators.
         error: String,
     },
+}
+
+impl Observation {
+    /// Round-trip time of the probe query in seconds; `None` if the probe failed.
+    pub fn round_trip_seconds(&self) -> Option<f64> {
+        match self {
+            Observation::Up { round_trip, .. } => Some(round_trip.as_secs_f64()),
+            Observation::Down { .. } => None,
+        }
+    }
 }
 
 /// Parses a textual LSN (`"16/B374D848"`) into its 64-bit position.
@@ -122,6 +134,7 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
 /// [`Topology::replace_members`](crate::Topology::replace_members).
 ///
 /// Down members are unreachable, members never observed are unknown; both are not routable.
+/// Members that answered carry the probe query's round-trip time.
 /// Replica lag in bytes is measured against the primary only when exactly one member is a
 /// primary; when two claim the role both stay primaries (so
 /// [`Topology::primary`](crate::Topology::primary) fails closed) with [`TWO_PRIMARIES_NOTE`].
@@ -162,6 +175,7 @@ fn fold_member(
     contested: bool,
 ) -> Member {
     let mut member = Member::new(&configured.name, &configured.address);
+    member.probe_seconds = observation.and_then(Observation::round_trip_seconds);
     match observation {
         None => member.note = Some(NOT_PROBED_NOTE.to_owned()),
         Some(Observation::Down { error }) => {
@@ -182,6 +196,7 @@ fn fold_member(
             in_recovery: true,
             lsn,
             replay_delay,
+            ..
         }) => {
             member.role = Role::Replica;
             member.routable = true;
@@ -292,14 +307,17 @@ impl Conn {
         })
     }
 
-    /// Runs the probe. `Err` means the connection is unusable; an answer that makes no sense
-    /// is a [`Observation::Down`] on a healthy connection (fail closed, keep the connection).
+    /// Runs the probe and times its round trip. `Err` means the connection is unusable; an
+    /// answer that makes no sense is a [`Observation::Down`] on a healthy connection (fail
+    /// closed, keep the connection).
     async fn query(&self) -> Result<Observation, String> {
+        let started = Instant::now();
         let row = self
             .client
             .query_one(&self.statement, &[])
             .await
             .map_err(|e| describe(&e))?;
+        let round_trip = started.elapsed();
         let columns = (
             row.try_get::<_, bool>(0),
             row.try_get::<_, Option<String>>(1),
@@ -318,6 +336,7 @@ impl Conn {
             in_recovery,
             lsn,
             replay_delay,
+            round_trip,
         })
     }
 }
@@ -363,7 +382,7 @@ fn describe(error: &tokio_postgres::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{Row, down, observed, row, up};
+    use crate::test_support::{ROUND_TRIP, Row, down, observed, row, up};
 
     fn members(names: &[&str]) -> Vec<StaticMember> {
         names
@@ -488,6 +507,20 @@ mod tests {
             assert_eq!(folded["pg-1"].lag_bytes, None);
             assert_eq!(folded["pg-1"].lag_seconds, Some(1.0));
         }
+    }
+
+    #[test]
+    fn members_that_answered_carry_the_probe_round_trip_and_the_others_none() {
+        let cfg = members(&["pg-0", "pg-1", "pg-2", "pg-3"]);
+        let obs = observed(&[
+            ("pg-0", up(false, 1_000, None)),
+            ("pg-1", up(true, 900, Some(0.5))),
+            ("pg-2", down("connection refused")),
+        ]);
+        let folded = fold(&cfg, &obs);
+        let probe_seconds: Vec<Option<f64>> = folded.values().map(|m| m.probe_seconds).collect();
+        let answered = Some(ROUND_TRIP.as_secs_f64());
+        assert_eq!(probe_seconds, vec![answered, answered, None, None]);
     }
 
     #[test]

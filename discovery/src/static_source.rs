@@ -247,6 +247,7 @@ mod tests {
             in_recovery,
             lsn: 1,
             replay_delay: None,
+            round_trip: Duration::from_millis(1),
         };
         let members = vec![
             StaticMember::new("pg-0", "a:1"),

@@ -1,16 +1,21 @@
 //! Builders shared by the fold and verify table tests.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::probe::Observation;
 use crate::topology::{Member, Role};
 
-/// A probe that answered.
+/// Round-trip time of every probe built by [`up`].
+pub const ROUND_TRIP: Duration = Duration::from_millis(2);
+
+/// A probe that answered in [`ROUND_TRIP`].
 pub fn up(in_recovery: bool, lsn: u64, replay_delay: Option<f64>) -> Observation {
     Observation::Up {
         in_recovery,
         lsn,
         replay_delay,
+        round_trip: ROUND_TRIP,
     }
 }
 

@@ -4,7 +4,8 @@
 //! pure functions and publish it through a `tokio::sync::watch` channel; the
 //! router reads the latest value without locks. `generation` goes up whenever
 //! something routing depends on changes (roles, addresses, readiness,
-//! draining), not for lag updates, so sessions can be fenced by generation.
+//! draining), not for lag or probe time updates, so sessions can be fenced by
+//! generation.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -62,6 +63,9 @@ pub struct Member {
     pub lag_seconds: Option<f64>,
     /// Last WAL position seen (current LSN on the primary, replay LSN on replicas).
     pub lsn: Option<u64>,
+    /// Round-trip time in seconds of the last SQL probe query (`None` if not probed or the
+    /// probe failed).
+    pub probe_seconds: Option<f64>,
     /// Why the member is not routable or is flagged, for operators.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -79,11 +83,12 @@ impl Member {
             lag_bytes: None,
             lag_seconds: None,
             lsn: None,
+            probe_seconds: None,
             note: None,
         }
     }
 
-    /// Whether routing-relevant fields differ (lag and LSN do not count).
+    /// Whether routing-relevant fields differ (lag, LSN and probe time do not count).
     pub fn routing_differs(&self, other: &Member) -> bool {
         self.address != other.address
             || self.role != other.role
@@ -208,14 +213,17 @@ mod tests {
     }
 
     #[test]
-    fn lag_updates_do_not_bump_the_generation_but_role_changes_do() {
+    fn lag_and_probe_time_updates_do_not_bump_the_generation_but_role_changes_do() {
         let mut t = Topology::default();
         assert!(t.replace_members(topo(&[member("pg-0", Role::Primary)])));
         assert_eq!(t.generation, 1);
         let mut lagging = member("pg-0", Role::Primary);
         lagging.lsn = Some(42);
-        assert!(t.replace_members(topo(&[lagging])));
+        assert!(t.replace_members(topo(&[lagging.clone()])));
         assert_eq!(t.generation, 1);
+        lagging.probe_seconds = Some(0.002);
+        assert!(t.replace_members(topo(&[lagging])));
+        assert_eq!(t.generation, 1, "a new probe time is no routing change");
         assert!(t.replace_members(topo(&[member("pg-0", Role::Replica)])));
         assert_eq!(t.generation, 2);
         assert!(!t.replace_members(topo(&[member("pg-0", Role::Replica)])));

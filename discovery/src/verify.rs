@@ -43,7 +43,9 @@ pub const ZOMBIE_NOTE: &str =
 ///
 /// Two or more confirmed primaries all stay primary (so [`Topology::primary`] fails closed)
 /// with [`TWO_PRIMARIES_NOTE`]. `draining` and the source's notes carry over; probe notes are
-/// appended (a zombie's comes first). Observations of unclaimed names are ignored.
+/// appended (a zombie's comes first). Every observed member gets the probe query's round-trip
+/// time as `probe_seconds` (`None` when the probe failed), whatever its role. Observations of
+/// unclaimed names are ignored.
 pub fn verify(
     claimed: &BTreeMap<String, Member>,
     observations: &BTreeMap<String, Observation>,
@@ -92,6 +94,9 @@ struct Context {
 fn verify_member(claimed: &Member, observation: Option<&Observation>, cx: Context) -> Member {
     let mut member = claimed.clone();
     let primary = claimed.role == Role::Primary;
+    if let Some(observed) = observation {
+        member.probe_seconds = observed.round_trip_seconds();
+    }
     match observation {
         None if primary => fence(&mut member, Role::Unknown, UNCONFIRMED_PRIMARY_NOTE),
         None => {}
@@ -118,6 +123,7 @@ fn verify_member(claimed: &Member, observation: Option<&Observation>, cx: Contex
             in_recovery: true,
             lsn,
             replay_delay,
+            ..
         }) => {
             member.lsn = Some(lsn);
             if primary {
@@ -171,8 +177,9 @@ pub fn is_zombie(member: &Member) -> bool {
 /// goes up on routing changes), and sets `source_error` and `pending_change`.
 ///
 /// `confirmed_at` becomes now when `source_error` is `None`; during a source outage it keeps its
-/// old value, so staleness grows. Changing `confirmed_at` alone wakes no receivers. Returns
-/// whether receivers were woken.
+/// old value, so staleness grows. Refreshing `confirmed_at` alone wakes no receivers, but the
+/// first confirmation does: a source that found no members at all (a selector matching no pods)
+/// has still answered, and readiness waits for that. Returns whether receivers were woken.
 pub fn publish(
     tx: &watch::Sender<Topology>,
     members: BTreeMap<String, Member>,
@@ -181,10 +188,12 @@ pub fn publish(
 ) -> bool {
     let now = SystemTime::now();
     tx.send_if_modified(move |topology| {
+        let mut changed = false;
         if source_error.is_none() {
+            changed = topology.confirmed_at.is_none();
             topology.confirmed_at = Some(now);
         }
-        let mut changed = topology.replace_members(members);
+        changed |= topology.replace_members(members);
         if topology.source_error != source_error {
             topology.source_error = source_error;
             changed = true;
@@ -330,8 +339,13 @@ mod tests {
             ),
         ];
         for (case, claimed, observation, want) in table {
+            // Whatever the role: the probe's round trip if it answered, else none.
+            let round_trip = observation
+                .as_ref()
+                .and_then(Observation::round_trip_seconds);
             let verified = verify_one(claimed.clone(), observation);
             assert_eq!(row(&verified), want, "{case}");
+            assert_eq!(verified.probe_seconds, round_trip, "{case}: probe time");
             assert_eq!(verified.address, claimed.address, "{case}: address kept");
             assert_eq!(is_zombie(&verified), case.contains("zombie"), "{case}");
         }
@@ -481,6 +495,27 @@ mod tests {
             verified["pg-0"].note, None,
             "an unclaimed member does not contest"
         );
+    }
+
+    #[test]
+    fn a_first_confirmation_without_members_wakes_receivers_once() {
+        let (tx, mut rx) = watch::channel(Topology::default());
+        assert!(publish(&tx, BTreeMap::new(), Some("no API".into()), None));
+        let failing = rx.borrow_and_update().clone();
+        assert_eq!(failing.confirmed_at, None, "an error confirms nothing");
+        assert!(
+            publish(&tx, BTreeMap::new(), None, None),
+            "the first answer"
+        );
+        assert!(rx.has_changed().expect("open"));
+        let empty = rx.borrow_and_update().clone();
+        assert!(empty.confirmed_at.is_some());
+        assert_eq!((empty.generation, empty.members.len()), (0, 0));
+        assert!(
+            !publish(&tx, BTreeMap::new(), None, None),
+            "later confirmations are quiet"
+        );
+        assert!(!rx.has_changed().expect("open"));
     }
 
     #[test]

@@ -235,6 +235,8 @@ async fn apply_overlay(
                 next.source_error = r.source_error.clone();
                 changed = true;
             }
+            // The first confirmation is news even without members: readiness waits for it.
+            changed |= next.confirmed_at.is_none() && r.confirmed_at.is_some();
             next.confirmed_at = r.confirmed_at;
             changed.then_some(next)
         };

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub lag_bytes: IntGaugeVec,
     /// Replay delay in seconds by pod.
     pub lag_seconds: GaugeVec,
+    /// Round-trip time of the last discovery probe query by pod.
+    pub probe_seconds: GaugeVec,
     /// Discovery change to first session routed on it.
     pub reroute_seconds: Histogram,
     /// Sessions drained by outcome (idle, after_transaction, terminated).
@@ -255,6 +257,16 @@ impl Metrics {
                 )?;
                 single(&r, g)?
             },
+            probe_seconds: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "pgsteer_probe_duration_seconds",
+                        "Round-trip time of the last discovery probe query",
+                    ),
+                    pod,
+                )?;
+                single(&r, g)?
+            },
             reroute_seconds: single(
                 &r,
                 Histogram::with_opts(
@@ -339,6 +351,7 @@ impl Metrics {
         self.member_role.reset();
         self.lag_bytes.reset();
         self.lag_seconds.reset();
+        self.probe_seconds.reset();
         for m in t.members.values() {
             for role in [
                 Role::Primary,
@@ -356,6 +369,9 @@ impl Metrics {
             }
             if let Some(s) = m.lag_seconds {
                 self.lag_seconds.with_label_values(&[&m.name]).set(s);
+            }
+            if let Some(s) = m.probe_seconds {
+                self.probe_seconds.with_label_values(&[&m.name]).set(s);
             }
         }
     }

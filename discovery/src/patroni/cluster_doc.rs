@@ -480,6 +480,7 @@ mod tests {
             in_recovery,
             lsn: 7,
             replay_delay: None,
+            round_trip: Duration::from_millis(1),
         };
         let observations = BTreeMap::from([
             ("pg-0".to_owned(), up(false)),

@@ -562,6 +562,65 @@ async fn the_probe_overrules_labels_that_disagree_with_the_servers() {
     proxy.stop().await;
 }
 
+/// The status code of `GET path` on an admin port.
+async fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect to admin");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read response");
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {out:?}"))
+}
+
+/// No Postgres needed: nothing is selected, so nothing is probed or routed to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_matching_no_pods_is_ready_and_refuses_held_sessions_with_57p03() {
+    let api = KubeApi::start(NAMESPACE).await;
+    // Another cluster's pod, labelled primary, in the same namespace: not selected.
+    api.apply(
+        FakePod::new("other-0")
+            .label("app", "other")
+            .label("role", "primary")
+            .port(1),
+    );
+    let proxy = Proxy::start(&api, "\"patroni\"", true, "300ms").await;
+    let t = proxy
+        .wait("the first (empty) pod list confirmed", |t| {
+            t.confirmed_at.is_some()
+        })
+        .await;
+    assert!(t.members.is_empty(), "{t:?}");
+    assert_eq!(t.source_error, None);
+    eventually("/readyz is 200 with no pods", || async {
+        http_status(proxy.admin(), "/readyz").await == 200
+    })
+    .await;
+
+    // Ready, but there is nowhere to go: held for hold_timeout, then refused.
+    let started = Instant::now();
+    let message = refused_with_57p03(proxy.rw(), None).await;
+    assert!(message.contains("primary"), "{message}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "held for hold_timeout first, refused after {:?}",
+        started.elapsed()
+    );
+    refused_with_57p03(proxy.ro(), None).await;
+
+    // The watch goes on: a pod that starts matching later shows up.
+    api.apply(FakePod::new("pg-0").label("app", "pg").port(1));
+    proxy
+        .wait("pg-0 listed", |t| t.member("pg-0").is_some())
+        .await;
+    assert_eq!(http_status(proxy.admin(), "/readyz").await, 200);
+    proxy.stop().await;
+}
+
 /// The replica an ro session lands on, or `None` if it is refused.
 async fn ro_port_or_refused(proxy: &Proxy) -> Option<u16> {
     match try_connect(proxy.ro(), "app", "app-secret", None).await {

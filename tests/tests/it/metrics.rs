@@ -55,6 +55,12 @@ async fn transactions_queries_and_sessions_show_up_on_the_pods_counters() {
         sample(&text, "pgsteer_member_role{pod=\"pg-1\",role=\"replica\"}"),
         Some(1.0)
     );
+    // Env::start waited until every member was probed: each has its probe's round trip.
+    for pod in ["pg-0", "pg-1"] {
+        let series = format!("pgsteer_probe_duration_seconds{{pod=\"{pod}\"}}");
+        let rtt = sample(&text, &series).unwrap_or_else(|| panic!("no {series}:\n{text}"));
+        assert!(rtt > 0.0 && rtt < 5.0, "{series} = {rtt}");
+    }
     assert!(
         !text.contains("127.0.0.1"),
         "metrics must not be labelled by address"
