@@ -8,6 +8,7 @@
 use std::time::SystemTime;
 
 use pgsteer_discovery::{Role, Topology};
+use prometheus::local::LocalHistogram;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -406,9 +407,113 @@ pub struct PodCounters {
     pub transaction_seconds: Histogram,
 }
 
+/// One session's per-pod counts, kept in the session and added to the
+/// shared families by [`PodTally::flush`]: the relay's hot path does plain
+/// adds, no atomics. The relay flushes at most every [`FLUSH_INTERVAL`]
+/// while traffic flows and when the session ends (and on drop).
+pub struct PodTally {
+    shared: PodCounters,
+    /// Transactions.
+    pub transactions: u64,
+    /// Statements.
+    pub queries: u64,
+    /// Client → backend bytes.
+    pub bytes_to_backend: u64,
+    /// Backend → client bytes.
+    pub bytes_from_backend: u64,
+    /// Query durations.
+    pub query_seconds: LocalHistogram,
+    /// Transaction durations.
+    pub transaction_seconds: LocalHistogram,
+}
+
+/// How long a session's counts may lag behind its traffic in `/metrics`.
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl PodTally {
+    /// An empty tally for one session's pod.
+    pub fn new(shared: PodCounters) -> PodTally {
+        PodTally {
+            query_seconds: shared.query_seconds.local(),
+            transaction_seconds: shared.transaction_seconds.local(),
+            shared,
+            transactions: 0,
+            queries: 0,
+            bytes_to_backend: 0,
+            bytes_from_backend: 0,
+        }
+    }
+
+    /// Something was counted since the last flush. (Every query and
+    /// transaction moves bytes, so the byte counts tell.)
+    pub fn is_dirty(&self) -> bool {
+        self.bytes_to_backend != 0 || self.bytes_from_backend != 0
+    }
+
+    /// Adds the counts to the shared families and starts again from zero.
+    pub fn flush(&mut self) {
+        if !self.is_dirty() {
+            return;
+        }
+        let s = &self.shared;
+        s.transactions
+            .inc_by(std::mem::take(&mut self.transactions));
+        s.queries.inc_by(std::mem::take(&mut self.queries));
+        s.bytes_to_backend
+            .inc_by(std::mem::take(&mut self.bytes_to_backend));
+        s.bytes_from_backend
+            .inc_by(std::mem::take(&mut self.bytes_from_backend));
+        self.query_seconds.flush();
+        self.transaction_seconds.flush();
+    }
+}
+
+impl Drop for PodTally {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_tally_reaches_the_shared_families_on_flush_and_on_drop() {
+        let m = Metrics::new().unwrap();
+        let mut tally = PodTally::new(m.pod("pg-0"));
+        tally.transactions += 2;
+        tally.queries += 3;
+        tally.bytes_to_backend += 40;
+        tally.bytes_from_backend += 50;
+        tally.query_seconds.observe(0.001);
+        assert!(tally.is_dirty());
+        let shared = m.pod("pg-0");
+        assert_eq!(
+            shared.transactions.get(),
+            0,
+            "nothing shared before a flush"
+        );
+        tally.flush();
+        assert!(!tally.is_dirty());
+        assert_eq!(
+            (
+                shared.transactions.get(),
+                shared.queries.get(),
+                shared.bytes_to_backend.get(),
+                shared.bytes_from_backend.get(),
+                shared.query_seconds.get_sample_count(),
+            ),
+            (2, 3, 40, 50, 1)
+        );
+        tally.transactions += 1;
+        tally.bytes_to_backend += 5;
+        tally.transaction_seconds.observe(0.002);
+        drop(tally);
+        assert_eq!(shared.transactions.get(), 3, "the rest is flushed on drop");
+        assert_eq!(shared.bytes_to_backend.get(), 45);
+        assert_eq!(shared.transaction_seconds.get_sample_count(), 1);
+    }
 
     #[test]
     fn families_render_in_the_text_format_with_base_units() {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use pgsteer_protocol::backend::TxStatus;
 use pgsteer_protocol::encode::{self, ErrorInfo};
 use pgsteer_protocol::sqlstate::SqlState;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -24,8 +25,9 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::drain::{self, Binding, DrainOrder, Graces};
+use crate::metrics::PodTally;
 use crate::router::{self, Decision, Policy, Request, Route, Target};
-use crate::state::Shared;
+use crate::state::{SessionSlot, Shared};
 use relay::{EndKind, Relay, Signals};
 use startup::Opening;
 use stream::Stream;
@@ -189,18 +191,18 @@ pub async fn serve(
         pod = tracing::field::Empty,
         tls = tracing::field::Empty,
     );
-    async move {
-        let _ = client.set_nodelay(true);
-        let mut client = Stream::Plain(client);
-        let m = &shared.metrics;
-        m.client_accepted
-            .with_label_values(&[listener.as_str()])
-            .inc();
-        let open = m.client_connections.with_label_values(&[listener.as_str()]);
-        open.inc();
-        let result = run(&shared, &mut client, listener).await;
-        open.dec();
-        if let Err(e) = result {
+    let _ = client.set_nodelay(true);
+    let mut client = Stream::Plain(client);
+    let m = &shared.metrics;
+    m.client_accepted
+        .with_label_values(&[listener.as_str()])
+        .inc();
+    let open = m.client_connections.with_label_values(&[listener.as_str()]);
+    open.inc();
+    let result = run(&shared, &mut client, listener, &span).await;
+    open.dec();
+    if let Err(e) = result {
+        async {
             e.log();
             if let Some(reason) = e.rejection() {
                 m.client_rejected
@@ -211,9 +213,43 @@ pub async fn serve(
                 send_fatal(&mut client, code, &e.message).await;
             }
         }
+        .instrument(span)
+        .await
     }
-    .instrument(span)
-    .await
+}
+
+/// Sets the session up and closes it inside its span, but relays outside
+/// it: entering a span on every poll would cost on the hot path, and the
+/// relay does not log (its errors are logged by [`serve`], in the span).
+async fn run(
+    shared: &Shared,
+    client: &mut Stream,
+    listener: ListenerKind,
+    span: &tracing::Span,
+) -> Result<(), SessionError> {
+    let Some(session) = establish(shared, client, listener)
+        .instrument(span.clone())
+        .await?
+    else {
+        return Ok(());
+    };
+    let Established {
+        mut server,
+        target,
+        tx,
+        signals,
+        tally,
+        guards,
+    } = session;
+    let limit = shared.config.limits.max_message_bytes;
+    let end = Relay::new(client, &mut server, limit, tx, signals, tally)
+        .run()
+        .await?;
+    close(shared, client, &mut server, &target, end)
+        .instrument(span.clone())
+        .await;
+    drop(guards);
+    Ok(())
 }
 
 /// Writes a FATAL error and closes, bounded in time (the client may be gone or stalled).
@@ -233,11 +269,31 @@ async fn shut(s: &mut Stream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
 }
 
-async fn run(
-    shared: &Shared,
+/// An authenticated session, ready to relay.
+struct Established<'a> {
+    server: Stream,
+    target: Target,
+    /// Transaction status of the ReadyForQuery that ended authentication.
+    tx: TxStatus,
+    signals: Signals<'a>,
+    tally: PodTally,
+    guards: SessionGuards<'a>,
+}
+
+/// What a session holds while it lives; released when it is dropped.
+struct SessionGuards<'a> {
+    _slot: SessionSlot<'a>,
+    _backend: GaugeGuard,
+    _key: KeyGuard<'a>,
+}
+
+/// Startup, routing (holding while no backend is available), connection and
+/// authentication. `None`: the connection was a cancel request, now served.
+async fn establish<'a>(
+    shared: &'a Shared,
     client: &mut Stream,
     listener: ListenerKind,
-) -> Result<(), SessionError> {
+) -> Result<Option<Established<'a>>, SessionError> {
     let limits = &shared.config.limits;
     let opening = startup::read_opening(client, shared.tls.client.as_ref());
     let opening = tokio::time::timeout(limits.startup_timeout, opening)
@@ -255,7 +311,7 @@ async fn run(
     let (mut message, negotiation) = match opening {
         Opening::Cancel(c) => {
             forward_cancel(shared, c).await;
-            return Ok(());
+            return Ok(None);
         }
         Opening::Session {
             message,
@@ -268,7 +324,7 @@ async fn run(
     span.record("tls", client.is_tls());
 
     let mut hold = Hold::new(shared);
-    let (mut server, target, authed) = loop {
+    let (server, target, authed) = loop {
         let (mut server, target) = route_and_connect(shared, client, &request, &mut hold).await?;
         let authed = auth::authenticate(
             client,
@@ -291,7 +347,7 @@ async fn run(
     };
     drop(hold);
     span.record("pod", target.member.as_str());
-    let _slot = shared.sessions.enter(&target.member);
+    let slot = shared.sessions.enter(&target.member);
     let m = &shared.metrics;
     m.sessions_routed
         .with_label_values(&[listener.as_str(), request.route.as_str(), &target.member])
@@ -300,14 +356,14 @@ async fn run(
         .backend_sessions
         .with_label_values(&[&target.member, target.role.as_str()]);
     backend_gauge.inc();
-    let _backend = scopeguard(move || backend_gauge.dec());
+    let backend = GaugeGuard(backend_gauge);
     debug!(
         address = %target.address,
         role = %target.role,
         tls = server.is_tls(),
         "connected to backend"
     );
-    let _key = KeyGuard {
+    let key = KeyGuard {
         shared,
         pid: authed.cancel_pid,
     };
@@ -326,44 +382,43 @@ async fn run(
     );
     let shutdown = shared.shutdown.drain.clone();
     let signals = Signals {
-        drain: Box::pin(async move {
-            tokio::select! {
-                order = fence => order,
-                _ = shutdown.cancelled() => DrainOrder {
-                    reason: "the proxy is shutting down".into(),
-                    grace: None,
-                    demoted_primary: false,
-                },
+        drain: Box::pin(
+            async move {
+                tokio::select! {
+                    order = fence => order,
+                    _ = shutdown.cancelled() => DrainOrder {
+                        reason: "the proxy is shutting down".into(),
+                        grace: None,
+                        demoted_primary: false,
+                    },
+                }
             }
-        }),
+            .in_current_span(),
+        ),
         hard: Box::pin(shared.shutdown.now.cancelled()),
         paused: shared.admin.paused.subscribe(),
     };
-    let end = Relay::new(
-        client,
-        &mut server,
-        limits.max_message_bytes,
-        authed.tx,
+    Ok(Some(Established {
+        tally: PodTally::new(m.pod(&target.member)),
+        server,
+        target,
+        tx: authed.tx,
         signals,
-        m.pod(&target.member),
-    )
-    .run()
-    .await?;
-    close(shared, client, &mut server, &target, end).await;
-    Ok(())
+        guards: SessionGuards {
+            _slot: slot,
+            _backend: backend,
+            _key: key,
+        },
+    }))
 }
 
-/// Runs `f` when dropped.
-struct ScopeGuard<F: FnMut()>(F);
+/// Decrements a gauge when dropped.
+struct GaugeGuard(prometheus::IntGauge);
 
-impl<F: FnMut()> Drop for ScopeGuard<F> {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        (self.0)();
+        self.0.dec();
     }
-}
-
-fn scopeguard<F: FnMut()>(f: F) -> ScopeGuard<F> {
-    ScopeGuard(f)
 }
 
 /// Unregisters the client's cancel key when the session ends.

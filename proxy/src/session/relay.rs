@@ -10,10 +10,20 @@
 //! Either side may be TLS ([`Stream`]): a TLS write can leave bytes in the
 //! rustls buffer, so a half that wrote to a TLS stream flushes it before it
 //! counts as done. On plaintext TCP that flag is never set.
+//!
+//! The hot path touches nothing shared: metric counts go to a per-session
+//! [`PodTally`] that is flushed every [`FLUSH_INTERVAL`], and the control
+//! futures (drain order, hard stop, grace deadline, flush timer) are polled
+//! with a waker of their own, only after it fired ([`Control`]), not on
+//! every socket wake-up.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
 
 use pgsteer_protocol::backend::{TxStatus, tag as btag};
 use pgsteer_protocol::frontend::tag as ftag;
@@ -26,7 +36,7 @@ use super::buffer::{BUF_SIZE, Window};
 use super::stream::Stream;
 use super::{SessionError, Side};
 use crate::drain::DrainOrder;
-use crate::metrics::PodCounters;
+use crate::metrics::{FLUSH_INTERVAL, PodTally};
 
 /// Why the relay stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,20 +89,20 @@ struct State {
 
 impl State {
     /// Book-keeping for one ReadyForQuery: the answer to the oldest request.
-    fn ready_for_query(&mut self, counters: &PodCounters) {
+    fn ready_for_query(&mut self, tally: &mut PodTally) {
         self.pending = self.pending.saturating_sub(1);
         if self.pending > 0 {
             return;
         }
-        if let Some(t) = self.query_start.take() {
-            counters.query_seconds.observe(t.elapsed().as_secs_f64());
-        }
+        let Some(started) = self.query_start.take() else {
+            return;
+        };
+        let now = Instant::now();
+        tally.query_seconds.observe((now - started).as_secs_f64());
         if self.tx == TxStatus::Idle {
-            counters.transactions.inc();
+            tally.transactions += 1;
             if let Some(t) = self.tx_start.take() {
-                counters
-                    .transaction_seconds
-                    .observe(t.elapsed().as_secs_f64());
+                tally.transaction_seconds.observe((now - t).as_secs_f64());
             }
         }
     }
@@ -109,6 +119,124 @@ pub struct Signals<'a> {
 }
 
 type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The waker the control futures are polled with: it records that one of
+/// them is ready to make progress, then wakes the session's task.
+#[derive(Default)]
+struct ControlWake {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ControlWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// What the control futures said when polled.
+#[derive(Default)]
+struct ControlEvents {
+    hard: bool,
+    order: Option<DrainOrder>,
+    deadline: bool,
+    flush: bool,
+}
+
+/// The futures that stop or pace the relay, and their own waker.
+struct Control<'a> {
+    signals: Signals<'a>,
+    /// Fires when a draining session's grace is over.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Fires when the tally is due to be flushed (armed while it is dirty).
+    flush: Option<Pin<Box<Sleep>>>,
+    flush_armed: bool,
+    /// A drain order was received: its future is done.
+    ordered: bool,
+    wake: Arc<ControlWake>,
+    waker: Waker,
+}
+
+impl<'a> Control<'a> {
+    fn new(signals: Signals<'a>) -> Control<'a> {
+        let wake = Arc::new(ControlWake::default());
+        // Poll everything once to register the control waker.
+        wake.fired.store(true, Ordering::Relaxed);
+        Control {
+            signals,
+            deadline: None,
+            flush: None,
+            flush_armed: false,
+            ordered: false,
+            waker: Waker::from(wake.clone()),
+            wake,
+        }
+    }
+
+    /// Registers the task's waker; `true` if a control future fired since
+    /// the last [`Control::poll`].
+    fn due(&self, cx: &Context<'_>) -> bool {
+        self.wake.task.register(cx.waker());
+        self.wake.fired.swap(false, Ordering::Acquire)
+    }
+
+    fn poll(&mut self) -> ControlEvents {
+        let mut cx = Context::from_waker(&self.waker);
+        let mut ev = ControlEvents {
+            hard: self.signals.hard.as_mut().poll(&mut cx).is_ready(),
+            ..ControlEvents::default()
+        };
+        if !self.ordered
+            && let Poll::Ready(order) = self.signals.drain.as_mut().poll(&mut cx)
+        {
+            self.ordered = true;
+            ev.order = Some(order);
+        }
+        if let Some(d) = &mut self.deadline {
+            ev.deadline = d.as_mut().poll(&mut cx).is_ready();
+        }
+        if self.flush_armed
+            && let Some(f) = &mut self.flush
+            && f.as_mut().poll(&mut cx).is_ready()
+        {
+            self.flush_armed = false;
+            ev.flush = true;
+        }
+        ev
+    }
+
+    /// Starts the grace period of a drain order.
+    fn start_grace(&mut self, grace: std::time::Duration) {
+        let mut sleep = Box::pin(tokio::time::sleep(grace));
+        let mut cx = Context::from_waker(&self.waker);
+        if sleep.as_mut().poll(&mut cx).is_ready() {
+            self.wake.fired.store(true, Ordering::Release);
+        }
+        self.deadline = Some(sleep);
+    }
+
+    /// Makes sure a flush happens within [`FLUSH_INTERVAL`].
+    fn arm_flush(&mut self) {
+        if self.flush_armed {
+            return;
+        }
+        let at = Instant::now() + FLUSH_INTERVAL;
+        let sleep = self
+            .flush
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        sleep.as_mut().reset(at);
+        let mut cx = Context::from_waker(&self.waker);
+        if sleep.as_mut().poll(&mut cx).is_ready() {
+            self.wake.fired.store(true, Ordering::Release);
+        }
+        self.flush_armed = true;
+    }
+}
 
 struct Half {
     win: Window,
@@ -144,12 +272,10 @@ pub struct Relay<'a> {
     c2s: Half,
     s2c: Half,
     state: State,
-    signals: Signals<'a>,
+    control: Control<'a>,
     order: Option<DrainOrder>,
     idle_at_order: bool,
-    counters: PodCounters,
-    /// Fires when a draining session's grace is over.
-    deadline: Option<Pin<Box<Sleep>>>,
+    tally: PodTally,
     /// Resolves when a pause is lifted (only while one holds this session).
     resume: Option<Wait>,
     /// Skip the `EAGAIN` read after a short read (current-thread runtime only).
@@ -170,7 +296,7 @@ impl<'a> Relay<'a> {
         limit: u32,
         tx: TxStatus,
         signals: Signals<'a>,
-        counters: PodCounters,
+        tally: PodTally,
     ) -> Relay<'a> {
         let paused = *signals.paused.borrow();
         Relay {
@@ -187,11 +313,10 @@ impl<'a> Relay<'a> {
                 query_start: None,
                 tx_start: None,
             },
-            signals,
+            control: Control::new(signals),
             order: None,
             idle_at_order: false,
-            counters,
-            deadline: None,
+            tally,
             resume: None,
             paused,
             short_read_drains: tokio::runtime::Handle::try_current()
@@ -227,30 +352,10 @@ impl<'a> Relay<'a> {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<End, SessionError>> {
-        if self.signals.hard.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ok(self.end(EndKind::Terminated)));
-        }
-        if self.order.is_none()
-            && let Poll::Ready(order) = self.signals.drain.as_mut().poll(cx)
+        if self.control.due(cx)
+            && let Some(kind) = self.on_control()
         {
-            self.state.draining = true;
-            self.idle_at_order = self.idle();
-            let grace = order.grace;
-            self.order = Some(order);
-            match grace {
-                // No grace: not one more byte goes to the server.
-                Some(g) if g.is_zero() && !self.idle() => {
-                    return Poll::Ready(Ok(self.end(EndKind::Terminated)));
-                }
-                Some(g) => self.deadline = Some(Box::pin(tokio::time::sleep(g))),
-                None => {}
-            }
-        }
-        if let Some(d) = &mut self.deadline
-            && d.as_mut().poll(cx).is_ready()
-            && !self.idle()
-        {
-            return Poll::Ready(Ok(self.end(EndKind::Terminated)));
+            return Poll::Ready(Ok(self.end(kind)));
         }
         loop {
             let mut progress = false;
@@ -260,7 +365,7 @@ impl<'a> Relay<'a> {
                 self.server,
                 cx,
                 Side::Server,
-                &self.counters.bytes_to_backend,
+                &mut self.tally.bytes_to_backend,
             )?;
             progress |= self.poll_server_read(cx)?;
             progress |= poll_flush(
@@ -268,7 +373,7 @@ impl<'a> Relay<'a> {
                 self.client,
                 cx,
                 Side::Client,
-                &self.counters.bytes_from_backend,
+                &mut self.tally.bytes_from_backend,
             )?;
 
             if self.s2c.stop && self.s2c.delivered() {
@@ -284,24 +389,54 @@ impl<'a> Relay<'a> {
                 return Poll::Ready(Ok(self.end(EndKind::ServerClosed)));
             }
             if !progress {
+                if self.tally.is_dirty() {
+                    self.control.arm_flush();
+                }
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Acts on what the control futures report; `Some` ends the relay.
+    fn on_control(&mut self) -> Option<EndKind> {
+        let ev = self.control.poll();
+        if ev.hard {
+            return Some(EndKind::Terminated);
+        }
+        if ev.flush {
+            self.tally.flush();
+        }
+        if let Some(order) = ev.order {
+            self.state.draining = true;
+            self.idle_at_order = self.idle();
+            let grace = order.grace;
+            self.order = Some(order);
+            match grace {
+                // No grace: not one more byte goes to the server.
+                Some(g) if g.is_zero() && !self.idle() => return Some(EndKind::Terminated),
+                Some(g) => self.control.start_grace(g),
+                None => {}
+            }
+        }
+        if ev.deadline && !self.idle() {
+            return Some(EndKind::Terminated);
+        }
+        None
     }
 
     /// Whether a pause holds this session at its transaction boundary now.
     fn held_by_pause(&mut self, cx: &mut Context<'_>) -> bool {
         // `has_changed` is one atomic load; `borrow` would take the channel's
         // lock on every pass of the relay loop.
-        if self.signals.paused.has_changed().unwrap_or(false) {
-            self.paused = *self.signals.paused.borrow_and_update();
+        if self.control.signals.paused.has_changed().unwrap_or(false) {
+            self.paused = *self.control.signals.paused.borrow_and_update();
         }
         if !self.paused || !self.idle() {
             self.resume = None;
             return false;
         }
         let resume = self.resume.get_or_insert_with(|| {
-            let mut rx = self.signals.paused.clone();
+            let mut rx = self.control.signals.paused.clone();
             Box::pin(async move {
                 let _ = rx.wait_for(|paused| !*paused).await;
             })
@@ -371,14 +506,14 @@ impl<'a> Relay<'a> {
             return Ok(true);
         }
         let state = &mut self.state;
-        let counters = &self.counters;
+        let tally = &mut self.tally;
         let scan = self
             .s2c
             .scanner
             .scan(self.s2c.win.unscanned(), |f| {
                 state.last_server_tag = f.tag;
                 if f.tag == btag::COMMAND_COMPLETE {
-                    counters.queries.inc();
+                    tally.queries += 1;
                 }
                 if f.tag != btag::READY_FOR_QUERY {
                     return Flow::Continue;
@@ -390,7 +525,7 @@ impl<'a> Relay<'a> {
                 {
                     state.tx = tx;
                 }
-                state.ready_for_query(counters);
+                state.ready_for_query(tally);
                 if state.draining && state.pending == 0 && state.tx == TxStatus::Idle {
                     Flow::Stop
                 } else {
@@ -449,7 +584,7 @@ fn poll_flush(
     to: &mut Stream,
     cx: &mut Context<'_>,
     side: Side,
-    bytes: &prometheus::IntCounter,
+    bytes: &mut u64,
 ) -> Result<bool, SessionError> {
     let mut progress = false;
     while !half.win.approved().is_empty() {
@@ -462,7 +597,7 @@ fn poll_flush(
             Poll::Ready(Err(e)) => return Err(SessionError::io(side, e)),
         };
         half.win.consume(n);
-        bytes.inc_by(n as u64);
+        *bytes += n as u64;
         progress = true;
         half.unflushed = to.buffers_writes();
     }

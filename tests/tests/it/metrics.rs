@@ -27,9 +27,17 @@ async fn transactions_queries_and_sessions_show_up_on_the_pods_counters() {
     c.batch_execute("BEGIN; SELECT 1; SELECT 2; COMMIT")
         .await
         .unwrap();
-    let text = scrape(&env).await;
     // 25 autocommit queries + 1 explicit transaction (+ whatever tokio-postgres
-    // sent while connecting, which is nothing for simple queries)
+    // sent while connecting, which is nothing for simple queries). Sessions
+    // fold their counts in at most every `FLUSH_INTERVAL`, while still open.
+    eventually("26 transactions counted on pg-0", || async {
+        sample(
+            &scrape(&env).await,
+            "pgsteer_transactions_total{pod=\"pg-0\"}",
+        ) == Some(26.0)
+    })
+    .await;
+    let text = scrape(&env).await;
     let tx = sample(&text, "pgsteer_transactions_total{pod=\"pg-0\"}").expect("tx counter");
     assert_eq!(tx, 26.0, "{text}");
     let q = sample(&text, "pgsteer_queries_total{pod=\"pg-0\"}").unwrap();
