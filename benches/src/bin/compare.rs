@@ -28,12 +28,17 @@ struct Cli {
     /// Only these workloads (comma-separated ids, e.g. select-simple-8,tpcb-8).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
-    /// Only these targets (direct, pgsteer-rw, pgbouncer, haproxy, direct-replica, pgsteer-ro).
+    /// Only these targets (direct, pgsteer-rw, pgsteer-base, pgbouncer, haproxy, direct-replica,
+    /// pgsteer-ro).
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
     /// The pgsteer binary (default: `pgsteer` next to this one).
     #[arg(long)]
     pgsteer: Option<PathBuf>,
+    /// A pgsteer binary from an older build, run as a second instance: target `pgsteer-base`
+    /// (its rw listener), compared with pgsteer-rw in the same run.
+    #[arg(long, value_name = "PATH")]
+    baseline_pgsteer: Option<PathBuf>,
     /// Where results go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     out: PathBuf,
@@ -80,6 +85,14 @@ fn run(cli: Cli) -> Result<(), String> {
             pgsteer.display()
         ));
     }
+    if let Some(base) = &cli.baseline_pgsteer {
+        if !base.is_file() {
+            return Err(format!("--baseline-pgsteer {}: not a file", base.display()));
+        }
+        if matches!(cli.command, Some(Command::Memory { .. })) {
+            return Err("--baseline-pgsteer is for the throughput comparison only".into());
+        }
+    }
     std::fs::create_dir_all(&cli.out).map_err(|e| format!("{}: {e}", cli.out.display()))?;
     match cli.command.unwrap_or(Command::Throughput) {
         Command::Memory { sessions, parked } => memory::run(&memory::Options {
@@ -104,6 +117,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     .into_iter()
                     .find(|t| t.name() == name)
                     .ok_or_else(|| format!("unknown target {name}"))?;
+                if t == Target::PgsteerBase && cli.baseline_pgsteer.is_none() {
+                    return Err("target pgsteer-base needs --baseline-pgsteer PATH".into());
+                }
                 targets.push(t);
             }
             let (duration, rounds) = if cli.quick {
@@ -117,6 +133,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 workloads: all,
                 targets,
                 pgsteer,
+                baseline_pgsteer: cli.baseline_pgsteer,
                 out_dir: cli.out,
             })
         }

@@ -146,6 +146,48 @@ pub fn table(workloads: &[Workload], results: &Results) -> String {
     out
 }
 
+/// pgsteer-rw against pgsteer-base (an older build measured in the same run), per workload: the
+/// tps ratio and the CPU per transaction of both. Empty when no workload has both.
+pub fn versus_base(workloads: &[Workload], results: &Results) -> String {
+    let mut out = String::new();
+    for w in workloads {
+        let (Some(rw), Some(base)) = (
+            results.point(&w.id, Target::PgsteerRw),
+            results.point(&w.id, Target::PgsteerBase),
+        ) else {
+            continue;
+        };
+        let cpu = match (rw.cpu_us_per_tx, base.cpu_us_per_tx) {
+            (Some(a), Some(b)) => format!("rw {a:.1} vs base {b:.1} us ({})", percent(a / b)),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<24} tps x {:.3} ({:.0} vs {:.0})  CPU/tx {cpu}",
+            w.id,
+            rw.tps / base.tps,
+            rw.tps,
+            base.tps
+        );
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!("\npgsteer-rw vs pgsteer-base (same run, medians; tps x = rw / base):\n{out}")
+}
+
+/// A ratio as a signed whole percentage change: 0.91 → `−9 %`, 1.1 → `+10 %`.
+fn percent(ratio: f64) -> String {
+    let p = ((ratio - 1.0) * 100.0).round();
+    if p == 0.0 {
+        "±0 %".to_owned()
+    } else if p < 0.0 {
+        format!("\u{2212}{} %", -p)
+    } else {
+        format!("+{p} %")
+    }
+}
+
 /// One of the targets, as measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
@@ -324,8 +366,51 @@ mod tests {
         assert_eq!(find("below pgbouncer"), Some(true));
         assert_eq!(find("ahead of haproxy"), None);
         assert_eq!(find("<= 20 us"), Some(true));
-        let text = table(&crate::compare::workloads::standard()[1..2], &r);
+        let workloads = &crate::compare::workloads::standard()[1..2];
+        let text = table(workloads, &r);
         assert!(text.contains("pgsteer-rw"), "{text}");
         assert!(text.contains("0.800"), "{text}");
+        assert!(
+            text.contains("pgsteer-base    (no successful run)"),
+            "{text}"
+        );
+        assert_eq!(versus_base(workloads, &r), "");
+    }
+
+    #[test]
+    fn pgsteer_rw_is_compared_with_the_baseline_build_of_the_same_run() {
+        let mut r = Results::default();
+        let w = "select-simple-8".to_owned();
+        let put = |r: &mut Results, t, tps, cpu| {
+            r.samples
+                .entry((w.clone(), t))
+                .or_default()
+                .push(sample(0, tps, cpu));
+        };
+        put(&mut r, Target::Direct, 10_000.0, None);
+        put(&mut r, Target::PgsteerRw, 8_000.0, Some(0.952));
+        let before = checks(&r);
+        put(&mut r, Target::PgsteerBase, 7_600.0, Some(0.9956));
+        assert_eq!(checks(&r), before, "the checks are about pgsteer-rw alone");
+        let workloads = &crate::compare::workloads::standard()[1..2];
+        let text = table(workloads, &r);
+        let row = text.lines().find(|l| l.contains("pgsteer-base")).unwrap();
+        assert!(row.contains("0.760"), "x base is / direct: {text}");
+        assert!(row.contains("13.1"), "its own CPU figure: {text}");
+        let text = versus_base(workloads, &r);
+        assert!(text.contains("pgsteer-rw vs pgsteer-base"), "{text}");
+        assert!(text.contains("select-simple-8"), "{text}");
+        assert!(text.contains("tps x 1.053 (8000 vs 7600)"), "{text}");
+        assert!(
+            text.contains("CPU/tx rw 11.9 vs base 13.1 us (\u{2212}9 %)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn percentages_are_signed_and_whole() {
+        assert_eq!(percent(0.91), "\u{2212}9 %");
+        assert_eq!(percent(1.104), "+10 %");
+        assert_eq!(percent(0.998), "±0 %");
     }
 }

@@ -29,6 +29,8 @@ pub struct Options {
     pub targets: Vec<Target>,
     /// The release `pgsteer` binary.
     pub pgsteer: PathBuf,
+    /// A pgsteer binary from an older build, run as a second instance (target `pgsteer-base`).
+    pub baseline_pgsteer: Option<PathBuf>,
     /// Where results go (`benches/results`).
     pub out_dir: PathBuf,
 }
@@ -37,6 +39,8 @@ pub struct Options {
 pub struct Bench {
     /// The pgsteer instance.
     pub pgsteer: Pgsteer,
+    /// The baseline pgsteer instance (`--baseline-pgsteer`).
+    pub baseline: Option<Pgsteer>,
     pgbouncer: Option<(Proc, u16)>,
     haproxy: Option<(Proc, u16)>,
     /// Scratch directory (pgbench logs, PgBouncer's files), removed on drop.
@@ -89,17 +93,29 @@ impl Bench {
         let primary = cluster.nodes()[0].port;
         init_pgbench(&cluster)?;
         let scratch = scratch_dir("bench")?;
-        let pgsteer = Pgsteer::start(
-            &opts.pgsteer,
-            log_dir,
-            &PgsteerSpec {
-                name: "pgsteer",
-                members: members(&cluster),
-                hold_timeout: "10s",
-                max_clients: 10_000,
-            },
-        )?;
+        let spec = PgsteerSpec {
+            name: "pgsteer",
+            members: members(&cluster),
+            hold_timeout: "10s",
+            max_clients: 10_000,
+        };
+        let pgsteer = Pgsteer::start(&opts.pgsteer, log_dir, &spec)?;
         let wanted = |t| opts.targets.is_empty() || opts.targets.contains(&t);
+        let baseline = match &opts.baseline_pgsteer {
+            Some(bin) if wanted(Target::PgsteerBase) => {
+                // Same config shape, its own ports and its own directory for config and log.
+                let dir = log_dir.join("pgsteer-base");
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let spec = PgsteerSpec {
+                    name: "pgsteer-base",
+                    ..spec
+                };
+                let started = Pgsteer::start(bin, &dir, &spec)
+                    .map_err(|e| format!("{e} (log in {})", dir.display()))?;
+                Some(started)
+            }
+            _ => None,
+        };
         let pgbouncer = match find_program("pgbouncer") {
             Some(bin) if wanted(Target::Pgbouncer) => Some(start_pgbouncer(
                 &bin, &scratch, primary, DATABASE, TRUST_USER,
@@ -120,6 +136,7 @@ impl Bench {
         };
         Ok(Bench {
             pgsteer,
+            baseline,
             pgbouncer,
             haproxy,
             scratch,
@@ -135,6 +152,7 @@ impl Bench {
             Target::DirectReplica => Some((nodes.get(1)?.port, None)),
             Target::PgsteerRw => Some((self.pgsteer.rw, Some(self.pgsteer.proc.pid()))),
             Target::PgsteerRo => Some((self.pgsteer.ro, Some(self.pgsteer.proc.pid()))),
+            Target::PgsteerBase => self.baseline.as_ref().map(|b| (b.rw, Some(b.proc.pid()))),
             Target::Pgbouncer => self
                 .pgbouncer
                 .as_ref()
@@ -149,6 +167,9 @@ impl Bench {
     /// Fails if a proxy has died.
     fn check_alive(&mut self) -> Result<(), String> {
         self.pgsteer.proc.check_alive()?;
+        if let Some(b) = &mut self.baseline {
+            b.proc.check_alive()?;
+        }
         for (p, _) in self.pgbouncer.iter_mut().chain(self.haproxy.iter_mut()) {
             p.check_alive()?;
         }
@@ -383,7 +404,18 @@ pub fn run(opts: &Options) -> Result<(), String> {
         command_line("pgbouncer", &["--version"]),
         command_line("haproxy", &["-v"]),
     );
+    let baseline = opts.baseline_pgsteer.as_ref().map(|bin| {
+        let bin = bin.display().to_string();
+        let version = command_line(&bin, &["--version"]);
+        (bin, version)
+    });
+    if let Some((bin, version)) = &baseline {
+        text.push_str(&format!(
+            "baseline pgsteer (pgsteer-base): {bin} ({version})\n"
+        ));
+    }
     text.push_str(&report::table(&workloads, &results));
+    text.push_str(&report::versus_base(&workloads, &results));
     text.push_str(&report::checks_text(&checks));
     if !results.failures.is_empty() {
         text.push_str(&format!("\n{} run(s) failed:\n", results.failures.len()));
@@ -402,6 +434,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
         "loadavg_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         "clk_tck": procfs::clock_ticks(),
         "git": command_line("git", &["describe", "--always", "--dirty"]),
+        "baseline_pgsteer": baseline.map(|(bin, version)| json!({"path": bin, "version": version})),
     });
     let record = report::to_json(meta, &workloads, &results, &checks);
     let json_path = opts.out_dir.join(format!("compare-{stamp}.json"));

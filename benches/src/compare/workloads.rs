@@ -9,6 +9,9 @@ pub enum Target {
     Direct,
     /// pgsteer's read-write listener.
     PgsteerRw,
+    /// The read-write listener of a second pgsteer from an older build (`--baseline-pgsteer`),
+    /// for before/after figures measured in the same run.
+    PgsteerBase,
     /// PgBouncer (session mode) in front of the primary.
     Pgbouncer,
     /// HAProxy (`mode tcp`) in front of the primary.
@@ -21,9 +24,10 @@ pub enum Target {
 
 impl Target {
     /// Every target, in table order.
-    pub const ALL: [Target; 6] = [
+    pub const ALL: [Target; 7] = [
         Target::Direct,
         Target::PgsteerRw,
+        Target::PgsteerBase,
         Target::Pgbouncer,
         Target::Haproxy,
         Target::DirectReplica,
@@ -35,6 +39,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::PgsteerRw => "pgsteer-rw",
+            Target::PgsteerBase => "pgsteer-base",
             Target::Pgbouncer => "pgbouncer",
             Target::Haproxy => "haproxy",
             Target::DirectReplica => "direct-replica",
@@ -122,11 +127,13 @@ impl Workload {
 
 /// The standard set: select-only simple and extended at 1, 8, 32 clients; TPC-B-like at 8;
 /// connection per transaction at 8 (trusted role through everything, SCRAM direct vs pgsteer).
+/// `pgsteer-base` is in every set; the harness drops it unless a baseline binary is given.
 pub fn standard() -> Vec<Workload> {
     let reads = Target::ALL;
     let writes = [
         Target::Direct,
         Target::PgsteerRw,
+        Target::PgsteerBase,
         Target::Pgbouncer,
         Target::Haproxy,
     ];
@@ -141,7 +148,7 @@ pub fn standard() -> Vec<Workload> {
     all.push(Workload::new(
         "connect-select-scram",
         8,
-        &[Target::Direct, Target::PgsteerRw],
+        &[Target::Direct, Target::PgsteerRw, Target::PgsteerBase],
     ));
     all
 }
@@ -171,5 +178,11 @@ mod tests {
         assert!(w.select_only && w.connect_per_tx && !w.scram && !w.extended);
         let w = &standard()[6];
         assert!(!w.select_only && !w.targets.contains(&Target::PgsteerRo));
+        assert!(
+            standard()
+                .iter()
+                .all(|w| w.targets.contains(&Target::PgsteerBase)),
+            "pgsteer-base can be compared with pgsteer-rw everywhere"
+        );
     }
 }
