@@ -2,7 +2,8 @@
 //!
 //! An idle session holds no buffer at all: a direction takes one from the
 //! pool when the socket has bytes to read and gives it back once everything
-//! read has been written. Taking and returning is a push/pop on a
+//! read has been written and the session has gone quiet (the relay decides
+//! when). Taking and returning is a push/pop on a
 //! thread-local free list, so the hot path does not allocate.
 
 use std::cell::RefCell;

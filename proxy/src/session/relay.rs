@@ -15,7 +15,9 @@
 //! [`PodTally`] that is flushed every [`FLUSH_INTERVAL`], and the control
 //! futures (drain order, hard stop, grace deadline, flush timer) are polled
 //! with a waker of their own, only after it fired ([`Control`]), not on
-//! every socket wake-up.
+//! every socket wake-up. While bytes flow, the session keeps its buffers
+//! between reads; once the flush timer finds a whole interval quiet, they go
+//! back to the pool, so an idle session holds none.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -282,6 +284,9 @@ pub struct Relay<'a> {
     short_read_drains: bool,
     /// Last value seen on `signals.paused`.
     paused: bool,
+    /// Bytes moved since the flush timer last found the session quiet: keep
+    /// the buffers between reads instead of pooling them every time.
+    hot: bool,
 }
 
 /// Tags read whole on the server side: only ReadyForQuery.
@@ -319,6 +324,7 @@ impl<'a> Relay<'a> {
             tally,
             resume: None,
             paused,
+            hot: false,
             short_read_drains: tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         }
@@ -357,9 +363,18 @@ impl<'a> Relay<'a> {
         {
             return Poll::Ready(Ok(self.end(kind)));
         }
+        // A read that came back blocked has its waker registered: polling it
+        // again before the task is woken would only retake the driver's lock.
+        let (mut client_blocked, mut server_blocked) = (false, false);
         loop {
             let mut progress = false;
-            progress |= self.poll_client_read(cx)?;
+            if !client_blocked {
+                match self.poll_client_read(cx)? {
+                    Fill::Read(_) => progress = true,
+                    Fill::Blocked => client_blocked = true,
+                    Fill::Skipped => {}
+                }
+            }
             progress |= poll_flush(
                 &mut self.c2s,
                 self.server,
@@ -367,7 +382,13 @@ impl<'a> Relay<'a> {
                 Side::Server,
                 &mut self.tally.bytes_to_backend,
             )?;
-            progress |= self.poll_server_read(cx)?;
+            if !server_blocked {
+                match self.poll_server_read(cx)? {
+                    Fill::Read(_) => progress = true,
+                    Fill::Blocked => server_blocked = true,
+                    Fill::Skipped => {}
+                }
+            }
             progress |= poll_flush(
                 &mut self.s2c,
                 self.client,
@@ -389,7 +410,7 @@ impl<'a> Relay<'a> {
                 return Poll::Ready(Ok(self.end(EndKind::ServerClosed)));
             }
             if !progress {
-                if self.tally.is_dirty() {
+                if self.hot || self.tally.is_dirty() {
                     self.control.arm_flush();
                 }
                 return Poll::Pending;
@@ -404,7 +425,14 @@ impl<'a> Relay<'a> {
             return Some(EndKind::Terminated);
         }
         if ev.flush {
-            self.tally.flush();
+            if self.tally.is_dirty() {
+                self.tally.flush();
+            } else {
+                // Quiet for a whole interval: give the buffers back.
+                self.hot = false;
+                self.c2s.win.release();
+                self.s2c.win.release();
+            }
         }
         if let Some(order) = ev.order {
             self.state.draining = true;
@@ -448,23 +476,22 @@ impl<'a> Relay<'a> {
         true
     }
 
-    fn poll_client_read(&mut self, cx: &mut Context<'_>) -> Result<bool, SessionError> {
+    fn poll_client_read(&mut self, cx: &mut Context<'_>) -> Result<Fill, SessionError> {
         if self.held_by_pause(cx) {
-            return Ok(false);
+            return Ok(Fill::Skipped);
         }
-        let Some(n) = poll_fill(
+        let fill = poll_fill(
             &mut self.c2s,
             self.client,
             cx,
             Side::Client,
             self.short_read_drains,
-        )?
-        else {
-            return Ok(false);
-        };
-        if n == 0 {
-            return Ok(true);
+            self.hot,
+        )?;
+        if !matches!(fill, Fill::Read(n) if n > 0) {
+            return Ok(fill);
         }
+        self.hot = true;
         let state = &mut self.state;
         let scan = self
             .c2s
@@ -488,23 +515,22 @@ impl<'a> Relay<'a> {
             })
             .map_err(|e| SessionError::client_protocol(e.to_string()))?;
         self.c2s.win.approve(scan.forward);
-        Ok(true)
+        Ok(fill)
     }
 
-    fn poll_server_read(&mut self, cx: &mut Context<'_>) -> Result<bool, SessionError> {
-        let Some(n) = poll_fill(
+    fn poll_server_read(&mut self, cx: &mut Context<'_>) -> Result<Fill, SessionError> {
+        let fill = poll_fill(
             &mut self.s2c,
             self.server,
             cx,
             Side::Server,
             self.short_read_drains,
-        )?
-        else {
-            return Ok(false);
-        };
-        if n == 0 {
-            return Ok(true);
+            self.hot,
+        )?;
+        if !matches!(fill, Fill::Read(n) if n > 0) {
+            return Ok(fill);
         }
+        self.hot = true;
         let state = &mut self.state;
         let tally = &mut self.tally;
         let scan = self
@@ -537,29 +563,45 @@ impl<'a> Relay<'a> {
         if scan.stopped {
             self.s2c.stop = true;
         }
-        Ok(true)
+        Ok(fill)
     }
 }
 
-/// Reads what is available into a half's window. `Ok(None)`: nothing read
-/// (not ready, no room, or closed); `Ok(Some(0))`: end of stream just seen.
+/// What one read attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// Not attempted: closed, stopped, held or no room.
+    Skipped,
+    /// The socket had nothing: its waker is registered, so it need not be
+    /// polled again until the task is woken.
+    Blocked,
+    /// Bytes read (`0`: end of stream).
+    Read(usize),
+}
+
+/// Reads what is available into a half's window. While `keep` is set (the
+/// session is busy) the buffer stays with the window when the socket has
+/// nothing; otherwise it goes back to the pool, so idle sessions hold none.
 fn poll_fill(
     half: &mut Half,
     from: &mut Stream,
     cx: &mut Context<'_>,
     side: Side,
     short_read_drains: bool,
-) -> Result<Option<usize>, SessionError> {
+    keep: bool,
+) -> Result<Fill, SessionError> {
     if half.eof || half.stop || !half.win.has_room() {
-        return Ok(None);
+        return Ok(Fill::Skipped);
     }
     let spare = half.win.spare();
     let room = spare.len();
     let mut rb = ReadBuf::new(spare);
     match Pin::new(&mut *from).poll_read(cx, &mut rb) {
         Poll::Pending => {
-            half.win.release();
-            Ok(None)
+            if !keep {
+                half.win.release();
+            }
+            Ok(Fill::Blocked)
         }
         Poll::Ready(Ok(())) => {
             let n = rb.filled().len();
@@ -572,7 +614,7 @@ fn poll_fill(
                     from.mark_drained();
                 }
             }
-            Ok(Some(n))
+            Ok(Fill::Read(n))
         }
         Poll::Ready(Err(e)) => Err(SessionError::io(side, e)),
     }
