@@ -185,6 +185,7 @@ pub fn topology_json(shared: &Shared) -> serde_json::Value {
                 "draining": m.draining,
                 "lag_bytes": m.lag_bytes,
                 "lag_seconds": m.lag_seconds,
+                "probe_seconds": m.probe_seconds,
                 "sessions": sessions.get(&m.name).copied().unwrap_or(0),
                 "note": m.note,
             })

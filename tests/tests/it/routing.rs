@@ -194,6 +194,10 @@ async fn topology_endpoint_reports_members_roles_and_sessions() {
     let pg1 = members.iter().find(|m| m["name"] == "pg-1").unwrap();
     assert_eq!(pg1["role"], "replica");
     assert!(pg1["lag_bytes"].is_u64());
+    for m in [pg0, pg1] {
+        let rtt = m["probe_seconds"].as_f64().expect("probe round trip");
+        assert!(rtt > 0.0 && rtt < 5.0, "{m}");
+    }
     assert!(http_get(env.admin(), "/healthz").await.contains("ok"));
     assert!(http_get(env.admin(), "/readyz").await.contains("ready"));
 }
