@@ -15,9 +15,10 @@
 //! [`PodTally`] that is flushed every [`FLUSH_INTERVAL`], and the control
 //! futures (drain order, hard stop, grace deadline, flush timer) are polled
 //! with a waker of their own, only after it fired ([`Control`]), not on
-//! every socket wake-up. While bytes flow, the session keeps its buffers
-//! between reads; once the flush timer finds a whole interval quiet, they go
-//! back to the pool, so an idle session holds none.
+//! every socket wake-up. A busy session ([`BUSY_READS`] reads in a flush
+//! interval) keeps its buffers between reads; once an interval passes with
+//! fewer, they go back to the pool, so an idle session, or one that runs a
+//! query now and then, holds none.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -284,10 +285,17 @@ pub struct Relay<'a> {
     short_read_drains: bool,
     /// Last value seen on `signals.paused`.
     paused: bool,
-    /// Bytes moved since the flush timer last found the session quiet: keep
-    /// the buffers between reads instead of pooling them every time.
+    /// The session was busy in the last flush interval: it keeps its
+    /// buffers between reads instead of pooling them every time.
     hot: bool,
+    /// Reads with data in the current flush interval.
+    reads: u32,
 }
+
+/// Reads per flush interval from which a session counts as busy. A session
+/// that runs a query now and then pools its buffers at once, as an idle one
+/// does, so a crowd of mostly idle sessions holds no buffers.
+const BUSY_READS: u32 = 8;
 
 /// Tags read whole on the server side: only ReadyForQuery.
 const SERVER_INSPECT: TagSet = TagSet::of(&[btag::READY_FOR_QUERY]);
@@ -325,6 +333,7 @@ impl<'a> Relay<'a> {
             resume: None,
             paused,
             hot: false,
+            reads: 0,
             short_read_drains: tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         }
@@ -410,12 +419,17 @@ impl<'a> Relay<'a> {
                 return Poll::Ready(Ok(self.end(EndKind::ServerClosed)));
             }
             if !progress {
-                if self.hot || self.tally.is_dirty() {
+                if self.keeps_buffers() || self.tally.is_dirty() {
                     self.control.arm_flush();
                 }
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Whether buffers stay with the session between reads.
+    fn keeps_buffers(&self) -> bool {
+        self.hot || self.reads >= BUSY_READS
     }
 
     /// Acts on what the control futures report; `Some` ends the relay.
@@ -425,11 +439,11 @@ impl<'a> Relay<'a> {
             return Some(EndKind::Terminated);
         }
         if ev.flush {
-            if self.tally.is_dirty() {
-                self.tally.flush();
-            } else {
-                // Quiet for a whole interval: give the buffers back.
-                self.hot = false;
+            self.tally.flush();
+            self.hot = self.reads >= BUSY_READS;
+            self.reads = 0;
+            if !self.hot {
+                // Quiet or nearly so for a whole interval: give the buffers back.
                 self.c2s.win.release();
                 self.s2c.win.release();
             }
@@ -480,18 +494,19 @@ impl<'a> Relay<'a> {
         if self.held_by_pause(cx) {
             return Ok(Fill::Skipped);
         }
+        let keep = self.keeps_buffers();
         let fill = poll_fill(
             &mut self.c2s,
             self.client,
             cx,
             Side::Client,
             self.short_read_drains,
-            self.hot,
+            keep,
         )?;
         if !matches!(fill, Fill::Read(n) if n > 0) {
             return Ok(fill);
         }
-        self.hot = true;
+        self.reads += 1;
         let state = &mut self.state;
         let scan = self
             .c2s
@@ -519,18 +534,19 @@ impl<'a> Relay<'a> {
     }
 
     fn poll_server_read(&mut self, cx: &mut Context<'_>) -> Result<Fill, SessionError> {
+        let keep = self.keeps_buffers();
         let fill = poll_fill(
             &mut self.s2c,
             self.server,
             cx,
             Side::Server,
             self.short_read_drains,
-            self.hot,
+            keep,
         )?;
         if !matches!(fill, Fill::Read(n) if n > 0) {
             return Ok(fill);
         }
-        self.hot = true;
+        self.reads += 1;
         let state = &mut self.state;
         let tally = &mut self.tally;
         let scan = self
