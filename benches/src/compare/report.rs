@@ -346,16 +346,17 @@ mod tests {
         assert_eq!(sample(0, 1000.0, None).cpu_us_per_tx(), None);
     }
 
+    /// One select-simple-8 sample of `t`.
+    fn put(r: &mut Results, t: Target, tps: f64, cpu: Option<f64>) {
+        r.samples
+            .entry(("select-simple-8".to_owned(), t))
+            .or_default()
+            .push(sample(0, tps, cpu));
+    }
+
     #[test]
     fn checks_compare_pgsteer_with_direct_and_its_peers() {
         let mut r = Results::default();
-        let w = "select-simple-8".to_owned();
-        let put = |r: &mut Results, t, tps, cpu| {
-            r.samples
-                .entry((w.clone(), t))
-                .or_default()
-                .push(sample(0, tps, cpu));
-        };
         put(&mut r, Target::Direct, 10_000.0, None);
         put(&mut r, Target::PgsteerRw, 8_000.0, Some(1.2));
         put(&mut r, Target::Pgbouncer, 7_000.0, Some(2.0));
@@ -380,13 +381,6 @@ mod tests {
     #[test]
     fn pgsteer_rw_is_compared_with_the_baseline_build_of_the_same_run() {
         let mut r = Results::default();
-        let w = "select-simple-8".to_owned();
-        let put = |r: &mut Results, t, tps, cpu| {
-            r.samples
-                .entry((w.clone(), t))
-                .or_default()
-                .push(sample(0, tps, cpu));
-        };
         put(&mut r, Target::Direct, 10_000.0, None);
         put(&mut r, Target::PgsteerRw, 8_000.0, Some(0.952));
         let before = checks(&r);
