@@ -444,14 +444,16 @@ impl PodTally {
         }
     }
 
-    /// Something was counted since the last flush. (Every query and
-    /// transaction moves bytes, so the byte counts tell.)
+    /// Counts wait to be flushed. (Histogram observations are flushed by
+    /// every [`PodTally::flush`], which costs nothing when there are none.)
     pub fn is_dirty(&self) -> bool {
-        self.bytes_to_backend != 0 || self.bytes_from_backend != 0
+        (self.bytes_to_backend | self.bytes_from_backend | self.queries | self.transactions) != 0
     }
 
     /// Adds the counts to the shared families and starts again from zero.
     pub fn flush(&mut self) {
+        self.query_seconds.flush();
+        self.transaction_seconds.flush();
         if !self.is_dirty() {
             return;
         }
@@ -463,8 +465,6 @@ impl PodTally {
             .inc_by(std::mem::take(&mut self.bytes_to_backend));
         s.bytes_from_backend
             .inc_by(std::mem::take(&mut self.bytes_from_backend));
-        self.query_seconds.flush();
-        self.transaction_seconds.flush();
     }
 }
 

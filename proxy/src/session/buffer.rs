@@ -66,14 +66,14 @@ impl Window {
         debug_assert!(self.fwd <= self.end);
     }
 
-    /// Marks `n` approved bytes as written; gives the buffer back when empty.
+    /// Marks `n` approved bytes as written (the buffer stays: see
+    /// [`Window::release`]).
     pub fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.end {
             self.start = 0;
             self.fwd = 0;
             self.end = 0;
-            self.release();
         }
     }
 
@@ -128,7 +128,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_emptied_window_holds_no_buffer() {
+    fn a_window_gives_its_buffer_back_only_when_empty_and_released() {
         let mut w = Window::default();
         w.spare()[..3].copy_from_slice(b"abc");
         w.filled(3);
@@ -136,11 +136,14 @@ mod tests {
         assert_eq!(w.approved(), b"ab");
         assert_eq!(w.unscanned(), b"c");
         w.consume(2);
+        w.release();
         assert!(w.buf.is_some(), "a partial frame keeps the buffer");
         w.approve(1);
         w.consume(1);
-        assert!(w.buf.is_none());
         assert!(w.is_empty());
+        assert!(w.buf.is_some(), "a busy session keeps it between reads");
+        w.release();
+        assert!(w.buf.is_none());
     }
 
     #[test]

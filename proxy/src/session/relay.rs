@@ -97,11 +97,10 @@ impl State {
         if self.pending > 0 {
             return;
         }
-        let Some(started) = self.query_start.take() else {
-            return;
-        };
         let now = Instant::now();
-        tally.query_seconds.observe((now - started).as_secs_f64());
+        if let Some(started) = self.query_start.take() {
+            tally.query_seconds.observe((now - started).as_secs_f64());
+        }
         if self.tx == TxStatus::Idle {
             tally.transactions += 1;
             if let Some(t) = self.tx_start.take() {
@@ -218,7 +217,7 @@ impl<'a> Control<'a> {
         let mut sleep = Box::pin(tokio::time::sleep(grace));
         let mut cx = Context::from_waker(&self.waker);
         if sleep.as_mut().poll(&mut cx).is_ready() {
-            self.wake.fired.store(true, Ordering::Release);
+            self.waker.wake_by_ref();
         }
         self.deadline = Some(sleep);
     }
@@ -235,7 +234,7 @@ impl<'a> Control<'a> {
         sleep.as_mut().reset(at);
         let mut cx = Context::from_waker(&self.waker);
         if sleep.as_mut().poll(&mut cx).is_ready() {
-            self.wake.fired.store(true, Ordering::Release);
+            self.waker.wake_by_ref();
         }
         self.flush_armed = true;
     }
@@ -290,6 +289,9 @@ pub struct Relay<'a> {
     hot: bool,
     /// Reads with data in the current flush interval.
     reads: u32,
+    /// A drain's grace deadline has passed (the session is closed at once
+    /// unless it is idle, in which case it is drained).
+    deadline_passed: bool,
 }
 
 /// Reads per flush interval from which a session counts as busy. A session
@@ -334,6 +336,7 @@ impl<'a> Relay<'a> {
             paused,
             hot: false,
             reads: 0,
+            deadline_passed: false,
             short_read_drains: tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         }
@@ -384,12 +387,14 @@ impl<'a> Relay<'a> {
                     Fill::Skipped => {}
                 }
             }
+            let keep = self.keeps_buffers();
             progress |= poll_flush(
                 &mut self.c2s,
                 self.server,
                 cx,
                 Side::Server,
                 &mut self.tally.bytes_to_backend,
+                keep,
             )?;
             if !server_blocked {
                 match self.poll_server_read(cx)? {
@@ -398,12 +403,14 @@ impl<'a> Relay<'a> {
                     Fill::Skipped => {}
                 }
             }
+            let keep = self.keeps_buffers();
             progress |= poll_flush(
                 &mut self.s2c,
                 self.client,
                 cx,
                 Side::Client,
                 &mut self.tally.bytes_from_backend,
+                keep,
             )?;
 
             if self.s2c.stop && self.s2c.delivered() {
@@ -411,6 +418,9 @@ impl<'a> Relay<'a> {
             }
             if self.state.draining && self.idle() {
                 return Poll::Ready(Ok(self.end(EndKind::Drained)));
+            }
+            if self.deadline_passed {
+                return Poll::Ready(Ok(self.end(EndKind::Terminated)));
             }
             if self.c2s.eof && self.c2s.delivered() {
                 return Poll::Ready(Ok(self.end(EndKind::ClientClosed)));
@@ -453,6 +463,10 @@ impl<'a> Relay<'a> {
             self.idle_at_order = self.idle();
             let grace = order.grace;
             self.order = Some(order);
+            if self.idle_at_order {
+                // Close before reading whatever the client sent next.
+                return Some(EndKind::Drained);
+            }
             match grace {
                 // No grace: not one more byte goes to the server.
                 Some(g) if g.is_zero() && !self.idle() => return Some(EndKind::Terminated),
@@ -460,7 +474,10 @@ impl<'a> Relay<'a> {
                 None => {}
             }
         }
-        if ev.deadline && !self.idle() {
+        // Remembered: the loop checks it too, so a transaction that starts
+        // after the deadline passed (while idle) is not let run.
+        self.deadline_passed |= ev.deadline;
+        if self.deadline_passed && !self.idle() {
             return Some(EndKind::Terminated);
         }
         None
@@ -643,6 +660,7 @@ fn poll_flush(
     cx: &mut Context<'_>,
     side: Side,
     bytes: &mut u64,
+    keep: bool,
 ) -> Result<bool, SessionError> {
     let mut progress = false;
     while !half.win.approved().is_empty() {
@@ -655,6 +673,9 @@ fn poll_flush(
             Poll::Ready(Err(e)) => return Err(SessionError::io(side, e)),
         };
         half.win.consume(n);
+        if !keep {
+            half.win.release();
+        }
         *bytes += n as u64;
         progress = true;
         half.unflushed = to.buffers_writes();

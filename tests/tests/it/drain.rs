@@ -189,6 +189,33 @@ async fn a_drained_replica_lets_its_transaction_commit_then_closes_and_gets_no_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_still_open_when_the_drain_grace_runs_out_is_terminated() {
+    let env = Env::start_with(2, |c| c.drain.grace = Duration::from_millis(300)).await;
+    let (c, conn) = connect_watched(
+        env.ro(),
+        Some("-c pgsteer.pod=pg-1 -c pgsteer.route=replica"),
+    )
+    .await;
+    c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let (code, body) = http_post(env.admin(), "/drain/pg-1", None).await;
+    assert_eq!(code, 200, "{body}");
+    // The client keeps the transaction open and says nothing more.
+    let e = ended_with(conn).await;
+    assert_eq!(e.code().code(), "57P01");
+    assert!(
+        e.message().contains("terminating connection") && e.message().contains("pg-1"),
+        "{}",
+        e.message()
+    );
+    eventually("the drain counted as terminated", || async {
+        http_get(env.admin(), "/metrics")
+            .await
+            .contains("pgsteer_sessions_drained_total{outcome=\"terminated\"} 1")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_the_next_transaction_and_new_sessions_until_resume() {
     let env = Env::start(1).await;
     let c = connect(env.rw(), None).await;
