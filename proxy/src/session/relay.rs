@@ -246,6 +246,10 @@ struct Half {
     eof: bool,
     /// Stop reading: the relay is closing once approved bytes are written.
     stop: bool,
+    /// The last read in this poll came back empty: its waker is registered,
+    /// so reading again before the task is woken would only retake the IO
+    /// driver's lock. Cleared at the start of every poll.
+    blocked: bool,
     /// Bytes were written to a TLS stream that has not been flushed since.
     unflushed: bool,
 }
@@ -257,6 +261,7 @@ impl Half {
             scanner: Scanner::new(limit, inspect, BUF_SIZE),
             eof: false,
             stop: false,
+            blocked: false,
             unflushed: false,
         }
     }
@@ -375,18 +380,10 @@ impl<'a> Relay<'a> {
         {
             return Poll::Ready(Ok(self.end(kind)));
         }
-        // A read that came back blocked has its waker registered: polling it
-        // again before the task is woken would only retake the driver's lock.
-        let (mut client_blocked, mut server_blocked) = (false, false);
+        self.c2s.blocked = false;
+        self.s2c.blocked = false;
         loop {
-            let mut progress = false;
-            if !client_blocked {
-                match self.poll_client_read(cx)? {
-                    Fill::Read(_) => progress = true,
-                    Fill::Blocked => client_blocked = true,
-                    Fill::Skipped => {}
-                }
-            }
+            let mut progress = self.poll_client_read(cx)?;
             let keep = self.keeps_buffers();
             progress |= poll_flush(
                 &mut self.c2s,
@@ -396,14 +393,7 @@ impl<'a> Relay<'a> {
                 &mut self.tally.bytes_to_backend,
                 keep,
             )?;
-            if !server_blocked {
-                match self.poll_server_read(cx)? {
-                    Fill::Read(_) => progress = true,
-                    Fill::Blocked => server_blocked = true,
-                    Fill::Skipped => {}
-                }
-            }
-            let keep = self.keeps_buffers();
+            progress |= self.poll_server_read(cx)?;
             progress |= poll_flush(
                 &mut self.s2c,
                 self.client,
@@ -507,21 +497,24 @@ impl<'a> Relay<'a> {
         true
     }
 
-    fn poll_client_read(&mut self, cx: &mut Context<'_>) -> Result<Fill, SessionError> {
+    fn poll_client_read(&mut self, cx: &mut Context<'_>) -> Result<bool, SessionError> {
         if self.held_by_pause(cx) {
-            return Ok(Fill::Skipped);
+            return Ok(false);
         }
         let keep = self.keeps_buffers();
-        let fill = poll_fill(
+        let Some(n) = poll_fill(
             &mut self.c2s,
             self.client,
             cx,
             Side::Client,
             self.short_read_drains,
             keep,
-        )?;
-        if !matches!(fill, Fill::Read(n) if n > 0) {
-            return Ok(fill);
+        )?
+        else {
+            return Ok(false);
+        };
+        if n == 0 {
+            return Ok(true);
         }
         self.reads += 1;
         let state = &mut self.state;
@@ -547,21 +540,24 @@ impl<'a> Relay<'a> {
             })
             .map_err(|e| SessionError::client_protocol(e.to_string()))?;
         self.c2s.win.approve(scan.forward);
-        Ok(fill)
+        Ok(true)
     }
 
-    fn poll_server_read(&mut self, cx: &mut Context<'_>) -> Result<Fill, SessionError> {
+    fn poll_server_read(&mut self, cx: &mut Context<'_>) -> Result<bool, SessionError> {
         let keep = self.keeps_buffers();
-        let fill = poll_fill(
+        let Some(n) = poll_fill(
             &mut self.s2c,
             self.server,
             cx,
             Side::Server,
             self.short_read_drains,
             keep,
-        )?;
-        if !matches!(fill, Fill::Read(n) if n > 0) {
-            return Ok(fill);
+        )?
+        else {
+            return Ok(false);
+        };
+        if n == 0 {
+            return Ok(true);
         }
         self.reads += 1;
         let state = &mut self.state;
@@ -596,25 +592,15 @@ impl<'a> Relay<'a> {
         if scan.stopped {
             self.s2c.stop = true;
         }
-        Ok(fill)
+        Ok(true)
     }
 }
 
-/// What one read attempt did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fill {
-    /// Not attempted: closed, stopped, held or no room.
-    Skipped,
-    /// The socket had nothing: its waker is registered, so it need not be
-    /// polled again until the task is woken.
-    Blocked,
-    /// Bytes read (`0`: end of stream).
-    Read(usize),
-}
-
-/// Reads what is available into a half's window. While `keep` is set (the
-/// session is busy) the buffer stays with the window when the socket has
-/// nothing; otherwise it goes back to the pool, so idle sessions hold none.
+/// Reads what is available into a half's window. `Ok(None)`: nothing read
+/// (not ready, blocked earlier in this poll, no room, or closed);
+/// `Ok(Some(0))`: end of stream just seen. While `keep` is set (the session
+/// is busy) the buffer stays with the window when the socket has nothing;
+/// otherwise it goes back to the pool, so idle sessions hold none.
 fn poll_fill(
     half: &mut Half,
     from: &mut Stream,
@@ -622,9 +608,9 @@ fn poll_fill(
     side: Side,
     short_read_drains: bool,
     keep: bool,
-) -> Result<Fill, SessionError> {
-    if half.eof || half.stop || !half.win.has_room() {
-        return Ok(Fill::Skipped);
+) -> Result<Option<usize>, SessionError> {
+    if half.eof || half.stop || half.blocked || !half.win.has_room() {
+        return Ok(None);
     }
     let spare = half.win.spare();
     let room = spare.len();
@@ -634,7 +620,8 @@ fn poll_fill(
             if !keep {
                 half.win.release();
             }
-            Ok(Fill::Blocked)
+            half.blocked = true;
+            Ok(None)
         }
         Poll::Ready(Ok(())) => {
             let n = rb.filled().len();
@@ -647,7 +634,7 @@ fn poll_fill(
                     from.mark_drained();
                 }
             }
-            Ok(Fill::Read(n))
+            Ok(Some(n))
         }
         Poll::Ready(Err(e)) => Err(SessionError::io(side, e)),
     }
