@@ -118,6 +118,19 @@ impl Observation {
             Observation::Down { .. } => None,
         }
     }
+
+    /// The current WAL position if the member answered and is writable
+    /// (not in recovery): what makes it a primary.
+    pub fn writable_lsn(&self) -> Option<u64> {
+        match self {
+            Observation::Up {
+                in_recovery: false,
+                lsn,
+                ..
+            } => Some(*lsn),
+            _ => None,
+        }
+    }
 }
 
 /// Parses a textual LSN (`"16/B374D848"`) into its 64-bit position.
@@ -145,14 +158,7 @@ pub fn fold(
 ) -> BTreeMap<String, Member> {
     let primary_lsns: Vec<u64> = members
         .iter()
-        .filter_map(|m| match observations.get(&m.name) {
-            Some(Observation::Up {
-                in_recovery: false,
-                lsn,
-                ..
-            }) => Some(*lsn),
-            _ => None,
-        })
+        .filter_map(|m| observations.get(&m.name)?.writable_lsn())
         .collect();
     let primary_lsn = match primary_lsns.as_slice() {
         [lsn] => Some(*lsn),

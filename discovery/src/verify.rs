@@ -57,14 +57,7 @@ pub fn verify(
     let confirmed: Vec<u64> = claimed
         .values()
         .filter(|m| m.role == Role::Primary)
-        .filter_map(|m| match observations.get(&m.name) {
-            Some(Observation::Up {
-                in_recovery: false,
-                lsn,
-                ..
-            }) => Some(*lsn),
-            _ => None,
-        })
+        .filter_map(|m| observations.get(&m.name)?.writable_lsn())
         .collect();
     let context = Context {
         primary_lsn: match confirmed.as_slice() {
