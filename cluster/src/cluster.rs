@@ -75,7 +75,7 @@ impl Cluster {
             max_wal_senders,
             extra_conf: spec.extra_conf.clone(),
         };
-        cluster.prepare_dir()?;
+        prepare_dirs(&cluster.tools, &cluster.dir, &cluster.socket_dir)?;
         let ports = files::free_ports(spec.replicas + 1)?;
         for (i, port) in ports.into_iter().enumerate() {
             let name = format!("{}-{i}", spec.name_prefix);
@@ -203,38 +203,6 @@ impl Cluster {
     }
 
     // ---- start-up steps ----
-
-    /// Creates the socket directory and, when root, hands both directories to `postgres`.
-    fn prepare_dir(&self) -> Result<(), Error> {
-        if self.socket_dir.as_os_str().len() > MAX_SOCKET_DIR {
-            return Err(Error::new(format!(
-                "{} is too long for a unix socket path; set PGSTEER_CLUSTER_DIR to a shorter \
-                 directory",
-                self.socket_dir.display()
-            )));
-        }
-        fs::create_dir(&self.socket_dir)
-            .and_then(|()| fs::set_permissions(&self.socket_dir, fs::Permissions::from_mode(0o755)))
-            .map_err(|e| Error::new(format!("cannot create {}: {e}", self.socket_dir.display())))?;
-        if self.tools.as_postgres() {
-            let mut chown = Command::new("chown");
-            chown
-                .arg("postgres:postgres")
-                .arg(&self.dir)
-                .arg(&self.socket_dir);
-            run(&mut chown, SHORT_TIMEOUT)?;
-            let mut writable = self.tools.server_side("test", &self.dir);
-            writable.arg("-w").arg(&self.socket_dir);
-            run(&mut writable, SHORT_TIMEOUT).map_err(|_| {
-                Error::new(format!(
-                    "the postgres user cannot write to {}: every parent directory must be \
-                     searchable by others (or set PGSTEER_CLUSTER_DIR elsewhere)",
-                    self.socket_dir.display()
-                ))
-            })?;
-        }
-        Ok(())
-    }
 
     /// `initdb`, configuration, start, then the roles and the database.
     fn init_primary(&mut self, name: String, port: u16) -> Result<(), Error> {
@@ -512,6 +480,36 @@ fn validate(spec: &Spec) -> Result<usize, Error> {
         )));
     }
     Ok(max_wal_senders)
+}
+
+/// Creates the socket directory and, when root, hands both directories to `postgres` and checks
+/// that it can write there (every server of a cluster, and Patroni, put their sockets there).
+pub(crate) fn prepare_dirs(tools: &Tools, dir: &Path, socket_dir: &Path) -> Result<(), Error> {
+    if socket_dir.as_os_str().len() > MAX_SOCKET_DIR {
+        return Err(Error::new(format!(
+            "{} is too long for a unix socket path; set PGSTEER_CLUSTER_DIR to a shorter \
+             directory",
+            socket_dir.display()
+        )));
+    }
+    fs::create_dir(socket_dir)
+        .and_then(|()| fs::set_permissions(socket_dir, fs::Permissions::from_mode(0o755)))
+        .map_err(|e| Error::new(format!("cannot create {}: {e}", socket_dir.display())))?;
+    if tools.as_postgres() {
+        let mut chown = Command::new("chown");
+        chown.arg("postgres:postgres").arg(dir).arg(socket_dir);
+        run(&mut chown, SHORT_TIMEOUT)?;
+        let mut writable = tools.server_side("test", dir);
+        writable.arg("-w").arg(socket_dir);
+        run(&mut writable, SHORT_TIMEOUT).map_err(|_| {
+            Error::new(format!(
+                "the postgres user cannot write to {}: every parent directory must be \
+                 searchable by others (or set PGSTEER_CLUSTER_DIR elsewhere)",
+                socket_dir.display()
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

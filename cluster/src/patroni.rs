@@ -110,7 +110,7 @@ impl PatroniCluster {
             nodes: Vec::new(),
             members: Mutex::new(Vec::new()),
         };
-        cluster.prepare_dir()?;
+        crate::cluster::prepare_dirs(&cluster.tools, &cluster.dir, &cluster.socket_dir)?;
         let mut ports = files::free_ports(2 + 2 * members)?.into_iter();
         let mut port = || ports.next().ok_or_else(|| Error::new("too few free ports"));
         let (client, peer) = (port()?, port()?);
@@ -394,22 +394,6 @@ impl PatroniCluster {
     }
 
     // ---- start-up steps ----
-
-    /// The socket directory; when root, both directories go to `postgres` (Patroni writes there).
-    fn prepare_dir(&self) -> Result<(), Error> {
-        fs::create_dir(&self.socket_dir)
-            .and_then(|()| fs::set_permissions(&self.socket_dir, fs::Permissions::from_mode(0o755)))
-            .map_err(|e| Error::new(format!("cannot create {}: {e}", self.socket_dir.display())))?;
-        if self.tools.as_postgres() {
-            let mut chown = Command::new("chown");
-            chown
-                .arg("postgres:postgres")
-                .arg(&self.dir)
-                .arg(&self.socket_dir);
-            run(&mut chown, SHORT_TIMEOUT)?;
-        }
-        Ok(())
-    }
 
     fn start_etcd(&mut self, client: u16, peer: u16) -> Result<(), Error> {
         let client_url = format!("http://127.0.0.1:{client}");
