@@ -136,19 +136,29 @@ async fn with_a_demoted_primary_grace_the_transaction_may_finish() {
     assert_eq!(n, 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drained_replica_lets_its_transaction_commit_then_closes_and_gets_no_new_sessions() {
-    let env = Env::start(2).await;
+/// A session on replica pg-1 with a transaction open, then `POST /drain/pg-1`.
+async fn drain_pg1_mid_transaction(
+    env: &Env,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
     let (c, conn) = connect_watched(
         env.ro(),
         Some("-c pgsteer.pod=pg-1 -c pgsteer.route=replica"),
     )
     .await;
     c.batch_execute("BEGIN; SELECT 1").await.unwrap();
-
     let (code, body) = http_post(env.admin(), "/drain/pg-1", None).await;
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("pg-1"));
+    assert!(body.contains("pg-1"), "{body}");
+    (c, conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_replica_lets_its_transaction_commit_then_closes_and_gets_no_new_sessions() {
+    let env = Env::start(2).await;
+    let (c, conn) = drain_pg1_mid_transaction(&env).await;
     env.wait_topology("pg-1 draining", |t| {
         t.member("pg-1").is_some_and(|m| m.draining)
     })
@@ -191,14 +201,7 @@ async fn a_drained_replica_lets_its_transaction_commit_then_closes_and_gets_no_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_still_open_when_the_drain_grace_runs_out_is_terminated() {
     let env = Env::start_with(2, |c| c.drain.grace = Duration::from_millis(300)).await;
-    let (c, conn) = connect_watched(
-        env.ro(),
-        Some("-c pgsteer.pod=pg-1 -c pgsteer.route=replica"),
-    )
-    .await;
-    c.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    let (code, body) = http_post(env.admin(), "/drain/pg-1", None).await;
-    assert_eq!(code, 200, "{body}");
+    let (_c, conn) = drain_pg1_mid_transaction(&env).await;
     // The client keeps the transaction open and says nothing more.
     let e = ended_with(conn).await;
     assert_eq!(e.code().code(), "57P01");

@@ -84,6 +84,17 @@ impl Proxy {
 }
 
 /// A fixture pod for cluster node `name`: Running, Ready, `app=pg`, its port named `postgresql`.
+/// pg-0 (primary) and pg-1 (replica), with their ports.
+async fn primary_and_replica() -> (Cluster, u16, u16) {
+    let cluster = cluster(Spec {
+        replicas: 1,
+        ..Spec::default()
+    })
+    .await;
+    let (p0, p1) = (cluster.node("pg-0").port, cluster.node("pg-1").port);
+    (cluster, p0, p1)
+}
+
 fn pod(cluster: &Cluster, name: &str) -> FakePod {
     FakePod::new(name)
         .label("app", "pg")
@@ -118,12 +129,7 @@ async fn refused_with_57p03(addr: SocketAddr, options: Option<&str>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_preset_routes_sessions_by_its_operators_role_labels() {
-    let cluster = cluster(Spec {
-        replicas: 1,
-        ..Spec::default()
-    })
-    .await;
-    let (p0, p1) = (cluster.node("pg-0").port, cluster.node("pg-1").port);
+    let (cluster, p0, p1) = primary_and_replica().await;
     let custom = r#"{ label = "replicationRole", primary = ["primary"], replica = ["replica"] }"#;
     let cases: &[(&str, &str, &str, &str)] = &[
         ("\"patroni\"", "role", "primary", "replica"),
@@ -320,12 +326,7 @@ async fn relabels_recreated_pods_and_terminating_pods_steer_new_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_outage_keeps_routing_shows_staleness_and_recovers_and_410_relists() {
-    let cluster = cluster(Spec {
-        replicas: 1,
-        ..Spec::default()
-    })
-    .await;
-    let (p0, p1) = (cluster.node("pg-0").port, cluster.node("pg-1").port);
+    let (cluster, p0, p1) = primary_and_replica().await;
     let api = KubeApi::start(NAMESPACE).await;
     api.apply(pod(&cluster, "pg-0").label("spilo-role", "master"));
     api.apply(pod(&cluster, "pg-1").label("spilo-role", "replica"));
@@ -458,12 +459,7 @@ async fn an_api_outage_keeps_routing_shows_staleness_and_recovers_and_410_relist
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_overrules_labels_that_disagree_with_the_servers() {
-    let cluster = cluster(Spec {
-        replicas: 1,
-        ..Spec::default()
-    })
-    .await;
-    let (p0, p1) = (cluster.node("pg-0").port, cluster.node("pg-1").port);
+    let (cluster, p0, p1) = primary_and_replica().await;
     let api = KubeApi::start(NAMESPACE).await;
     api.apply(pod(&cluster, "pg-0").label("role", "primary"));
     api.apply(pod(&cluster, "pg-1").label("role", "replica"));
