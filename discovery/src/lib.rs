@@ -1,7 +1,11 @@
 //! Discovery: sources that find out which member is primary and which are
 //! replicas, folded into a [`Topology`] value published through
 //! `tokio::sync::watch`.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used),
+    warn(clippy::too_many_lines)
+)]
 
 pub mod kubernetes;
 pub mod patroni;
@@ -19,5 +23,5 @@ pub use patroni::{ClusterDoc, PatroniSettings, fold_cluster, patroni_once, spawn
 pub use probe::{Observation, ProbeConfig, StaticMember, fold, parse_lsn};
 pub use probe_set::{ProbeHandle, ProbeSet};
 pub use static_source::{probe_once, spawn_static};
-pub use topology::{Member, Role, Topology};
+pub use topology::{Fence, Member, Role, Topology};
 pub use verify::{publish, verify, zombies};

@@ -12,7 +12,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
-use crate::topology::{Member, Role};
+use crate::topology::{Fence, Member, Role};
 
 /// The one query a probe runs. Its columns: in recovery, WAL position (replay LSN on a replica,
 /// current LSN on a primary) as text, replay delay in seconds (NULL if nothing was replayed).
@@ -182,11 +182,11 @@ fn fold_member(
 ) -> Member {
     let mut member = Member::new(&configured.name, &configured.address);
     member.probe_seconds = observation.and_then(Observation::round_trip_seconds);
+    member.probed = observation.is_some();
     match observation {
-        None => member.note = Some(NOT_PROBED_NOTE.to_owned()),
+        None => member.fence(Fence::NotProbed, Role::Unknown, NOT_PROBED_NOTE),
         Some(Observation::Down { error }) => {
-            member.role = Role::Unreachable;
-            member.note = Some(error.clone());
+            member.fence(Fence::Unreachable, Role::Unreachable, error)
         }
         Some(Observation::Up {
             in_recovery: false,
@@ -495,6 +495,10 @@ mod tests {
                 Some(NOT_PROBED_NOTE.to_owned())
             )
         );
+        assert_eq!(folded["pg-1"].fence, Some(Fence::NotProbed));
+        assert!(!folded["pg-1"].probed);
+        assert!(folded["pg-0"].probed);
+        assert_eq!(folded["pg-0"].fence, None);
         assert_eq!(folded["pg-0"].role, Role::Primary);
         assert_eq!(
             folded["pg-0"].note, None,

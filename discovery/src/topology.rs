@@ -44,6 +44,25 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// Why the probe's cross-check keeps a member out of routing. Typed, so code can act on it;
+/// [`Member::note`] says the same for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fence {
+    /// The probe has not answered for this member yet (the static source routes nothing
+    /// before it has; readiness waits for it).
+    NotProbed,
+    /// The source calls it primary; the probe has not confirmed it yet.
+    Unconfirmed,
+    /// The source calls it primary; the probe sees it still in recovery.
+    Recovering,
+    /// The probe could not reach it.
+    Unreachable,
+    /// Writable, but the source does not call it primary: an old primary that did not step
+    /// down (a zombie). Logged at error level.
+    Zombie,
+}
+
 /// One database member, named by its stable identity (pod name).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Member {
@@ -66,6 +85,11 @@ pub struct Member {
     /// Round-trip time in seconds of the last SQL probe query (`None` if not probed or the
     /// probe failed).
     pub probe_seconds: Option<f64>,
+    /// Whether the SQL probe has answered (or failed) for this member at least once.
+    pub probed: bool,
+    /// Why the probe's cross-check keeps the member out of routing, if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fence: Option<Fence>,
     /// Why the member is not routable or is flagged, for operators.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -84,6 +108,8 @@ impl Member {
             lag_seconds: None,
             lsn: None,
             probe_seconds: None,
+            probed: false,
+            fence: None,
             note: None,
         }
     }
@@ -94,6 +120,24 @@ impl Member {
             || self.role != other.role
             || self.routable != other.routable
             || self.draining != other.draining
+            || self.fence != other.fence
+    }
+
+    /// Takes the member out of routing with `role` for `why`, adding `note` to what the
+    /// source said about it.
+    pub fn fence(&mut self, why: Fence, role: Role, note: &str) {
+        self.role = role;
+        self.routable = false;
+        self.fence = Some(why);
+        self.add_note(note);
+    }
+
+    /// Appends `note` to the member's note.
+    pub fn add_note(&mut self, note: &str) {
+        self.note = Some(match self.note.take() {
+            Some(before) => format!("{before}; {note}"),
+            None => note.to_owned(),
+        });
     }
 }
 

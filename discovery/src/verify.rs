@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 
 use crate::probe::{Observation, TWO_PRIMARIES_NOTE};
-use crate::topology::{Member, Role, Topology};
+use crate::topology::{Fence, Member, Role, Topology};
 
 /// Note of a member the source calls primary while the probe sees it in recovery.
 pub const RECOVERING_PRIMARY_NOTE: &str =
@@ -89,11 +89,16 @@ fn verify_member(claimed: &Member, observation: Option<&Observation>, cx: Contex
     let primary = claimed.role == Role::Primary;
     if let Some(observed) = observation {
         member.probe_seconds = observed.round_trip_seconds();
+        member.probed = true;
     }
     match observation {
-        None if primary => fence(&mut member, Role::Unknown, UNCONFIRMED_PRIMARY_NOTE),
+        None if primary => {
+            member.fence(Fence::Unconfirmed, Role::Unknown, UNCONFIRMED_PRIMARY_NOTE)
+        }
         None => {}
-        Some(Observation::Down { error }) => fence(&mut member, Role::Unreachable, error),
+        Some(Observation::Down { error }) => {
+            member.fence(Fence::Unreachable, Role::Unreachable, error)
+        }
         Some(&Observation::Up {
             in_recovery: false,
             lsn,
@@ -103,13 +108,15 @@ fn verify_member(claimed: &Member, observation: Option<&Observation>, cx: Contex
             if !primary {
                 member.role = Role::Unknown;
                 member.routable = false;
+                member.fence = Some(Fence::Zombie);
+                // The zombie's note comes first: it is the one that matters.
                 let note = format!("{ZOMBIE_NOTE} (source says {})", claimed.role);
                 member.note = Some(match member.note.take() {
                     Some(source) => format!("{note}; {source}"),
                     None => note,
                 });
             } else if cx.contested {
-                add_note(&mut member, TWO_PRIMARIES_NOTE);
+                member.add_note(TWO_PRIMARIES_NOTE);
             }
         }
         Some(&Observation::Up {
@@ -120,7 +127,7 @@ fn verify_member(claimed: &Member, observation: Option<&Observation>, cx: Contex
         }) => {
             member.lsn = Some(lsn);
             if primary {
-                fence(&mut member, Role::Unknown, RECOVERING_PRIMARY_NOTE);
+                member.fence(Fence::Recovering, Role::Unknown, RECOVERING_PRIMARY_NOTE);
                 return member;
             }
             if let Some(delay) = replay_delay {
@@ -136,20 +143,6 @@ fn verify_member(claimed: &Member, observation: Option<&Observation>, cx: Contex
     member
 }
 
-/// Takes `member` out of routing with `role` and `note` appended to the source's note.
-fn fence(member: &mut Member, role: Role, note: &str) {
-    member.role = role;
-    member.routable = false;
-    add_note(member, note);
-}
-
-fn add_note(member: &mut Member, note: &str) {
-    member.note = Some(match member.note.take() {
-        Some(source) => format!("{source}; {note}"),
-        None => note.to_owned(),
-    });
-}
-
 /// Members [`verify`] fenced as zombies: writable, but not the primary according to the
 /// source (log these at error level).
 pub fn zombies(members: &BTreeMap<String, Member>) -> impl Iterator<Item = &Member> {
@@ -158,12 +151,7 @@ pub fn zombies(members: &BTreeMap<String, Member>) -> impl Iterator<Item = &Memb
 
 /// Whether [`verify`] fenced `member` as a zombie.
 pub fn is_zombie(member: &Member) -> bool {
-    !member.routable
-        && member.role != Role::Primary
-        && member
-            .note
-            .as_deref()
-            .is_some_and(|n| n.starts_with(ZOMBIE_NOTE))
+    member.fence == Some(Fence::Zombie)
 }
 
 /// Publishes `members` with `send_if_modified` and [`Topology::replace_members`] (the generation
@@ -411,6 +399,51 @@ mod tests {
         let mut topology = Topology::default();
         topology.replace_members(verified);
         assert!(topology.primary().is_none());
+    }
+
+    #[test]
+    fn each_fenced_member_says_why_in_a_typed_field_and_whether_it_was_probed() {
+        use Role::{Primary, Replica, Unknown};
+        let table: Vec<(Member, Option<Observation>, Option<Fence>, bool)> = vec![
+            (
+                claim("pg-0", Primary, true),
+                Some(up(false, 1, None)),
+                None,
+                true,
+            ),
+            (
+                claim("pg-0", Primary, true),
+                None,
+                Some(Fence::Unconfirmed),
+                false,
+            ),
+            (
+                claim("pg-0", Primary, true),
+                Some(up(true, 1, None)),
+                Some(Fence::Recovering),
+                true,
+            ),
+            (
+                claim("pg-1", Replica, true),
+                Some(down("refused")),
+                Some(Fence::Unreachable),
+                true,
+            ),
+            (
+                claim("pg-1", Replica, true),
+                Some(up(false, 1, None)),
+                Some(Fence::Zombie),
+                true,
+            ),
+            (claim("pg-2", Unknown, false), None, None, false),
+        ];
+        for (claimed, observation, fence, probed) in table {
+            let what = format!("{claimed:?} / {observation:?}");
+            let m = verify_one(claimed, observation);
+            assert_eq!(m.fence, fence, "{what}");
+            assert_eq!(m.probed, probed, "{what}");
+            assert_eq!(is_zombie(&m), fence == Some(Fence::Zombie), "{what}");
+        }
     }
 
     #[test]
