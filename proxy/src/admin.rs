@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -79,7 +78,7 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
-            let body = shared.metrics.render(&shared.discovered.borrow());
+            let body = shared.metrics.render(shared.topology.staleness());
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
@@ -137,25 +136,20 @@ fn control(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return denied;
     }
     let path = req.uri().path();
-    let admin = &shared.admin;
+    let topology = &shared.topology;
     if let Some(member) = path.strip_prefix("/drain/") {
-        if shared.discovered.borrow().member(member).is_none() {
+        if !topology.drain(member) {
             return text(StatusCode::NOT_FOUND, "no such member\n");
         }
-        admin.drained.send_modify(|d| {
-            d.insert(member.to_owned());
-        });
         info!(member, "member drained by an operator");
     } else if let Some(member) = path.strip_prefix("/undrain/") {
-        admin.drained.send_modify(|d| {
-            d.remove(member);
-        });
+        topology.undrain(member);
         info!(member, "member undrained by an operator");
     } else if path == "/pause" {
-        admin.paused.send_replace(true);
+        shared.paused.send_replace(true);
         info!("new transactions paused by an operator");
     } else if path == "/resume" {
-        admin.paused.send_replace(false);
+        shared.paused.send_replace(false);
         info!("new transactions resumed by an operator");
     } else {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -163,15 +157,15 @@ fn control(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     json(
         StatusCode::OK,
         serde_json::json!({
-            "drained": admin.drained.borrow().iter().collect::<Vec<_>>(),
-            "paused": *admin.paused.borrow(),
+            "drained": topology.drained(),
+            "paused": *shared.paused.borrow(),
         }),
     )
 }
 
 /// The `/topology` document: the current view plus live session counts.
 pub fn topology_json(shared: &Shared) -> serde_json::Value {
-    let t = shared.topology.borrow().clone();
+    let t = shared.topology.current().clone();
     let sessions = shared.sessions.snapshot();
     let members: Vec<_> = t
         .members
@@ -186,6 +180,8 @@ pub fn topology_json(shared: &Shared) -> serde_json::Value {
                 "lag_bytes": m.lag_bytes,
                 "lag_seconds": m.lag_seconds,
                 "probe_seconds": m.probe_seconds,
+                "probed": m.probed,
+                "fence": m.fence,
                 "sessions": sessions.get(&m.name).copied().unwrap_or(0),
                 "note": m.note,
             })
@@ -197,11 +193,7 @@ pub fn topology_json(shared: &Shared) -> serde_json::Value {
         "members": members,
         "source_error": t.source_error,
         "pending_change": t.pending_change,
-        "source_stale_seconds": shared
-            .discovered
-            .borrow()
-            .staleness(SystemTime::now())
-            .map(|d| d.as_secs_f64()),
-        "paused": *shared.admin.paused.borrow(),
+        "source_stale_seconds": shared.topology.staleness().map(|d| d.as_secs_f64()),
+        "paused": *shared.paused.borrow(),
     })
 }

@@ -10,8 +10,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use pgsteer_protocol::startup::CancelRequest;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
 
 /// Where a client's cancel key leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +120,33 @@ pub async fn forward(target: &CancelTarget, timeout: Duration) -> std::io::Resul
     tokio::time::timeout(timeout, send)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// Serves a client's CancelRequest: forwards it to the backend its key names, or drops it
+/// if the key is unknown (as Postgres does), counting either way.
+pub async fn serve_request(
+    registry: &CancelRegistry,
+    metrics: &Metrics,
+    request: CancelRequest,
+    timeout: Duration,
+) {
+    let target = registry.lookup(request.pid, &request.key);
+    let result = if target.is_some() {
+        "forwarded"
+    } else {
+        "unknown"
+    };
+    metrics.cancel_requests.with_label_values(&[result]).inc();
+    let Some(target) = target else {
+        debug!("cancel request with an unknown key dropped");
+        return;
+    };
+    match forward(&target, timeout).await {
+        Ok(()) => debug!(member = %target.member, "cancel request forwarded"),
+        Err(e) => {
+            warn!(member = %target.member, error = %e, "could not forward a cancel request")
+        }
+    }
 }
 
 #[cfg(test)]

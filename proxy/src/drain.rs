@@ -1,18 +1,20 @@
-//! One drain mechanism for role changes, pod drains, admin drains and shutdown.
+//! One drain mechanism for role changes, pod drains, operator drains and shutdown.
 //!
-//! A session is bound to the member and role it was routed for. Whenever the
-//! topology changes, [`check`] decides whether that binding still holds; when
-//! it does not, the session drains: it may finish its transaction within a
-//! grace period and is closed with `FATAL 57P01` at its next idle point. A
-//! primary that lost its role gets the short `demoted_primary_grace` (0 by
-//! default: writes there may be lost), everything else the normal `grace`.
-//! Admin drains are an overlay on the discovered topology ([`overlay`]).
+//! A session is bound to the member and role it was routed for ([`Binding`]). Whenever the
+//! topology changes, [`check`] decides whether that binding still holds; when it does not, or
+//! the proxy shuts down, the session gets a [`DrainOrder`] ([`watch`]). What happens next is
+//! the pure state machine [`DrainState`]: the session may finish its transaction within a
+//! grace period and is closed with `FATAL 57P01` at its next idle point ([`Closing`]). A
+//! primary that lost its role gets the short `demoted_primary_grace` (0 by default: writes
+//! there may be lost), everything else the normal `grace`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pgsteer_discovery::{Member, Role, Topology};
+use pgsteer_protocol::backend::TxStatus;
+use pgsteer_protocol::sqlstate::SqlState;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config;
 use crate::router::Route;
@@ -165,20 +167,170 @@ pub async fn fence(mut rx: watch::Receiver<Topology>, binding: Binding, g: Grace
     }
 }
 
-/// The discovered members with admin drains applied.
-pub fn overlay(raw: &Topology, drained: &BTreeSet<String>) -> BTreeMap<String, Member> {
-    let mut members = raw.members.clone();
-    for name in drained {
-        if let Some(m) = members.get_mut(name) {
-            m.draining = true;
-            let note = "drained by an operator (POST /drain)";
-            m.note = Some(match m.note.take() {
-                Some(n) => format!("{n}; {note}"),
-                None => note.to_owned(),
-            });
+/// Resolves with the first reason a session bound by `binding` must drain: the binding no
+/// longer holds, or the proxy is shutting down (`shutdown` fired; no grace of its own: the
+/// shutdown timeout ends what is left).
+pub async fn watch(
+    rx: watch::Receiver<Topology>,
+    binding: Binding,
+    g: Graces,
+    shutdown: CancellationToken,
+) -> DrainOrder {
+    tokio::select! {
+        order = fence(rx, binding, g) => order,
+        _ = shutdown.cancelled() => DrainOrder {
+            reason: SHUTTING_DOWN.into(),
+            grace: None,
+            demoted_primary: false,
+        },
+    }
+}
+
+/// Reason given when the proxy shuts down.
+pub const SHUTTING_DOWN: &str = "the proxy is shutting down";
+
+/// What a session does after a drain transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Carry on.
+    Continue,
+    /// Carry on, and call [`DrainState::deadline`] when this grace has passed.
+    StartGrace(Duration),
+    /// Close now: the session is at an idle point.
+    Drain,
+    /// Close now, wherever the session is.
+    Terminate,
+}
+
+/// One session's drain, as a pure state machine: the order (if any), whether the session was
+/// idle when it came, whether its grace ran out, and whether relaying stopped at the idle
+/// point. The relay feeds it events and does what the returned [`Step`] says.
+#[derive(Debug, Default)]
+pub struct DrainState {
+    order: Option<DrainOrder>,
+    idle_at_order: bool,
+    deadline_passed: bool,
+    stopped: bool,
+}
+
+impl DrainState {
+    /// Whether a drain order was received.
+    pub fn draining(&self) -> bool {
+        self.order.is_some()
+    }
+
+    /// A drain order arrived while the session was `idle` (or not). Only the first counts.
+    pub fn order(&mut self, order: DrainOrder, idle: bool) -> Step {
+        if self.order.is_some() {
+            return Step::Continue;
+        }
+        let grace = order.grace;
+        self.order = Some(order);
+        self.idle_at_order = idle;
+        match grace {
+            // Close before reading whatever the client sent next.
+            _ if idle => Step::Drain,
+            // No grace: not one more byte goes to the server.
+            Some(g) if g.is_zero() => Step::Terminate,
+            Some(g) => Step::StartGrace(g),
+            None => Step::Continue,
         }
     }
-    members
+
+    /// The grace period ran out. Remembered: a transaction that starts after it (while
+    /// idle) is not let run.
+    pub fn deadline(&mut self, idle: bool) -> Step {
+        self.deadline_passed = true;
+        self.check(idle)
+    }
+
+    /// A ReadyForQuery arrived with `tx` and `pending` requests still unanswered: `true` if
+    /// relaying from the server stops right after it (draining, and the session is idle now).
+    pub fn ready_for_query(&mut self, tx: TxStatus, pending: u32) -> bool {
+        if self.draining() && pending == 0 && tx == TxStatus::Idle {
+            self.stopped = true;
+        }
+        self.stopped
+    }
+
+    /// Whether relaying from the server stopped at the drain's idle point.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// After relaying, with whether the session is `idle` now.
+    pub fn check(&self, idle: bool) -> Step {
+        if self.draining() && idle {
+            Step::Drain
+        } else if self.deadline_passed {
+            Step::Terminate
+        } else {
+            Step::Continue
+        }
+    }
+
+    /// How the session closes after `step` ([`Step::Drain`] or [`Step::Terminate`]).
+    pub fn closing(&self, step: Step) -> Closing {
+        let outcome = match step {
+            Step::Drain if self.idle_at_order => Outcome::Idle,
+            Step::Drain => Outcome::AfterTransaction,
+            _ => Outcome::Terminated,
+        };
+        let reason = self.order.as_ref().map_or(SHUTTING_DOWN, |o| &o.reason);
+        Closing {
+            outcome,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// How a drained session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It was idle when the order came.
+    Idle,
+    /// It finished its transaction first.
+    AfterTransaction,
+    /// It was cut off (no grace, grace over, or the hard stop).
+    Terminated,
+}
+
+impl Outcome {
+    /// Value of the `outcome` label of `pgsteer_sessions_drained_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Idle => "idle",
+            Outcome::AfterTransaction => "after_transaction",
+            Outcome::Terminated => "terminated",
+        }
+    }
+}
+
+/// What a drained session is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closing {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why ("pg-0 is no longer the primary (now pg-1)").
+    pub reason: String,
+}
+
+impl Closing {
+    /// The SQLSTATE of the FATAL the client gets.
+    pub const SQLSTATE: SqlState = SqlState::ADMIN_SHUTDOWN;
+
+    /// The FATAL message the client gets.
+    pub fn message(&self) -> String {
+        match self.outcome {
+            Outcome::Terminated => {
+                format!(
+                    "pgsteer: terminating connection: {}; reconnect",
+                    self.reason
+                )
+            }
+            _ => format!("pgsteer: {}; reconnect", self.reason),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -252,11 +404,10 @@ mod tests {
         let o = check(&t, &b, G).unwrap();
         assert!(!o.demoted_primary);
         assert_eq!(o.grace, Some(Duration::from_secs(30)));
-        let mut t = topo(&[("pg-0", Role::Primary), ("pg-1", Role::Replica)]);
+        let t = topo(&[("pg-0", Role::Primary), ("pg-1", Role::Replica)]);
         assert_eq!(check(&t, &b, G), None);
-        let drained: BTreeSet<String> = ["pg-1".to_owned()].into();
-        t.replace_members(overlay(&t, &drained));
-        assert!(check(&t, &b, G).unwrap().reason.contains("drained"));
+        let drained = crate::topology::view(&t, &["pg-1".to_owned()].into(), 1);
+        assert!(check(&drained, &b, G).unwrap().reason.contains("drained"));
     }
 
     #[test]
@@ -266,5 +417,115 @@ mod tests {
         assert_eq!(check(&t, &b, G), None);
         let t = topo(&[("pg-0", Role::Primary)]);
         assert!(check(&t, &b, G).is_some());
+    }
+
+    fn order(grace: Option<Duration>) -> DrainOrder {
+        DrainOrder {
+            reason: "pg-0 is no longer the primary (now pg-1)".into(),
+            grace,
+            demoted_primary: true,
+        }
+    }
+
+    const SECS: Option<Duration> = Some(Duration::from_secs(30));
+    const ZERO: Option<Duration> = Some(Duration::ZERO);
+
+    #[test]
+    fn an_order_drains_at_once_when_idle_else_by_its_grace() {
+        use Step::*;
+        // (grace, idle at the order) -> step
+        let table = [
+            (SECS, true, Drain),
+            (ZERO, true, Drain),
+            (None, true, Drain),
+            (SECS, false, StartGrace(Duration::from_secs(30))),
+            (ZERO, false, Terminate),
+            (None, false, Continue),
+        ];
+        for (grace, idle, step) in table {
+            let mut d = DrainState::default();
+            assert!(!d.draining());
+            assert_eq!(d.order(order(grace), idle), step, "{grace:?} idle={idle}");
+            assert!(d.draining());
+            assert_eq!(
+                d.order(order(ZERO), false),
+                Continue,
+                "a second order changes nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn a_draining_session_closes_at_its_next_idle_ready_for_query() {
+        let mut d = DrainState::default();
+        assert!(!d.ready_for_query(TxStatus::Idle, 0), "not draining");
+        assert_eq!(d.check(true), Step::Continue);
+        d.order(order(SECS), false);
+        assert!(!d.ready_for_query(TxStatus::InTransaction, 0));
+        assert!(
+            !d.ready_for_query(TxStatus::Idle, 1),
+            "a pipelined query is pending"
+        );
+        assert!(!d.stopped());
+        assert!(d.ready_for_query(TxStatus::Idle, 0));
+        assert!(d.stopped());
+        assert_eq!(d.check(true), Step::Drain);
+    }
+
+    #[test]
+    fn a_passed_deadline_terminates_a_busy_session_and_stays_passed() {
+        let mut d = DrainState::default();
+        d.order(order(SECS), false);
+        assert_eq!(d.check(false), Step::Continue);
+        assert_eq!(d.deadline(false), Step::Terminate);
+        let mut d = DrainState::default();
+        d.order(order(SECS), false);
+        assert_eq!(d.deadline(true), Step::Drain, "idle when the grace ran out");
+        assert_eq!(
+            d.check(false),
+            Step::Terminate,
+            "a new transaction is not let run"
+        );
+    }
+
+    #[test]
+    fn each_ending_maps_to_its_label_and_message() {
+        let reason = "pg-0 is no longer the primary (now pg-1)";
+        let mut idle = DrainState::default();
+        idle.order(order(SECS), true);
+        let mut busy = DrainState::default();
+        busy.order(order(SECS), false);
+        let table = [
+            (
+                &idle,
+                Step::Drain,
+                "idle",
+                format!("pgsteer: {reason}; reconnect"),
+            ),
+            (
+                &busy,
+                Step::Drain,
+                "after_transaction",
+                format!("pgsteer: {reason}; reconnect"),
+            ),
+            (
+                &busy,
+                Step::Terminate,
+                "terminated",
+                format!("pgsteer: terminating connection: {reason}; reconnect"),
+            ),
+            (
+                &DrainState::default(),
+                Step::Terminate,
+                "terminated",
+                "pgsteer: terminating connection: the proxy is shutting down; reconnect".into(),
+            ),
+        ];
+        for (state, step, label, message) in table {
+            let c = state.closing(step);
+            assert_eq!(c.outcome.label(), label);
+            assert_eq!(c.message(), message);
+        }
+        assert_eq!(Closing::SQLSTATE.code(), "57P01");
     }
 }

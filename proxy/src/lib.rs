@@ -4,7 +4,11 @@
 //! [`Shutdown`] tokens fire; `main` only parses the command line, sets up
 //! logging and the runtime, and turns signals into those tokens. Nothing here
 //! reaches for globals, so tests run several proxies in one process.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used),
+    warn(clippy::too_many_lines)
+)]
 
 pub mod admin;
 pub mod cancel;
@@ -18,10 +22,10 @@ pub mod router;
 pub mod session;
 pub mod state;
 pub mod tls;
+pub mod topology;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use pgsteer_discovery::Topology;
 use tokio::net::TcpListener;
@@ -76,7 +80,7 @@ impl Running {
 
     /// The latest topology.
     pub fn topology(&self) -> watch::Receiver<Topology> {
-        self.shared.topology.clone()
+        self.shared.topology.subscribe()
     }
 }
 
@@ -101,39 +105,31 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
     let (rw_addr, ro_addr, admin_addr) = (addr(&rw), addr(&ro), addr(&admin));
 
-    let (raw_tx, raw_rx) = watch::channel(Topology::default());
-    let (tx, rx) = watch::channel(Topology::default());
+    let (discovered_tx, discovered) = watch::channel(Topology::default());
     let discovery_stop = CancellationToken::new();
-    let (reprobe, discovery_task) = discovery::spawn(&config, raw_tx, discovery_stop.clone())?;
-    let admin_state = state::AdminState::default();
-    let drained_rx = admin_state.drained.subscribe();
-    let metrics = metrics::Metrics::new()
-        .map_err(|e| ConfigError(format!("cannot register metrics: {e}")))?;
+    let (reprobe, discovery_task) =
+        discovery::spawn(&config, discovered_tx, discovery_stop.clone())?;
+    let metrics = Arc::new(
+        metrics::Metrics::new()
+            .map_err(|e| ConfigError(format!("cannot register metrics: {e}")))?,
+    );
     let tls = Arc::new(tls::Tls::load(&config.tls)?);
+    let topology =
+        topology::TopologyHub::start(discovered, metrics.clone(), discovery_stop.clone());
 
     let shared = Arc::new(Shared {
         permits: Arc::new(Semaphore::new(config.limits.max_client_connections)),
         config,
-        topology: rx,
-        discovered: raw_rx.clone(),
-        admin: admin_state,
+        topology,
+        paused: watch::Sender::new(false),
         metrics,
-        role_change: Default::default(),
         sessions: Default::default(),
         cancels: Default::default(),
-        shutdown: shutdown.clone(),
+        shutdown,
         reprobe,
-        ready: AtomicBool::new(false),
         tls: tls.clone(),
     });
 
-    tokio::spawn(apply_overlay(
-        shared.clone(),
-        raw_rx,
-        drained_rx,
-        tx,
-        discovery_stop.clone(),
-    ));
     let sessions = TaskTracker::new();
     let accept_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
@@ -154,55 +150,18 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     }
     // Certificate reload stops with the admin endpoint, after the sessions.
     tokio::spawn(tls::watch(tls, admin_stop.child_token()));
-    let ready_watch = {
-        let shared = shared.clone();
-        let mut rx = shared.topology.clone();
-        tokio::spawn(async move {
-            // Ready once the source has answered (an empty pod list counts)
-            // and every member it lists has been probed once.
-            let _ = rx
-                .wait_for(|t| {
-                    (t.confirmed_at.is_some() || !t.members.is_empty())
-                        && t.members.values().all(|m| {
-                            m.note.as_deref() != Some(pgsteer_discovery::probe::NOT_PROBED_NOTE)
-                        })
-                })
-                .await;
-            shared.ready.store(true, Ordering::Relaxed);
-        })
-    };
     info!(rw = ?rw_addr, ro = ?ro_addr, admin = ?admin_addr, "pgsteer listening");
 
-    let supervisor = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = shutdown.drain.cancelled() => {}
-                _ = shutdown.now.cancelled() => {}
-            }
-            info!(
-                sessions = sessions.len(),
-                "shutting down: no new connections, closing sessions at idle points"
-            );
-            accept_stop.cancel();
-            sessions.close();
-            let budget = shared.config.drain.shutdown_timeout;
-            tokio::select! {
-                _ = sessions.wait() => {}
-                _ = shutdown.now.cancelled() => {}
-                _ = tokio::time::sleep(budget) => {
-                    info!(left = sessions.len(), "shutdown timeout reached: terminating the remaining sessions");
-                }
-            }
-            shutdown.now.cancel();
-            sessions.wait().await;
-            ready_watch.abort();
-            admin_stop.cancel();
-            discovery_stop.cancel();
-            let _ = discovery_task.await;
-            info!("pgsteer stopped");
-        })
-    };
+    let supervisor = tokio::spawn(supervise(
+        shared.clone(),
+        sessions,
+        Stops {
+            accept: accept_stop,
+            admin: admin_stop,
+            discovery: discovery_stop,
+        },
+        discovery_task,
+    ));
     Ok(Running {
         rw: rw_addr,
         ro: ro_addr,
@@ -212,87 +171,47 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     })
 }
 
-/// Publishes the discovered topology with admin drains applied, which is
-/// what routing and fencing look at, and records role changes.
-async fn apply_overlay(
-    shared: Arc<Shared>,
-    mut raw: watch::Receiver<Topology>,
-    mut drained: watch::Receiver<std::collections::BTreeSet<String>>,
-    tx: watch::Sender<Topology>,
-    stop: CancellationToken,
-) {
-    loop {
-        let next = {
-            let r = raw.borrow_and_update();
-            let d = drained.borrow_and_update();
-            let mut next = tx.borrow().clone();
-            let mut changed = next.replace_members(drain::overlay(&r, &d));
-            if next.pending_change != r.pending_change || next.source_error != r.source_error {
-                if r.source_error.is_some() && next.source_error != r.source_error {
-                    shared.metrics.discovery_errors.inc();
-                }
-                next.pending_change = r.pending_change.clone();
-                next.source_error = r.source_error.clone();
-                changed = true;
-            }
-            // The first confirmation is news even without members: readiness waits for it.
-            changed |= next.confirmed_at.is_none() && r.confirmed_at.is_some();
-            next.confirmed_at = r.confirmed_at;
-            changed.then_some(next)
-        };
-        if let Some(next) = next {
-            let before = tx.send_replace(next);
-            let after = tx.borrow().clone();
-            record_change(&shared, &before, &after);
-        }
-        tokio::select! {
-            r = raw.changed() => if r.is_err() { return },
-            r = drained.changed() => if r.is_err() { return },
-            _ = stop.cancelled() => return,
-        }
-    }
+/// What the supervisor stops, in this order, after the sessions.
+struct Stops {
+    accept: CancellationToken,
+    admin: CancellationToken,
+    discovery: CancellationToken,
 }
 
-/// Metrics and one info line per role change.
-fn record_change(shared: &Shared, before: &Topology, after: &Topology) {
-    shared.metrics.observe_topology(after);
-    let roles = |t: &Topology| {
-        t.members
-            .values()
-            .map(|m| {
-                format!(
-                    "{}={}{}",
-                    m.name,
-                    m.role,
-                    if m.draining { "(draining)" } else { "" }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let changed = after
-        .members
-        .values()
-        .filter(|m| {
-            before
-                .member(&m.name)
-                .is_none_or(|b| b.role != m.role || b.draining != m.draining)
-        })
-        .count();
-    if changed == 0 || before.generation == 0 {
-        return;
+/// Waits for the shutdown signal, then stops accepting, lets sessions close at their idle
+/// points until `shutdown_timeout` (or a second signal), terminates the rest, and stops the
+/// admin endpoint and discovery.
+async fn supervise(
+    shared: Arc<Shared>,
+    sessions: TaskTracker,
+    stops: Stops,
+    discovery_task: JoinHandle<()>,
+) {
+    let shutdown = &shared.shutdown;
+    tokio::select! {
+        _ = shutdown.drain.cancelled() => {}
+        _ = shutdown.now.cancelled() => {}
     }
-    shared.metrics.role_changes.inc_by(changed as u64);
-    *shared.role_change.lock().unwrap_or_else(|e| e.into_inner()) =
-        Some((after.generation, std::time::Instant::now()));
     info!(
-        generation = after.generation,
-        before = %roles(before),
-        after = %roles(after),
-        primary = after.primary().map(|m| m.name.as_str()).unwrap_or("none"),
-        pending_change = after.pending_change.as_deref().unwrap_or(""),
-        "topology changed"
+        sessions = sessions.len(),
+        "shutting down: no new connections, closing sessions at idle points"
     );
+    stops.accept.cancel();
+    sessions.close();
+    let budget = shared.config.drain.shutdown_timeout;
+    tokio::select! {
+        _ = sessions.wait() => {}
+        _ = shutdown.now.cancelled() => {}
+        _ = tokio::time::sleep(budget) => {
+            info!(left = sessions.len(), "shutdown timeout reached: terminating the remaining sessions");
+        }
+    }
+    shutdown.now.cancel();
+    sessions.wait().await;
+    stops.admin.cancel();
+    stops.discovery.cancel();
+    let _ = discovery_task.await;
+    info!("pgsteer stopped");
 }
 
 /// Starts and serves until shut down.

@@ -5,8 +5,6 @@
 //! clients. Sessions resolve their per-pod handles once ([`PodCounters`]),
 //! so the relay's hot path only does atomic adds.
 
-use std::time::SystemTime;
-
 use pgsteer_discovery::{Role, Topology};
 use prometheus::local::LocalHistogram;
 use prometheus::{
@@ -88,230 +86,204 @@ pub struct Metrics {
     pub cancel_requests: IntCounterVec,
 }
 
-fn counter(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(c.clone()))?;
-    Ok(c)
+/// Name, help text and labels of one metric family.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
 }
 
-fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(g.clone()))?;
-    Ok(g)
+const LISTENER: &[&str] = &["listener"];
+const POD: &[&str] = &["pod"];
+const POD_ROLE: &[&str] = &["pod", "role"];
+
+macro_rules! families {
+    ($($id:ident = $name:literal, $help:literal, $labels:expr;)*) => {
+        $(const $id: Family = Family { name: $name, help: $help, labels: $labels };)*
+    };
 }
 
-fn histogram(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<HistogramVec> {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-        labels,
-    )?;
-    r.register(Box::new(h.clone()))?;
-    Ok(h)
+families! {
+    CLIENT_CONNECTIONS = "pgsteer_client_connections",
+        "Open client connections",
+        LISTENER;
+    CLIENT_ACCEPTED = "pgsteer_client_connections_accepted_total",
+        "Client connections accepted",
+        LISTENER;
+    CLIENT_REJECTED = "pgsteer_client_connections_rejected_total",
+        "Client connections refused, by reason",
+        &["listener", "reason"];
+    SESSIONS_ROUTED = "pgsteer_sessions_routed_total",
+        "Sessions routed to a backend",
+        &["listener", "route", "pod"];
+    BACKEND_SESSIONS = "pgsteer_backend_sessions",
+        "Backend sessions open now",
+        POD_ROLE;
+    BACKEND_CONNECT_SECONDS = "pgsteer_backend_connect_seconds",
+        "Backend TCP connect latency",
+        POD;
+    BACKEND_CONNECT_FAILURES = "pgsteer_backend_connect_failures_total",
+        "Backend connects that failed",
+        POD;
+    TRANSACTIONS = "pgsteer_transactions_total",
+        "Transactions completed (idle ReadyForQuery)",
+        POD;
+    QUERIES = "pgsteer_queries_total",
+        "Statements completed (CommandComplete)",
+        POD;
+    BYTES_TO_BACKEND = "pgsteer_backend_sent_bytes_total",
+        "Bytes relayed from clients to the backend",
+        POD;
+    BYTES_FROM_BACKEND = "pgsteer_backend_received_bytes_total",
+        "Bytes relayed from the backend to clients",
+        POD;
+    QUERY_SECONDS = "pgsteer_query_duration_seconds",
+        "Query/Sync to ReadyForQuery",
+        POD;
+    TRANSACTION_SECONDS = "pgsteer_transaction_duration_seconds",
+        "First request to idle ReadyForQuery",
+        POD;
+    MEMBER_ROLE = "pgsteer_member_role",
+        "1 for the role each member has now",
+        POD_ROLE;
+    TOPOLOGY_GENERATION = "pgsteer_topology_generation",
+        "Topology generation",
+        &[];
+    ROLE_CHANGES = "pgsteer_role_changes_total",
+        "Member role changes seen",
+        &[];
+    DISCOVERY_ERRORS = "pgsteer_discovery_errors_total",
+        "Discovery source errors",
+        &[];
+    DISCOVERY_STALENESS = "pgsteer_discovery_staleness_seconds",
+        "Seconds since the source last confirmed the topology",
+        &[];
+    LAG_BYTES = "pgsteer_replication_lag_bytes",
+        "Replication lag behind the primary",
+        POD;
+    LAG_SECONDS = "pgsteer_replication_lag_seconds",
+        "Replay delay",
+        POD;
+    PROBE_SECONDS = "pgsteer_probe_duration_seconds",
+        "Round-trip time of the last discovery probe query",
+        POD;
+    REROUTE_SECONDS = "pgsteer_reroute_seconds",
+        "Topology change to the first session routed on it",
+        &[];
+    SESSIONS_DRAINED = "pgsteer_sessions_drained_total",
+        "Sessions closed by a drain, by outcome",
+        &["outcome"];
+    HELD_CONNECTIONS = "pgsteer_held_connections",
+        "Connections held waiting for a backend or a resume",
+        &[];
+    HELD_SECONDS = "pgsteer_held_seconds",
+        "How long held connections waited",
+        &[];
+    REFUSED_AFTER_HOLD = "pgsteer_refused_after_hold_total",
+        "Held connections refused at hold_timeout",
+        &[];
+    CANCEL_REQUESTS = "pgsteer_cancel_requests_total",
+        "Cancel requests by result",
+        &["result"];
 }
 
-fn single<C: prometheus::core::Collector + Clone + 'static>(
-    r: &Registry,
-    c: C,
-) -> prometheus::Result<C> {
-    r.register(Box::new(c.clone()))?;
-    Ok(c)
+/// Registers families in one registry.
+struct Reg(Registry);
+
+impl Reg {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> prometheus::Result<C> {
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn opts(f: &Family) -> Opts {
+        Opts::new(f.name, f.help)
+    }
+
+    fn hopts(f: &Family) -> HistogramOpts {
+        HistogramOpts::new(f.name, f.help).buckets(LATENCY_BUCKETS.to_vec())
+    }
+
+    fn counters(&self, f: &Family) -> prometheus::Result<IntCounterVec> {
+        self.add(IntCounterVec::new(Reg::opts(f), f.labels)?)
+    }
+
+    fn gauges(&self, f: &Family) -> prometheus::Result<IntGaugeVec> {
+        self.add(IntGaugeVec::new(Reg::opts(f), f.labels)?)
+    }
+
+    fn float_gauges(&self, f: &Family) -> prometheus::Result<GaugeVec> {
+        self.add(GaugeVec::new(Reg::opts(f), f.labels)?)
+    }
+
+    fn histograms(&self, f: &Family) -> prometheus::Result<HistogramVec> {
+        self.add(HistogramVec::new(Reg::hopts(f), f.labels)?)
+    }
+
+    fn int_counter(&self, f: &Family) -> prometheus::Result<IntCounter> {
+        self.add(IntCounter::with_opts(Reg::opts(f))?)
+    }
+
+    fn int_gauge(&self, f: &Family) -> prometheus::Result<IntGauge> {
+        self.add(IntGauge::with_opts(Reg::opts(f))?)
+    }
+
+    fn float_gauge(&self, f: &Family) -> prometheus::Result<Gauge> {
+        self.add(Gauge::with_opts(Reg::opts(f))?)
+    }
+
+    fn one_histogram(&self, f: &Family) -> prometheus::Result<Histogram> {
+        self.add(Histogram::with_opts(Reg::hopts(f))?)
+    }
+
+    /// `pgsteer_build_info` and the process collector.
+    fn standard(&self) -> prometheus::Result<()> {
+        let info = self.add(IntGaugeVec::new(
+            Opts::new("pgsteer_build_info", "pgsteer build; always 1"),
+            &["version"],
+        )?)?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        self.0.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(())
+    }
 }
 
 impl Metrics {
     /// Creates and registers every family in a fresh registry.
     pub fn new() -> prometheus::Result<Metrics> {
-        let r = Registry::new();
-        let info = IntGaugeVec::new(
-            Opts::new("pgsteer_build_info", "pgsteer build; always 1"),
-            &["version"],
-        )?;
-        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        r.register(Box::new(info))?;
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
-        let pod = &["pod"];
+        let r = Reg(Registry::new());
+        r.standard()?;
         let m = Metrics {
-            client_connections: gauge(
-                &r,
-                "pgsteer_client_connections",
-                "Open client connections",
-                &["listener"],
-            )?,
-            client_accepted: counter(
-                &r,
-                "pgsteer_client_connections_accepted_total",
-                "Client connections accepted",
-                &["listener"],
-            )?,
-            client_rejected: counter(
-                &r,
-                "pgsteer_client_connections_rejected_total",
-                "Client connections refused, by reason",
-                &["listener", "reason"],
-            )?,
-            sessions_routed: counter(
-                &r,
-                "pgsteer_sessions_routed_total",
-                "Sessions routed to a backend",
-                &["listener", "route", "pod"],
-            )?,
-            backend_sessions: gauge(
-                &r,
-                "pgsteer_backend_sessions",
-                "Backend sessions open now",
-                &["pod", "role"],
-            )?,
-            backend_connect_seconds: histogram(
-                &r,
-                "pgsteer_backend_connect_seconds",
-                "Backend TCP connect latency",
-                pod,
-            )?,
-            backend_connect_failures: counter(
-                &r,
-                "pgsteer_backend_connect_failures_total",
-                "Backend connects that failed",
-                pod,
-            )?,
-            transactions: counter(
-                &r,
-                "pgsteer_transactions_total",
-                "Transactions completed (idle ReadyForQuery)",
-                pod,
-            )?,
-            queries: counter(
-                &r,
-                "pgsteer_queries_total",
-                "Statements completed (CommandComplete)",
-                pod,
-            )?,
-            bytes_to_backend: counter(
-                &r,
-                "pgsteer_backend_sent_bytes_total",
-                "Bytes relayed from clients to the backend",
-                pod,
-            )?,
-            bytes_from_backend: counter(
-                &r,
-                "pgsteer_backend_received_bytes_total",
-                "Bytes relayed from the backend to clients",
-                pod,
-            )?,
-            query_seconds: histogram(
-                &r,
-                "pgsteer_query_duration_seconds",
-                "Query/Sync to ReadyForQuery",
-                pod,
-            )?,
-            transaction_seconds: histogram(
-                &r,
-                "pgsteer_transaction_duration_seconds",
-                "First request to idle ReadyForQuery",
-                pod,
-            )?,
-            member_role: gauge(
-                &r,
-                "pgsteer_member_role",
-                "1 for the role each member has now",
-                &["pod", "role"],
-            )?,
-            topology_generation: single(
-                &r,
-                IntGauge::new("pgsteer_topology_generation", "Topology generation")?,
-            )?,
-            role_changes: single(
-                &r,
-                IntCounter::new("pgsteer_role_changes_total", "Member role changes seen")?,
-            )?,
-            discovery_errors: single(
-                &r,
-                IntCounter::new("pgsteer_discovery_errors_total", "Discovery source errors")?,
-            )?,
-            discovery_staleness: single(
-                &r,
-                Gauge::new(
-                    "pgsteer_discovery_staleness_seconds",
-                    "Seconds since the source last confirmed the topology",
-                )?,
-            )?,
-            lag_bytes: gauge(
-                &r,
-                "pgsteer_replication_lag_bytes",
-                "Replication lag behind the primary",
-                pod,
-            )?,
-            lag_seconds: {
-                let g = GaugeVec::new(
-                    Opts::new("pgsteer_replication_lag_seconds", "Replay delay"),
-                    pod,
-                )?;
-                single(&r, g)?
-            },
-            probe_seconds: {
-                let g = GaugeVec::new(
-                    Opts::new(
-                        "pgsteer_probe_duration_seconds",
-                        "Round-trip time of the last discovery probe query",
-                    ),
-                    pod,
-                )?;
-                single(&r, g)?
-            },
-            reroute_seconds: single(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "pgsteer_reroute_seconds",
-                        "Topology change to the first session routed on it",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                )?,
-            )?,
-            sessions_drained: counter(
-                &r,
-                "pgsteer_sessions_drained_total",
-                "Sessions closed by a drain, by outcome",
-                &["outcome"],
-            )?,
-            held_connections: single(
-                &r,
-                IntGauge::new(
-                    "pgsteer_held_connections",
-                    "Connections held waiting for a backend or a resume",
-                )?,
-            )?,
-            held_seconds: single(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new("pgsteer_held_seconds", "How long held connections waited")
-                        .buckets(LATENCY_BUCKETS.to_vec()),
-                )?,
-            )?,
-            refused_after_hold: single(
-                &r,
-                IntCounter::new(
-                    "pgsteer_refused_after_hold_total",
-                    "Held connections refused at hold_timeout",
-                )?,
-            )?,
-            cancel_requests: counter(
-                &r,
-                "pgsteer_cancel_requests_total",
-                "Cancel requests by result",
-                &["result"],
-            )?,
-            registry: r,
+            client_connections: r.gauges(&CLIENT_CONNECTIONS)?,
+            client_accepted: r.counters(&CLIENT_ACCEPTED)?,
+            client_rejected: r.counters(&CLIENT_REJECTED)?,
+            sessions_routed: r.counters(&SESSIONS_ROUTED)?,
+            backend_sessions: r.gauges(&BACKEND_SESSIONS)?,
+            backend_connect_seconds: r.histograms(&BACKEND_CONNECT_SECONDS)?,
+            backend_connect_failures: r.counters(&BACKEND_CONNECT_FAILURES)?,
+            transactions: r.counters(&TRANSACTIONS)?,
+            queries: r.counters(&QUERIES)?,
+            bytes_to_backend: r.counters(&BYTES_TO_BACKEND)?,
+            bytes_from_backend: r.counters(&BYTES_FROM_BACKEND)?,
+            query_seconds: r.histograms(&QUERY_SECONDS)?,
+            transaction_seconds: r.histograms(&TRANSACTION_SECONDS)?,
+            member_role: r.gauges(&MEMBER_ROLE)?,
+            topology_generation: r.int_gauge(&TOPOLOGY_GENERATION)?,
+            role_changes: r.int_counter(&ROLE_CHANGES)?,
+            discovery_errors: r.int_counter(&DISCOVERY_ERRORS)?,
+            discovery_staleness: r.float_gauge(&DISCOVERY_STALENESS)?,
+            lag_bytes: r.gauges(&LAG_BYTES)?,
+            lag_seconds: r.float_gauges(&LAG_SECONDS)?,
+            probe_seconds: r.float_gauges(&PROBE_SECONDS)?,
+            reroute_seconds: r.one_histogram(&REROUTE_SECONDS)?,
+            sessions_drained: r.counters(&SESSIONS_DRAINED)?,
+            held_connections: r.int_gauge(&HELD_CONNECTIONS)?,
+            held_seconds: r.one_histogram(&HELD_SECONDS)?,
+            refused_after_hold: r.int_counter(&REFUSED_AFTER_HOLD)?,
+            cancel_requests: r.counters(&CANCEL_REQUESTS)?,
+            registry: r.0,
         };
         m.start_at_zero();
         Ok(m)
@@ -335,9 +307,10 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of every family.
-    pub fn render(&self, topology: &Topology) -> Vec<u8> {
-        if let Some(age) = topology.staleness(SystemTime::now()) {
+    /// The text exposition of every family; `staleness` is how long ago discovery last
+    /// confirmed its view.
+    pub fn render(&self, staleness: Option<std::time::Duration>) -> Vec<u8> {
+        if let Some(age) = staleness {
             self.discovery_staleness.set(age.as_secs_f64());
         }
         let mut out = Vec::with_capacity(16 * 1024);
@@ -522,7 +495,7 @@ mod tests {
         m.client_rejected
             .with_label_values(&["rw", "too_many_connections"])
             .inc();
-        let text = String::from_utf8(m.render(&Topology::default())).unwrap();
+        let text = String::from_utf8(m.render(None)).unwrap();
         assert!(
             text.contains("pgsteer_transactions_total{pod=\"pg-0\"} 3"),
             "{text}"

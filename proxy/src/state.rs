@@ -1,15 +1,16 @@
 //! State shared by the listeners, sessions and the admin endpoint, passed by `Arc`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use pgsteer_discovery::Topology;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::session::Backends;
+use crate::topology::TopologyHub;
 
 /// How the process is asked to stop; only `main` (or a test) cancels these.
 #[derive(Clone, Debug, Default)]
@@ -76,29 +77,12 @@ impl Drop for SessionSlot<'_> {
     }
 }
 
-/// Operator controls from the admin endpoint.
-pub struct AdminState {
-    /// Members drained by `POST /drain/{member}`.
-    pub drained: watch::Sender<std::collections::BTreeSet<String>>,
-    /// `POST /pause` holds new transactions until `POST /resume`.
-    pub paused: watch::Sender<bool>,
-}
-
-impl Default for AdminState {
-    fn default() -> Self {
-        AdminState {
-            drained: watch::Sender::new(Default::default()),
-            paused: watch::Sender::new(false),
-        }
-    }
-}
-
 /// Everything a session needs, shared by all of them.
 pub struct Shared {
     /// The configuration in force.
     pub config: Config,
-    /// Latest topology, admin drains applied: what routing and fencing use.
-    pub topology: watch::Receiver<Topology>,
+    /// The topology sessions route on (discovery's view with operator drains applied).
+    pub topology: Arc<TopologyHub>,
     /// Sessions per member.
     pub sessions: SessionCounts,
     /// Cancel keys.
@@ -108,39 +92,32 @@ pub struct Shared {
     /// Asks discovery to re-check members now (a backend refused a connection).
     pub reprobe: pgsteer_discovery::ProbeHandle,
     /// Client connection slots (`max_client_connections`).
-    pub permits: std::sync::Arc<tokio::sync::Semaphore>,
-    /// Operator controls.
-    pub admin: AdminState,
+    pub permits: Arc<tokio::sync::Semaphore>,
+    /// `POST /pause` holds new transactions until `POST /resume`.
+    pub paused: watch::Sender<bool>,
     /// Metric families.
-    pub metrics: crate::metrics::Metrics,
-    /// When the last role change was published, and at which generation,
-    /// until the first session is routed on it (`pgsteer_reroute_seconds`).
-    pub role_change: Mutex<Option<(u64, std::time::Instant)>>,
-    /// The topology as discovered (before admin drains), for staleness.
-    pub discovered: watch::Receiver<Topology>,
-    /// Whether discovery has produced a first view.
-    pub ready: AtomicBool,
+    pub metrics: Arc<Metrics>,
     /// TLS towards clients (certificate reloaded by `tls::watch`) and servers.
-    pub tls: std::sync::Arc<crate::tls::Tls>,
+    pub tls: Arc<crate::tls::Tls>,
 }
 
 impl Shared {
-    /// Records the reroute latency if this is the first session routed on
-    /// the topology of the last role change.
-    pub fn rerouted(&self, generation: u64) {
-        let mut pending = self.role_change.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((g, at)) = *pending
-            && generation >= g
-        {
-            self.metrics
-                .reroute_seconds
-                .observe(at.elapsed().as_secs_f64());
-            *pending = None;
-        }
-    }
-
     /// Ready for traffic: discovery ran once and no shutdown is under way.
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.shutdown.drain.is_cancelled()
+        self.topology.ready() && !self.shutdown.drain.is_cancelled()
+    }
+
+    /// What finding and opening a backend needs.
+    pub fn backends(&self) -> Backends<'_> {
+        Backends {
+            routing: &self.config.routing,
+            topology: &self.topology,
+            sessions: &self.sessions,
+            paused: &self.paused,
+            shutdown: &self.shutdown.drain,
+            tls: &self.tls.server,
+            reprobe: &self.reprobe,
+            metrics: &self.metrics,
+        }
     }
 }

@@ -4,8 +4,9 @@
 //! [`Scanner`] and written on in whole runs, usually with one read and one
 //! write syscall per burst. Only ReadyForQuery bodies are read (to know
 //! whether the session is idle, in a transaction or failed) and only message
-//! types are counted; everything else streams through. A drain request
-//! closes the session at its next idle point.
+//! types are counted; everything else streams through. Draining is the
+//! [`DrainState`] of `drain.rs`: the relay feeds it orders, deadlines and
+//! ReadyForQuery statuses, and closes when it says so.
 //!
 //! Either side may be TLS ([`Stream`]): a TLS write can leave bytes in the
 //! rustls buffer, so a half that wrote to a TLS stream flushes it before it
@@ -38,7 +39,7 @@ use tokio::time::{Instant, Sleep};
 use super::buffer::{BUF_SIZE, Window};
 use super::stream::Stream;
 use super::{SessionError, Side};
-use crate::drain::DrainOrder;
+use crate::drain::{Closing, DrainOrder, DrainState, Step};
 use crate::metrics::{FLUSH_INTERVAL, PodTally};
 
 /// Why the relay stopped.
@@ -59,10 +60,8 @@ pub enum EndKind {
 pub struct End {
     /// Why.
     pub kind: EndKind,
-    /// The drain order that closed the session, if any.
-    pub order: Option<DrainOrder>,
-    /// The session was idle when the drain order arrived.
-    pub idle_at_order: bool,
+    /// What a drained or terminated session is told.
+    pub closing: Option<Closing>,
     /// The client sent Terminate.
     pub client_terminated: bool,
     /// The server stream is at a message boundary: a message may be appended.
@@ -81,7 +80,6 @@ struct State {
     /// Requests (Query, Sync, FunctionCall) the server has not answered with ReadyForQuery yet.
     pending: u32,
     tx: TxStatus,
-    draining: bool,
     client_terminated: bool,
     last_server_tag: u8,
     /// When the oldest unanswered request was sent.
@@ -244,8 +242,6 @@ struct Half {
     win: Window,
     scanner: Scanner,
     eof: bool,
-    /// Stop reading: the relay is closing once approved bytes are written.
-    stop: bool,
     /// The last read in this poll came back empty: its waker is registered,
     /// so reading again before the task is woken would only retake the IO
     /// driver's lock. Cleared at the start of every poll.
@@ -260,7 +256,6 @@ impl Half {
             win: Window::default(),
             scanner: Scanner::new(limit, inspect, BUF_SIZE),
             eof: false,
-            stop: false,
             blocked: false,
             unflushed: false,
         }
@@ -280,8 +275,7 @@ pub struct Relay<'a> {
     s2c: Half,
     state: State,
     control: Control<'a>,
-    order: Option<DrainOrder>,
-    idle_at_order: bool,
+    drain: DrainState,
     tally: PodTally,
     /// Resolves when a pause is lifted (only while one holds this session).
     resume: Option<Wait>,
@@ -294,9 +288,6 @@ pub struct Relay<'a> {
     hot: bool,
     /// Reads with data in the current flush interval.
     reads: u32,
-    /// A drain's grace deadline has passed (the session is closed at once
-    /// unless it is idle, in which case it is drained).
-    deadline_passed: bool,
 }
 
 /// Reads per flush interval from which a session counts as busy. A session
@@ -327,21 +318,18 @@ impl<'a> Relay<'a> {
             state: State {
                 pending: 0,
                 tx,
-                draining: false,
                 client_terminated: false,
                 last_server_tag: btag::READY_FOR_QUERY,
                 query_start: None,
                 tx_start: None,
             },
             control: Control::new(signals),
-            order: None,
-            idle_at_order: false,
+            drain: DrainState::default(),
             tally,
             resume: None,
             paused,
             hot: false,
             reads: 0,
-            deadline_passed: false,
             short_read_drains: tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         }
@@ -353,10 +341,14 @@ impl<'a> Relay<'a> {
     }
 
     fn end(&mut self, kind: EndKind) -> End {
+        let closing = match kind {
+            EndKind::Drained => Some(self.drain.closing(Step::Drain)),
+            EndKind::Terminated => Some(self.drain.closing(Step::Terminate)),
+            EndKind::ClientClosed | EndKind::ServerClosed => None,
+        };
         End {
             kind,
-            order: self.order.take(),
-            idle_at_order: self.idle_at_order,
+            closing,
             client_terminated: self.state.client_terminated,
             server_at_boundary: self.s2c.scanner.at_boundary(),
             client_at_boundary: self.c2s.scanner.at_boundary(),
@@ -403,14 +395,11 @@ impl<'a> Relay<'a> {
                 keep,
             )?;
 
-            if self.s2c.stop && self.s2c.delivered() {
+            if self.drain.stopped() && self.s2c.delivered() {
                 return Poll::Ready(Ok(self.end(EndKind::Drained)));
             }
-            if self.state.draining && self.idle() {
-                return Poll::Ready(Ok(self.end(EndKind::Drained)));
-            }
-            if self.deadline_passed {
-                return Poll::Ready(Ok(self.end(EndKind::Terminated)));
+            if let Some(kind) = ending(self.drain.check(self.idle())) {
+                return Poll::Ready(Ok(self.end(kind)));
             }
             if self.c2s.eof && self.c2s.delivered() {
                 return Poll::Ready(Ok(self.end(EndKind::ClientClosed)));
@@ -449,26 +438,17 @@ impl<'a> Relay<'a> {
             }
         }
         if let Some(order) = ev.order {
-            self.state.draining = true;
-            self.idle_at_order = self.idle();
-            let grace = order.grace;
-            self.order = Some(order);
-            if self.idle_at_order {
-                // Close before reading whatever the client sent next.
-                return Some(EndKind::Drained);
-            }
-            match grace {
-                // No grace: not one more byte goes to the server.
-                Some(g) if g.is_zero() && !self.idle() => return Some(EndKind::Terminated),
-                Some(g) => self.control.start_grace(g),
-                None => {}
+            match self.drain.order(order, self.idle()) {
+                Step::StartGrace(g) => self.control.start_grace(g),
+                step => {
+                    if let Some(kind) = ending(step) {
+                        return Some(kind);
+                    }
+                }
             }
         }
-        // Remembered: the loop checks it too, so a transaction that starts
-        // after the deadline passed (while idle) is not let run.
-        self.deadline_passed |= ev.deadline;
-        if self.deadline_passed && !self.idle() {
-            return Some(EndKind::Terminated);
+        if ev.deadline {
+            return ending(self.drain.deadline(self.idle()));
         }
         None
     }
@@ -544,6 +524,10 @@ impl<'a> Relay<'a> {
     }
 
     fn poll_server_read(&mut self, cx: &mut Context<'_>) -> Result<bool, SessionError> {
+        if self.drain.stopped() {
+            // Closing at the drain's idle point once what was approved is written.
+            return Ok(false);
+        }
         let keep = self.keeps_buffers();
         let Some(n) = poll_fill(
             &mut self.s2c,
@@ -562,6 +546,7 @@ impl<'a> Relay<'a> {
         self.reads += 1;
         let state = &mut self.state;
         let tally = &mut self.tally;
+        let drain = &mut self.drain;
         let scan = self
             .s2c
             .scanner
@@ -581,7 +566,7 @@ impl<'a> Relay<'a> {
                     state.tx = tx;
                 }
                 state.ready_for_query(tally);
-                if state.draining && state.pending == 0 && state.tx == TxStatus::Idle {
+                if drain.ready_for_query(state.tx, state.pending) {
                     Flow::Stop
                 } else {
                     Flow::Continue
@@ -589,10 +574,16 @@ impl<'a> Relay<'a> {
             })
             .map_err(|e| SessionError::server_protocol(e.to_string()))?;
         self.s2c.win.approve(scan.forward);
-        if scan.stopped {
-            self.s2c.stop = true;
-        }
         Ok(true)
+    }
+}
+
+/// The end a drain step calls for, if any (a grace is started by the caller).
+fn ending(step: Step) -> Option<EndKind> {
+    match step {
+        Step::Drain => Some(EndKind::Drained),
+        Step::Terminate => Some(EndKind::Terminated),
+        Step::Continue | Step::StartGrace(_) => None,
     }
 }
 
@@ -609,7 +600,7 @@ fn poll_fill(
     short_read_drains: bool,
     keep: bool,
 ) -> Result<Option<usize>, SessionError> {
-    if half.eof || half.stop || half.blocked || !half.win.has_room() {
+    if half.eof || half.blocked || !half.win.has_room() {
         return Ok(None);
     }
     let spare = half.win.spare();

@@ -1,0 +1,271 @@
+//! Finding a backend for a new session: ask the router, connect, and while no member fits the
+//! route (no primary yet, new sessions paused, the chosen one refused) hold the connection
+//! until the topology changes, up to `hold_timeout`.
+
+use pgsteer_discovery::ProbeHandle;
+use pgsteer_protocol::sqlstate::SqlState;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::stream::Stream;
+use super::upstream::{self, UpstreamError};
+use super::{SessionError, Side};
+use crate::config::Routing;
+use crate::metrics::Metrics;
+use crate::router::{self, Decision, Policy, Request, Route, Target};
+use crate::state::SessionCounts;
+use crate::tls::ServerSide;
+use crate::topology::TopologyHub;
+
+/// What finding and opening a backend needs, borrowed from the proxy's shared state.
+#[derive(Clone, Copy)]
+pub struct Backends<'a> {
+    /// `[routing]`: hold timeout, replica fallback, connect timeout.
+    pub routing: &'a Routing,
+    /// The topology sessions route on.
+    pub topology: &'a TopologyHub,
+    /// Sessions per member (least-loaded replica choice).
+    pub sessions: &'a SessionCounts,
+    /// `true` while new sessions are paused by an operator.
+    pub paused: &'a watch::Sender<bool>,
+    /// Fires when the proxy starts shutting down.
+    pub shutdown: &'a CancellationToken,
+    /// TLS towards the servers.
+    pub tls: &'a ServerSide,
+    /// Asks discovery to re-check members after a refusal.
+    pub reprobe: &'a ProbeHandle,
+    /// Connect and hold metrics.
+    pub metrics: &'a Metrics,
+}
+
+/// One connection's wait for a backend: the deadline, the members that just
+/// failed it, and the held-connection metrics from the first wait until it
+/// is released.
+pub struct Hold<'a> {
+    metrics: &'a Metrics,
+    since: Option<std::time::Instant>,
+    deadline: Instant,
+    /// Members that refused this connection; forgotten when the topology changes.
+    exclude: Vec<String>,
+    generation: u64,
+    client_quiet: bool,
+}
+
+impl<'a> Hold<'a> {
+    /// A hold that has not started waiting yet.
+    pub fn new(b: Backends<'a>) -> Hold<'a> {
+        Hold {
+            metrics: b.metrics,
+            since: None,
+            deadline: Instant::now() + b.routing.hold_timeout,
+            exclude: Vec::new(),
+            generation: b.topology.current().generation,
+            client_quiet: false,
+        }
+    }
+
+    /// Skips `member` until the topology changes (it refused this connection).
+    pub fn exclude(&mut self, member: String) {
+        self.exclude.push(member);
+    }
+
+    fn start(&mut self) {
+        if self.since.is_none() {
+            self.since = Some(std::time::Instant::now());
+            self.metrics.held_connections.inc();
+        }
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.since {
+            self.metrics.held_connections.dec();
+            self.metrics.held_seconds.observe(t.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Why a held connection stopped waiting.
+enum Woken {
+    /// Something changed: decide again.
+    Retry,
+    /// The hold deadline passed.
+    TimedOut,
+}
+
+/// Decides where the session goes, holding it while no backend is available
+/// or new sessions are paused (up to `hold_timeout`), and connects.
+pub async fn route_and_connect(
+    b: Backends<'_>,
+    client: &Stream,
+    request: &Request,
+    hold: &mut Hold<'_>,
+) -> Result<(Stream, Target), SessionError> {
+    let mut topology = b.topology.subscribe();
+    let mut paused = b.paused.subscribe();
+    loop {
+        let why = if *paused.borrow_and_update() {
+            "new sessions are paused by an operator".to_owned()
+        } else {
+            match decide(b, &mut topology, request, hold)? {
+                Next::Connect(target) => match connect(b, &target, hold.generation).await {
+                    Ok(s) => return Ok((s, target)),
+                    Err(Refused::Fatal(e)) => return Err(e),
+                    Err(Refused::Wait(why)) => {
+                        hold.exclude(target.member);
+                        if request.route != Route::Primary || request.pin.is_some() {
+                            continue;
+                        }
+                        why
+                    }
+                },
+                Next::Wait(why) => why,
+            }
+        };
+        if b.shutdown.is_cancelled() {
+            return Err(SessionError::fatal(
+                Side::Internal,
+                SqlState::CANNOT_CONNECT_NOW,
+                "pgsteer: the proxy is shutting down",
+            ));
+        }
+        debug!(reason = %why, "holding the connection");
+        hold.start();
+        if let Woken::TimedOut = wait(b, client, hold, &mut topology, &mut paused).await? {
+            b.metrics.refused_after_hold.inc();
+            return Err(SessionError::fatal(
+                Side::Internal,
+                SqlState::CANNOT_CONNECT_NOW,
+                format!(
+                    "pgsteer: no backend for route {} after waiting {}: {why}",
+                    request.route.as_str(),
+                    humantime::format_duration(b.routing.hold_timeout)
+                ),
+            ));
+        }
+    }
+}
+
+/// What to do next, when the router did not refuse.
+enum Next {
+    Connect(Target),
+    Wait(String),
+}
+
+/// The router's decision on the latest topology; a refusal is the client's error.
+fn decide(
+    b: Backends<'_>,
+    topology: &mut watch::Receiver<pgsteer_discovery::Topology>,
+    request: &Request,
+    hold: &mut Hold<'_>,
+) -> Result<Next, SessionError> {
+    let policy = Policy {
+        replica_fallback: b.routing.replica_fallback,
+    };
+    let t = topology.borrow_and_update();
+    if t.generation != hold.generation {
+        hold.generation = t.generation;
+        hold.exclude.clear();
+    }
+    match router::decide(&t, request, policy, |m| b.sessions.get(m), &hold.exclude) {
+        Decision::Refuse(why) => Err(SessionError::fatal(
+            Side::Internal,
+            SqlState::UNABLE_TO_CONNECT,
+            why,
+        )),
+        Decision::Connect(target) => Ok(Next::Connect(target)),
+        Decision::Wait(why) => Ok(Next::Wait(why)),
+    }
+}
+
+/// Waits for something that may let a held connection go on.
+async fn wait(
+    b: Backends<'_>,
+    client: &Stream,
+    hold: &mut Hold<'_>,
+    topology: &mut watch::Receiver<pgsteer_discovery::Topology>,
+    paused: &mut watch::Receiver<bool>,
+) -> Result<Woken, SessionError> {
+    Ok(tokio::select! {
+        r = topology.changed() => match r {
+            Ok(()) => Woken::Retry,
+            Err(_) => Woken::TimedOut,
+        },
+        _ = paused.changed() => Woken::Retry,
+        _ = tokio::time::sleep_until(hold.deadline) => Woken::TimedOut,
+        gone = client_gone(client), if !hold.client_quiet => {
+            if gone {
+                return Err(SessionError::quiet(Side::Client, "client left while held"));
+            }
+            hold.client_quiet = true;
+            Woken::Retry
+        }
+        _ = b.shutdown.cancelled() => Woken::Retry,
+    })
+}
+
+/// Why a backend connection was not made.
+enum Refused {
+    /// The member may come back or another may do: the reason to wait.
+    Wait(String),
+    /// Configuration-level failure (TLS): tell the client now.
+    Fatal(SessionError),
+}
+
+/// Connects to the chosen backend, recording latency, failures and the
+/// reroute time after a role change.
+async fn connect(b: Backends<'_>, target: &Target, generation: u64) -> Result<Stream, Refused> {
+    let m = b.metrics;
+    let started = std::time::Instant::now();
+    match upstream::connect(target, b.tls, b.routing.connect_timeout).await {
+        Ok(s) => {
+            m.backend_connect_seconds
+                .with_label_values(&[&target.member])
+                .observe(started.elapsed().as_secs_f64());
+            b.topology.rerouted(generation);
+            Ok(s)
+        }
+        Err(e) => {
+            m.backend_connect_failures
+                .with_label_values(&[&target.member])
+                .inc();
+            Err(refused(b, target, e))
+        }
+    }
+}
+
+fn refused(b: Backends<'_>, target: &Target, e: UpstreamError) -> Refused {
+    match e {
+        UpstreamError::Unreachable(e) => {
+            warn!(member = %target.member, address = %target.address, error = %e, "backend refused the connection");
+            b.reprobe.reprobe();
+            Refused::Wait(format!(
+                "{} ({}) refused the connection",
+                target.member, target.address
+            ))
+        }
+        UpstreamError::Tls(e) => Refused::Fatal(SessionError::fatal(
+            Side::Server,
+            SqlState::UNABLE_TO_CONNECT,
+            format!(
+                "pgsteer: cannot connect to {} ({}) with tls.server_mode = \"{}\": {e}",
+                target.member,
+                target.address,
+                b.tls.mode().as_str()
+            ),
+        )),
+    }
+}
+
+/// Resolves `true` when the client closed, `false` if it sent data instead.
+/// (A TLS client's close_notify is data: it is noticed at the next read.)
+async fn client_gone(client: &Stream) -> bool {
+    let Some(tcp) = client.tcp() else {
+        return true;
+    };
+    let mut b = [0u8; 1];
+    !matches!(tcp.peek(&mut b).await, Ok(n) if n > 0)
+}
