@@ -473,31 +473,8 @@ impl PatroniCluster {
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
             .map(|l| format!("    - {}\n", q(l)))
             .collect();
-        let mut all_tags: BTreeMap<&str, bool> =
-            ["nofailover", "noloadbalance", "clonefrom", "nosync"]
-                .into_iter()
-                .map(|t| (t, false))
-                .collect();
-        all_tags.extend(tags.iter().map(|(k, v)| (k.as_str(), *v)));
-        let tags: String = all_tags
-            .iter()
-            .map(|(k, v)| format!("  {k}: {v}\n"))
-            .collect();
-        let bin = self.tools.tool("postgres", &self.dir);
-        let bin_dir = Path::new(bin.get_program())
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        // When root, `tool` runs `runuser … postgres`: the binary is the last argument.
-        let bin_dir = if self.tools.as_postgres() {
-            bin.get_args()
-                .last()
-                .and_then(|p| Path::new(p).parent())
-                .map(Path::to_path_buf)
-                .unwrap_or(bin_dir)
-        } else {
-            bin_dir
-        };
+        let tags = tags_yaml(tags);
+        let bin_dir = self.bin_dir();
         format!(
             "# written by pgsteer-cluster\n\
              scope: {scope}\n\
@@ -549,6 +526,25 @@ impl PatroniCluster {
             pgpass = path(&self.dir.join(format!("{}.pgpass", node.name))),
             sock = path(&self.socket_dir),
         )
+    }
+
+    /// The directory of the PostgreSQL server binaries.
+    fn bin_dir(&self) -> PathBuf {
+        let bin = self.tools.tool("postgres", &self.dir);
+        let bin_dir = Path::new(bin.get_program())
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        // When root, `tool` runs `runuser … postgres`: the binary is the last argument.
+        if self.tools.as_postgres() {
+            bin.get_args()
+                .last()
+                .and_then(|p| Path::new(p).parent())
+                .map(Path::to_path_buf)
+                .unwrap_or(bin_dir)
+        } else {
+            bin_dir
+        }
     }
 
     // ---- helpers ----
@@ -731,6 +727,16 @@ fn reap_orphans(base: &Path) {
             exec::signal(pid, "KILL");
         }
     }
+}
+
+/// The `tags:` block: Patroni's four tags, `false` unless `tags` sets them.
+fn tags_yaml(tags: &BTreeMap<String, bool>) -> String {
+    let mut all: BTreeMap<&str, bool> = ["nofailover", "noloadbalance", "clonefrom", "nosync"]
+        .into_iter()
+        .map(|t| (t, false))
+        .collect();
+    all.extend(tags.iter().map(|(k, v)| (k.as_str(), *v)));
+    all.iter().map(|(k, v)| format!("  {k}: {v}\n")).collect()
 }
 
 #[cfg(test)]

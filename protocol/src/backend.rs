@@ -315,42 +315,14 @@ impl<'a> BackendMessage<'a> {
             }
             tag::COMMAND_COMPLETE => BackendMessage::CommandComplete { tag: r.cstr()? },
             tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => {
-                let format = r.u8()?;
-                let columns = r.i16()?;
-                if columns < 0 {
-                    return Err(DecodeError::Invalid {
-                        tag: tag_byte,
-                        what: "column count",
-                    });
-                }
-                let raw_formats = r.bytes(columns as usize * 2)?;
-                let c = CopyResponse {
-                    format,
-                    columns,
-                    raw_formats,
-                };
+                let c = parse_copy(&mut r)?;
                 match tag_byte {
                     tag::COPY_IN_RESPONSE => BackendMessage::CopyInResponse(c),
                     tag::COPY_OUT_RESPONSE => BackendMessage::CopyOutResponse(c),
                     _ => BackendMessage::CopyBothResponse(c),
                 }
             }
-            tag::NEGOTIATE_PROTOCOL_VERSION => {
-                let minor = r.i32()?;
-                let n = r.i32()?;
-                if n < 0 {
-                    return Err(DecodeError::Invalid {
-                        tag: tag_byte,
-                        what: "option count",
-                    });
-                }
-                // Grows with what is really there, not with the count sent.
-                let mut options = Vec::new();
-                for _ in 0..n {
-                    options.push(r.cstr()?);
-                }
-                BackendMessage::NegotiateProtocolVersion { minor, options }
-            }
+            tag::NEGOTIATE_PROTOCOL_VERSION => parse_negotiate(&mut r)?,
             _ => {
                 r = Reader::new(tag_byte, &[]);
                 BackendMessage::Other {
@@ -362,6 +334,36 @@ impl<'a> BackendMessage<'a> {
         r.finish()?;
         Ok(msg)
     }
+}
+
+/// The body of CopyInResponse, CopyOutResponse or CopyBothResponse.
+fn parse_copy<'a>(r: &mut Reader<'a>) -> Result<CopyResponse<'a>, DecodeError> {
+    let format = r.u8()?;
+    let columns = r.i16()?;
+    if columns < 0 {
+        return Err(r.invalid("column count"));
+    }
+    let raw_formats = r.bytes(columns as usize * 2)?;
+    Ok(CopyResponse {
+        format,
+        columns,
+        raw_formats,
+    })
+}
+
+/// The body of NegotiateProtocolVersion.
+fn parse_negotiate<'a>(r: &mut Reader<'a>) -> Result<BackendMessage<'a>, DecodeError> {
+    let minor = r.i32()?;
+    let n = r.i32()?;
+    if n < 0 {
+        return Err(r.invalid("option count"));
+    }
+    // Grows with what is really there, not with the count sent.
+    let mut options = Vec::new();
+    for _ in 0..n {
+        options.push(r.cstr()?);
+    }
+    Ok(BackendMessage::NegotiateProtocolVersion { minor, options })
 }
 
 fn parse_auth<'a>(r: &mut Reader<'a>) -> Result<Authentication<'a>, DecodeError> {

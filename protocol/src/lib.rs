@@ -7,7 +7,8 @@
 //! panic the caller nor make it allocate.
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic),
+    warn(clippy::too_many_lines)
 )]
 
 pub mod backend;
@@ -108,6 +109,14 @@ impl<'a> Reader<'a> {
         let s = &self.buf[..end];
         self.buf = &self.buf[end + 1..];
         Ok(s)
+    }
+
+    /// The error for a field of this message that has an impossible value.
+    pub(crate) fn invalid(&self, what: &'static str) -> DecodeError {
+        DecodeError::Invalid {
+            tag: self.tag,
+            what,
+        }
     }
 
     pub(crate) fn finish(&self) -> Result<(), DecodeError> {

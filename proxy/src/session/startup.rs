@@ -43,101 +43,130 @@ pub async fn read_opening(
     tls: Option<&ClientSide>,
 ) -> Result<Opening, SessionError> {
     let mut buf = BytesMut::with_capacity(256);
-    let (mut ssl_done, mut gss_done) = (false, false);
+    let mut asked = Asked::default();
     if let Some(tls) = tls
         && first_byte(client).await? == TLS_HANDSHAKE
     {
         accept_tls(client, tls, true).await?;
-        (ssl_done, gss_done) = (true, true);
+        asked = Asked {
+            ssl: true,
+            gss: true,
+        };
     }
     loop {
-        let packet = loop {
-            match startup::parse_startup(&mut buf) {
-                Ok(Some(p)) => break p,
-                Ok(None) => {}
-                Err(e) => return Err(SessionError::client_protocol(e.to_string())),
-            }
-            let want = startup::startup_len(&buf)
-                .ok()
-                .flatten()
-                .unwrap_or(8)
-                .min(MAX_STARTUP_PACKET_LEN);
-            buf.reserve(want.saturating_sub(buf.len()));
-            let n = client
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| SessionError::io(Side::Client, e))?;
-            if n == 0 {
-                return Err(SessionError::quiet(
-                    Side::Client,
-                    if buf.is_empty() {
-                        "client closed before sending a startup packet"
-                    } else {
-                        "incomplete startup packet"
-                    },
-                ));
+        let packet = read_packet(client, &mut buf).await?;
+        let ssl = match packet {
+            StartupPacket::SslRequest => true,
+            StartupPacket::GssEncRequest => false,
+            StartupPacket::Cancel(c) => return Ok(Opening::Cancel(c)),
+            StartupPacket::Startup(message) => {
+                return session(client, tls, message, buf.is_empty());
             }
         };
-        match packet {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                let ssl = matches!(packet, StartupPacket::SslRequest);
-                let first = if ssl {
-                    !std::mem::replace(&mut ssl_done, true)
-                } else {
-                    !std::mem::replace(&mut gss_done, true)
-                };
-                if !first || !buf.is_empty() {
-                    // A repeated request, or bytes sent before our answer
-                    // (which could be injected plaintext, CVE-2021-23222): refuse.
-                    return Err(SessionError::client_protocol(
-                        "unexpected data around an encryption request".into(),
-                    ));
-                }
-                match tls {
-                    Some(tls) if ssl => {
-                        client
-                            .write_all(b"S")
-                            .await
-                            .map_err(|e| SessionError::io(Side::Client, e))?;
-                        accept_tls(client, tls, false).await?;
-                        // Inside TLS, another encryption request is a violation.
-                        gss_done = true;
-                    }
-                    _ => client
-                        .write_all(b"N")
-                        .await
-                        .map_err(|e| SessionError::io(Side::Client, e))?,
-                }
+        let first = if ssl {
+            !std::mem::replace(&mut asked.ssl, true)
+        } else {
+            !std::mem::replace(&mut asked.gss, true)
+        };
+        if !first || !buf.is_empty() {
+            // A repeated request, or bytes sent before our answer
+            // (which could be injected plaintext, CVE-2021-23222): refuse.
+            return Err(SessionError::client_protocol(
+                "unexpected data around an encryption request".into(),
+            ));
+        }
+        match tls {
+            Some(tls) if ssl => {
+                write(client, b"S").await?;
+                accept_tls(client, tls, false).await?;
+                // Inside TLS, another encryption request is a violation.
+                asked.gss = true;
             }
-            StartupPacket::Cancel(c) => return Ok(Opening::Cancel(c)),
-            StartupPacket::Startup(mut message) => {
-                if !buf.is_empty() {
-                    return Err(SessionError::client_protocol(
-                        "data sent after the startup packet before authentication".into(),
-                    ));
-                }
-                if tls.is_some_and(|t| t.mode() == ClientTlsMode::Require) && !client.is_tls() {
-                    return Err(SessionError::fatal(
-                        Side::Client,
-                        SqlState::INVALID_AUTHORIZATION,
-                        "pgsteer: TLS required",
-                    ));
-                }
-                if message.user().is_none_or(str::is_empty) {
-                    return Err(SessionError::fatal(
-                        Side::Client,
-                        SqlState::INVALID_AUTHORIZATION,
-                        "no PostgreSQL user name specified in startup packet",
-                    ));
-                }
-                let negotiation = message.negotiate(ProtocolVersion::LATEST);
-                return Ok(Opening::Session {
-                    message,
-                    negotiation,
-                });
-            }
+            _ => write(client, b"N").await?,
         }
     }
+}
+
+/// Which encryption requests the client made already (each is allowed once).
+#[derive(Default)]
+struct Asked {
+    ssl: bool,
+    gss: bool,
+}
+
+/// Reads until one whole startup-phase packet is in `buf` and splits it off.
+async fn read_packet(
+    client: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<StartupPacket, SessionError> {
+    loop {
+        match startup::parse_startup(buf) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => return Err(SessionError::client_protocol(e.to_string())),
+        }
+        let want = startup::startup_len(buf)
+            .ok()
+            .flatten()
+            .unwrap_or(8)
+            .min(MAX_STARTUP_PACKET_LEN);
+        buf.reserve(want.saturating_sub(buf.len()));
+        let n = client
+            .read_buf(buf)
+            .await
+            .map_err(|e| SessionError::io(Side::Client, e))?;
+        if n == 0 {
+            return Err(SessionError::quiet(
+                Side::Client,
+                if buf.is_empty() {
+                    "client closed before sending a startup packet"
+                } else {
+                    "incomplete startup packet"
+                },
+            ));
+        }
+    }
+}
+
+async fn write(client: &mut Stream, answer: &[u8]) -> Result<(), SessionError> {
+    client
+        .write_all(answer)
+        .await
+        .map_err(|e| SessionError::io(Side::Client, e))
+}
+
+/// Checks a StartupMessage (nothing after it, TLS if required, a user name) and
+/// negotiates the protocol version. `alone`: no bytes followed it.
+fn session(
+    client: &Stream,
+    tls: Option<&ClientSide>,
+    mut message: StartupMessage,
+    alone: bool,
+) -> Result<Opening, SessionError> {
+    if !alone {
+        return Err(SessionError::client_protocol(
+            "data sent after the startup packet before authentication".into(),
+        ));
+    }
+    if tls.is_some_and(|t| t.mode() == ClientTlsMode::Require) && !client.is_tls() {
+        return Err(SessionError::fatal(
+            Side::Client,
+            SqlState::INVALID_AUTHORIZATION,
+            "pgsteer: TLS required",
+        ));
+    }
+    if message.user().is_none_or(str::is_empty) {
+        return Err(SessionError::fatal(
+            Side::Client,
+            SqlState::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        ));
+    }
+    let negotiation = message.negotiate(ProtocolVersion::LATEST);
+    Ok(Opening::Session {
+        message,
+        negotiation,
+    })
 }
 
 /// The first byte the client sent, without consuming it.
