@@ -13,7 +13,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pgsteer_cluster::{DATABASE, TRUST_USER};
@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::procfs::{open_fds, rss_kib, status_kib};
 use super::targets::{Pgsteer, PgsteerSpec};
-use super::throughput::{members, stamp, start_cluster};
+use super::throughput::{members, stamp, start_cluster, write_record};
 use super::wire::{Session, http_get, local, metric, startup_packet};
 
 /// How the memory measurement runs.
@@ -153,29 +153,90 @@ fn park(port: u16, n: usize) -> Result<Vec<TcpStream>, String> {
 
 /// Runs both measurements and writes `memory-<stamp>.{json,txt}` into `opts.out_dir`.
 pub fn run(opts: &Options) -> Result<(), String> {
-    let need = opts.parked + 64;
-    if let Some(limit) = fd_limit().filter(|&l| l < need) {
-        return Err(format!(
-            "{} parked clients need {need} open files here, the limit is {limit}: \
-             run through benches/run (which raises ulimit -n) or lower --parked",
-            opts.parked
-        ));
-    }
+    check_fd_limit(opts.parked)?;
     let stamp = stamp();
     let log_dir = opts.out_dir.join(format!("memory-{stamp}"));
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
     let cluster = start_cluster()?;
     let max_clients = opts.parked.max(opts.sessions) + 1000;
     let mut text = format!("pgsteer memory {stamp}\n");
+    let idle = IdleRun::measure(opts, &log_dir, members(&cluster), max_clients)?;
+    text.push_str(&idle.text());
+    // An instance that knows only the replicas has no primary for rw.
+    let replicas: Vec<(String, String)> = members(&cluster).into_iter().skip(1).collect();
+    let parked = ParkedRun::measure(opts, &log_dir, replicas, max_clients)?;
+    text.push_str(&parked.text());
+    drop(cluster);
+    println!("{text}");
+    let record =
+        json!({"stamp": stamp, "idle_sessions": idle.json(), "parked_clients": parked.json()});
+    let (json_path, txt_path) =
+        write_record(&opts.out_dir, &format!("memory-{stamp}"), &record, &text)?;
+    eprintln!(
+        "memory: wrote {} and {}",
+        json_path.display(),
+        txt_path.display()
+    );
+    Ok(())
+}
 
-    // 1. Idle sessions.
-    let idle = {
+/// Fails early if this process may not open enough files for `parked` clients.
+fn check_fd_limit(parked: usize) -> Result<(), String> {
+    let need = parked + 64;
+    if let Some(limit) = fd_limit().filter(|&l| l < need) {
+        return Err(format!(
+            "{parked} parked clients need {need} open files here, the limit is {limit}: \
+             run through benches/run (which raises ulimit -n) or lower --parked"
+        ));
+    }
+    Ok(())
+}
+
+/// KiB of RSS and of anonymous RSS that each of `n` clients added between two snapshots.
+fn kib_per_client(base: Snapshot, loaded: Snapshot, n: usize) -> (f64, f64) {
+    let per = (loaded.rss_kib as f64 - base.rss_kib as f64) / n as f64;
+    let per_anon = (loaded.anon_kib as f64 - base.anon_kib as f64) / n as f64;
+    (per, per_anon)
+}
+
+/// `met` or `NOT met`.
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+/// Whether the descriptors came back after the clients left.
+fn fds_verdict(fds_after: usize, base: Snapshot) -> &'static str {
+    if fds_after <= base.fds {
+        "back to baseline"
+    } else {
+        "LEAK"
+    }
+}
+
+/// Measurement 1: idle sessions through rw.
+struct IdleRun {
+    sessions: usize,
+    opened_in: Duration,
+    base: Snapshot,
+    loaded: Snapshot,
+    after: Snapshot,
+    fds_after: usize,
+}
+
+impl IdleRun {
+    /// Starts a proxy on `members`, opens `opts.sessions` sessions, lets them go, with snapshots.
+    fn measure(
+        opts: &Options,
+        log_dir: &Path,
+        members: Vec<(String, String)>,
+        max_clients: usize,
+    ) -> Result<IdleRun, String> {
         let proxy = Pgsteer::start(
             &opts.pgsteer,
-            &log_dir,
+            log_dir,
             &PgsteerSpec {
                 name: "pgsteer-idle",
-                members: members(&cluster),
+                members,
                 hold_timeout: "10s",
                 max_clients,
             },
@@ -194,41 +255,83 @@ pub fn run(opts: &Options) -> Result<(), String> {
         let fds_after = wait_fds(pid, base.fds, Duration::from_secs(30));
         settle();
         let after = Snapshot::of(pid)?;
-        let per = (loaded.rss_kib as f64 - base.rss_kib as f64) / opts.sessions as f64;
-        let per_anon = (loaded.anon_kib as f64 - base.anon_kib as f64) / opts.sessions as f64;
-        text.push_str(&format!(
-            "\nidle sessions through rw: {} (opened in {opened_in:.1?})\n\
+        Ok(IdleRun {
+            sessions: opts.sessions,
+            opened_in,
+            base,
+            loaded,
+            after,
+            fds_after,
+        })
+    }
+
+    /// The section of the text report.
+    fn text(&self) -> String {
+        let (per, per_anon) = kib_per_client(self.base, self.loaded, self.sessions);
+        format!(
+            "\nidle sessions through rw: {} (opened in {:.1?})\n\
              \x20 RSS {} -> {} KiB: {per:.2} KiB per session (anonymous {per_anon:.2}); target <= 16: {}\n\
              \x20 fds {} -> {} -> {} after they left: {}\n\
              \x20 RSS after they left: {} KiB\n",
-            opts.sessions,
-            base.rss_kib,
-            loaded.rss_kib,
-            if per <= 16.0 { "met" } else { "NOT met" },
-            base.fds,
-            loaded.fds,
-            fds_after,
-            if fds_after <= base.fds { "back to baseline" } else { "LEAK" },
-            after.rss_kib,
-        ));
+            self.sessions,
+            self.opened_in,
+            self.base.rss_kib,
+            self.loaded.rss_kib,
+            met(per <= 16.0),
+            self.base.fds,
+            self.loaded.fds,
+            self.fds_after,
+            fds_verdict(self.fds_after, self.base),
+            self.after.rss_kib,
+        )
+    }
+
+    /// The object in the JSON record.
+    fn json(&self) -> Value {
+        let (per, per_anon) = kib_per_client(self.base, self.loaded, self.sessions);
         json!({
-            "sessions": opts.sessions,
-            "baseline": base.json(),
-            "loaded": loaded.json(),
-            "after": after.json(),
-            "fds_after": fds_after,
+            "sessions": self.sessions,
+            "baseline": self.base.json(),
+            "loaded": self.loaded.json(),
+            "after": self.after.json(),
+            "fds_after": self.fds_after,
             "kib_per_session": per,
             "anon_kib_per_session": per_anon,
             "target_kib": 16,
         })
-    };
+    }
+}
 
-    // 2. Parked clients: an instance that knows only the replicas has no primary for rw.
-    let parked = {
-        let replicas: Vec<(String, String)> = members(&cluster).into_iter().skip(1).collect();
+/// Measurement 2: clients parked on the hold path, in two waves.
+struct ParkedRun {
+    parked: usize,
+    base: Snapshot,
+    first: Wave,
+    /// The peak of the second wave.
+    second: Snapshot,
+    fds_after_second: usize,
+}
+
+/// The first wave of [`ParkedRun`]: how long parking took, snapshots while parked and after.
+struct Wave {
+    connected_in: Duration,
+    parked_in: Duration,
+    loaded: Snapshot,
+    after: Snapshot,
+    fds_after: usize,
+}
+
+impl ParkedRun {
+    /// Starts a proxy on `replicas` (no primary), parks `opts.parked` clients twice, with snapshots.
+    fn measure(
+        opts: &Options,
+        log_dir: &Path,
+        replicas: Vec<(String, String)>,
+        max_clients: usize,
+    ) -> Result<ParkedRun, String> {
         let proxy = Pgsteer::start(
             &opts.pgsteer,
-            &log_dir,
+            log_dir,
             &PgsteerSpec {
                 name: "pgsteer-hold",
                 members: replicas,
@@ -242,18 +345,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
         settle();
         let base = Snapshot::of(pid)?;
         eprintln!("memory: parking {} clients on rw (no primary)", opts.parked);
-        let started = Instant::now();
-        let clients = park(proxy.rw, opts.parked)?;
-        let connected_in = started.elapsed();
-        wait_held(proxy.admin, opts.parked as f64, Duration::from_secs(180))?;
-        let parked_in = started.elapsed();
-        settle();
-        let loaded = Snapshot::of(pid)?;
-        drop(clients);
-        wait_held(proxy.admin, 0.0, Duration::from_secs(60))?;
-        let fds_after = wait_fds(pid, base.fds, Duration::from_secs(30));
-        settle();
-        let after = Snapshot::of(pid)?;
+        let first = first_wave(&proxy, opts.parked, base)?;
         // A second wave: memory freed by the first is reused, not added to.
         let clients = park(proxy.rw, opts.parked)?;
         wait_held(proxy.admin, opts.parked as f64, Duration::from_secs(180))?;
@@ -262,51 +354,78 @@ pub fn run(opts: &Options) -> Result<(), String> {
         drop(clients);
         wait_held(proxy.admin, 0.0, Duration::from_secs(60))?;
         let fds_after_second = wait_fds(pid, base.fds, Duration::from_secs(30));
-        let per = (loaded.rss_kib as f64 - base.rss_kib as f64) / opts.parked as f64;
-        let per_anon = (loaded.anon_kib as f64 - base.anon_kib as f64) / opts.parked as f64;
-        let growth = second.rss_kib as i64 - loaded.rss_kib as i64;
-        text.push_str(&format!(
-            "\nparked clients (rw, no primary): {} (connected in {connected_in:.1?}, all held after {parked_in:.1?})\n\
+        Ok(ParkedRun {
+            parked: opts.parked,
+            base,
+            first,
+            second,
+            fds_after_second,
+        })
+    }
+
+    /// The section of the text report.
+    fn text(&self) -> String {
+        let (per, per_anon) = kib_per_client(self.base, self.first.loaded, self.parked);
+        let growth = self.second.rss_kib as i64 - self.first.loaded.rss_kib as i64;
+        format!(
+            "\nparked clients (rw, no primary): {} (connected in {:.1?}, all held after {:.1?})\n\
              \x20 RSS {} -> {} KiB: {per:.2} KiB per parked client (anonymous {per_anon:.2}); target <= 8: {}\n\
              \x20 fds {} -> {} -> {} after they left: {}\n\
              \x20 RSS after they left: {} KiB; a second wave peaks at {} KiB ({growth:+} KiB), fds after it: {}\n",
-            opts.parked,
-            base.rss_kib,
-            loaded.rss_kib,
-            if per <= 8.0 { "met" } else { "NOT met" },
-            base.fds,
-            loaded.fds,
-            fds_after,
-            if fds_after <= base.fds { "back to baseline" } else { "LEAK" },
-            after.rss_kib,
-            second.rss_kib,
-            fds_after_second,
-        ));
+            self.parked,
+            self.first.connected_in,
+            self.first.parked_in,
+            self.base.rss_kib,
+            self.first.loaded.rss_kib,
+            met(per <= 8.0),
+            self.base.fds,
+            self.first.loaded.fds,
+            self.first.fds_after,
+            fds_verdict(self.first.fds_after, self.base),
+            self.first.after.rss_kib,
+            self.second.rss_kib,
+            self.fds_after_second,
+        )
+    }
+
+    /// The object in the JSON record.
+    fn json(&self) -> Value {
+        let (per, per_anon) = kib_per_client(self.base, self.first.loaded, self.parked);
         json!({
-            "parked": opts.parked,
-            "second_wave": second.json(),
-            "fds_after_second_wave": fds_after_second,
-            "baseline": base.json(),
-            "loaded": loaded.json(),
-            "after": after.json(),
-            "fds_after": fds_after,
+            "parked": self.parked,
+            "second_wave": self.second.json(),
+            "fds_after_second_wave": self.fds_after_second,
+            "baseline": self.base.json(),
+            "loaded": self.first.loaded.json(),
+            "after": self.first.after.json(),
+            "fds_after": self.first.fds_after,
             "kib_per_parked_client": per,
             "anon_kib_per_parked_client": per_anon,
             "target_kib": 8,
         })
-    };
-    drop(cluster);
-    println!("{text}");
-    let record = json!({"stamp": stamp, "idle_sessions": idle, "parked_clients": parked});
-    let json_path = opts.out_dir.join(format!("memory-{stamp}.json"));
-    let txt_path = opts.out_dir.join(format!("memory-{stamp}.txt"));
-    let pretty = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
-    std::fs::write(&json_path, pretty).map_err(|e| format!("{}: {e}", json_path.display()))?;
-    std::fs::write(&txt_path, &text).map_err(|e| format!("{}: {e}", txt_path.display()))?;
-    eprintln!(
-        "memory: wrote {} and {}",
-        json_path.display(),
-        txt_path.display()
-    );
-    Ok(())
+    }
+}
+
+/// Parks `n` clients on `proxy`, waits until all are held, snapshots, lets them go, snapshots.
+fn first_wave(proxy: &Pgsteer, n: usize, base: Snapshot) -> Result<Wave, String> {
+    let pid = proxy.proc.pid();
+    let started = Instant::now();
+    let clients = park(proxy.rw, n)?;
+    let connected_in = started.elapsed();
+    wait_held(proxy.admin, n as f64, Duration::from_secs(180))?;
+    let parked_in = started.elapsed();
+    settle();
+    let loaded = Snapshot::of(pid)?;
+    drop(clients);
+    wait_held(proxy.admin, 0.0, Duration::from_secs(60))?;
+    let fds_after = wait_fds(pid, base.fds, Duration::from_secs(30));
+    settle();
+    let after = Snapshot::of(pid)?;
+    Ok(Wave {
+        connected_in,
+        parked_in,
+        loaded,
+        after,
+        fds_after,
+    })
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pgsteer_cluster::{APP_PASSWORD, APP_USER, Cluster, DATABASE, Spec, TRUST_USER};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::pgbench::Run;
 use super::procfs;
@@ -317,8 +317,32 @@ pub fn run(opts: &Options) -> Result<(), String> {
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
     let loadavg_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut bench = Bench::start(opts, &log_dir)?;
-    let workloads: Vec<Workload> = opts
-        .workloads
+    let workloads = runnable_workloads(opts, &bench);
+    announce(opts, &workloads);
+    warm_up(&bench, &workloads);
+    let results = run_rounds(opts, &mut bench, &workloads)?;
+    let checks = report::checks(&results);
+    let mut text = header(opts, &stamp, &loadavg_start);
+    let baseline = baseline_version(opts);
+    text.push_str(&summary(baseline.as_ref(), &workloads, &results, &checks));
+    println!("{text}");
+    let meta = meta(opts, &stamp, &loadavg_start, baseline);
+    let record = report::to_json(meta, &workloads, &results, &checks);
+    let (json_path, txt_path) =
+        write_record(&opts.out_dir, &format!("compare-{stamp}"), &record, &text)?;
+    eprintln!(
+        "compare: wrote {} and {} (proxy logs and configs in {})",
+        json_path.display(),
+        txt_path.display(),
+        log_dir.display()
+    );
+    drop(bench);
+    Ok(())
+}
+
+/// The workloads of `opts`, each keeping only the targets that are running and selected.
+fn runnable_workloads(opts: &Options, bench: &Bench) -> Vec<Workload> {
+    opts.workloads
         .iter()
         .cloned()
         .map(|mut w| {
@@ -328,7 +352,11 @@ pub fn run(opts: &Options) -> Result<(), String> {
             });
             w
         })
-        .collect();
+        .collect()
+}
+
+/// Says on stderr how many points will run and roughly how long that takes.
+fn announce(opts: &Options, workloads: &[Workload]) {
     let points: usize = workloads.iter().map(|w| w.targets.len()).sum();
     eprintln!(
         "compare: {} points x {} rounds x {:?} (about {} min)",
@@ -337,7 +365,10 @@ pub fn run(opts: &Options) -> Result<(), String> {
         opts.duration,
         (points * opts.rounds) as u64 * (opts.duration.as_secs() + 2) / 60 + 1
     );
-    // Warm every target up once (caches, pools, the proxies' buffers).
+}
+
+/// Warms every target up once (caches, pools, the proxies' buffers); results are discarded.
+fn warm_up(bench: &Bench, workloads: &[Workload]) {
     let warm = Duration::from_secs(1);
     for &t in &Target::ALL {
         if let Some(w) = workloads
@@ -347,48 +378,76 @@ pub fn run(opts: &Options) -> Result<(), String> {
             let _ = bench.measure(w, t, warm, 0);
         }
     }
+}
+
+/// Every round of every workload against its targets; stops only if a proxy has died.
+fn run_rounds(
+    opts: &Options,
+    bench: &mut Bench,
+    workloads: &[Workload],
+) -> Result<Results, String> {
     let mut results = Results::default();
     for round in 0..opts.rounds {
-        for w in &workloads {
-            // Alternate: each round starts with a different target.
-            let mut order = w.targets.clone();
-            if !order.is_empty() {
-                let n = order.len();
-                order.rotate_left(round % n);
-            }
-            for t in order {
+        for w in workloads {
+            for t in round_order(&w.targets, round) {
                 bench.check_alive()?;
-                let started = Instant::now();
-                match bench.measure(w, t, opts.duration, round) {
-                    Ok(s) => {
-                        eprintln!(
-                            "round {}/{} {:<24} {:<15} {:>9.0} tps {:>8.3} ms  cpu {} ({:.0?})",
-                            round + 1,
-                            opts.rounds,
-                            w.id,
-                            t.name(),
-                            s.tps,
-                            s.latency_avg_ms,
-                            s.cpu_us_per_tx()
-                                .map_or("-".into(), |c| format!("{c:.1} us/tx")),
-                            started.elapsed()
-                        );
-                        results
-                            .samples
-                            .entry((w.id.clone(), t))
-                            .or_default()
-                            .push(s);
-                    }
-                    Err(e) => {
-                        eprintln!("round {} {} {}: FAILED: {e}", round + 1, w.id, t.name());
-                        results.failures.push((w.id.clone(), t, round, e));
-                    }
-                }
+                run_point(opts, bench, w, t, round, &mut results);
             }
         }
     }
-    let checks = report::checks(&results);
-    let mut text = format!(
+    Ok(results)
+}
+
+/// `targets` rotated so that each round starts with a different one.
+fn round_order(targets: &[Target], round: usize) -> Vec<Target> {
+    let mut order = targets.to_vec();
+    if !order.is_empty() {
+        let n = order.len();
+        order.rotate_left(round % n);
+    }
+    order
+}
+
+/// Measures one point and records its sample, or its failure (which does not stop the run).
+fn run_point(
+    opts: &Options,
+    bench: &Bench,
+    w: &Workload,
+    t: Target,
+    round: usize,
+    results: &mut Results,
+) {
+    let started = Instant::now();
+    match bench.measure(w, t, opts.duration, round) {
+        Ok(s) => {
+            eprintln!(
+                "round {}/{} {:<24} {:<15} {:>9.0} tps {:>8.3} ms  cpu {} ({:.0?})",
+                round + 1,
+                opts.rounds,
+                w.id,
+                t.name(),
+                s.tps,
+                s.latency_avg_ms,
+                s.cpu_us_per_tx()
+                    .map_or("-".into(), |c| format!("{c:.1} us/tx")),
+                started.elapsed()
+            );
+            results
+                .samples
+                .entry((w.id.clone(), t))
+                .or_default()
+                .push(s);
+        }
+        Err(e) => {
+            eprintln!("round {} {} {}: FAILED: {e}", round + 1, w.id, t.name());
+            results.failures.push((w.id.clone(), t, round, e));
+        }
+    }
+}
+
+/// The first two lines of the report: run parameters, machine and program versions.
+fn header(opts: &Options, stamp: &str, loadavg_start: &str) -> String {
+    format!(
         "pgsteer comparison {stamp}: {} s per point, {} round(s), {} cores, load at start {}\n\
          postgres {}, pgbench scale {SCALE}; pgsteer {} (runtime threads 1); {}; {}\n",
         opts.duration.as_secs(),
@@ -403,28 +462,51 @@ pub fn run(opts: &Options) -> Result<(), String> {
         command_line("git", &["describe", "--always", "--dirty"]),
         command_line("pgbouncer", &["--version"]),
         command_line("haproxy", &["-v"]),
-    );
-    let baseline = opts.baseline_pgsteer.as_ref().map(|bin| {
+    )
+}
+
+/// Path and `--version` of the baseline pgsteer binary, if one was given.
+fn baseline_version(opts: &Options) -> Option<(String, String)> {
+    opts.baseline_pgsteer.as_ref().map(|bin| {
         let bin = bin.display().to_string();
         let version = command_line(&bin, &["--version"]);
         (bin, version)
-    });
-    if let Some((bin, version)) = &baseline {
+    })
+}
+
+/// The report after the header: the baseline, the table, baseline comparison, checks, failures.
+fn summary(
+    baseline: Option<&(String, String)>,
+    workloads: &[Workload],
+    results: &Results,
+    checks: &[report::Check],
+) -> String {
+    let mut text = String::new();
+    if let Some((bin, version)) = baseline {
         text.push_str(&format!(
             "baseline pgsteer (pgsteer-base): {bin} ({version})\n"
         ));
     }
-    text.push_str(&report::table(&workloads, &results));
-    text.push_str(&report::versus_base(&workloads, &results));
-    text.push_str(&report::checks_text(&checks));
+    text.push_str(&report::table(workloads, results));
+    text.push_str(&report::versus_base(workloads, results));
+    text.push_str(&report::checks_text(checks));
     if !results.failures.is_empty() {
         text.push_str(&format!("\n{} run(s) failed:\n", results.failures.len()));
         for (w, t, r, e) in &results.failures {
             text.push_str(&format!("  round {} {w} {t}: {e}\n", r + 1));
         }
     }
-    println!("{text}");
-    let meta = json!({
+    text
+}
+
+/// The `meta` object of the JSON record: run parameters, machine, load and versions.
+fn meta(
+    opts: &Options,
+    stamp: &str,
+    loadavg_start: &str,
+    baseline: Option<(String, String)>,
+) -> Value {
+    json!({
         "stamp": stamp,
         "duration_s": opts.duration.as_secs(),
         "rounds": opts.rounds,
@@ -435,19 +517,37 @@ pub fn run(opts: &Options) -> Result<(), String> {
         "clk_tck": procfs::clock_ticks(),
         "git": command_line("git", &["describe", "--always", "--dirty"]),
         "baseline_pgsteer": baseline.map(|(bin, version)| json!({"path": bin, "version": version})),
-    });
-    let record = report::to_json(meta, &workloads, &results, &checks);
-    let json_path = opts.out_dir.join(format!("compare-{stamp}.json"));
-    let txt_path = opts.out_dir.join(format!("compare-{stamp}.txt"));
-    let pretty = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
+    })
+}
+
+/// Writes `record` to `<name>.json` and `text` to `<name>.txt` in `out_dir`; returns both paths.
+pub fn write_record(
+    out_dir: &Path,
+    name: &str,
+    record: &Value,
+    text: &str,
+) -> Result<(PathBuf, PathBuf), String> {
+    let json_path = out_dir.join(format!("{name}.json"));
+    let txt_path = out_dir.join(format!("{name}.txt"));
+    let pretty = serde_json::to_string_pretty(record).map_err(|e| e.to_string())?;
     std::fs::write(&json_path, pretty).map_err(|e| format!("{}: {e}", json_path.display()))?;
-    std::fs::write(&txt_path, &text).map_err(|e| format!("{}: {e}", txt_path.display()))?;
-    eprintln!(
-        "compare: wrote {} and {} (proxy logs and configs in {})",
-        json_path.display(),
-        txt_path.display(),
-        log_dir.display()
-    );
-    drop(bench);
-    Ok(())
+    std::fs::write(&txt_path, text).map_err(|e| format!("{}: {e}", txt_path.display()))?;
+    Ok((json_path, txt_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_round_starts_with_the_next_target() {
+        let targets = [Target::Direct, Target::PgsteerRw, Target::Pgbouncer];
+        assert_eq!(round_order(&targets, 0), targets);
+        assert_eq!(
+            round_order(&targets, 1),
+            [Target::PgsteerRw, Target::Pgbouncer, Target::Direct]
+        );
+        assert_eq!(round_order(&targets, 3), targets);
+        assert!(round_order(&[], 2).is_empty());
+    }
 }
