@@ -144,6 +144,11 @@ impl Secret {
             Some(value) => Secret::parse(value).map(Some),
         }
     }
+
+    /// Whether this is an empty plaintext password, which never authenticates.
+    pub(crate) fn is_empty_password(&self) -> bool {
+        matches!(self, Secret::Plain(p) if p.expose().is_empty())
+    }
 }
 
 fn parse_md5(value: &str) -> Option<Md5Hash> {
