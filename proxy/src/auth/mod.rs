@@ -43,9 +43,14 @@
 //! // and .server_final(…) with the data of Postgres's AuthenticationSASLContinue / Final.
 //! # Ok(()) }
 //! ```
+//!
+//! md5 works the same way with [`md5::Md5Server`] and [`md5::client_response`];
+//! cleartext (only ever over TLS; the session enforces that) with
+//! [`cleartext::verify`]. [`choose_method`] says which one a client is asked for.
 
-
+pub mod cleartext;
 pub mod endpoint;
+pub mod md5;
 pub mod scram;
 pub mod secrets;
 pub mod userlist;
@@ -164,6 +169,30 @@ pub enum LoginError {
     Rejected(String),
 }
 
+/// How pgsteer asks a client for its password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// SCRAM-SHA-256, and -PLUS when the connection offers channel binding.
+    Scram,
+    /// md5 (AuthenticationMD5Password).
+    Md5,
+}
+
+/// The method for a user: md5 only for users whose secret is an md5 hash and
+/// only where md5 is configured; SCRAM for everyone else, unknown users
+/// included (so they look like the many).
+pub fn choose_method(secret: Option<&Secret>, md5_allowed: bool) -> Method {
+    match secret {
+        Some(Secret::Md5(_)) if md5_allowed => Method::Md5,
+        _ => Method::Scram,
+    }
+}
+
+/// Strips the NUL that terminates a PasswordMessage body, if present.
+fn password_message(body: &[u8]) -> &[u8] {
+    body.strip_suffix(b"\0").unwrap_or(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +210,15 @@ mod tests {
         );
         assert_eq!(AuthError::Malformed("x").sqlstate().code(), "08P01");
         assert_eq!(AuthError::ChannelBinding("x").sqlstate().code(), "28000");
+    }
+
+    #[test]
+    fn md5_is_chosen_only_for_md5_secrets_where_allowed() {
+        let md5 = Secret::parse("md5a3556571e93b0d20722ba62be61e8c2d").unwrap();
+        let plain = Secret::parse("pencil").unwrap();
+        assert_eq!(choose_method(Some(&md5), true), Method::Md5);
+        assert_eq!(choose_method(Some(&md5), false), Method::Scram);
+        assert_eq!(choose_method(Some(&plain), true), Method::Scram);
+        assert_eq!(choose_method(None, true), Method::Scram);
     }
 }
