@@ -230,7 +230,7 @@ mod tests {
     const PG_VERIFIER: &str = "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=";
 
     #[test]
-    fn a_postgres_verifier_parses_and_prints_back_identically() {
+    fn a_verifier_in_pg_authid_format_parses_and_prints_back_identically() {
         let Secret::Scram(v) = Secret::parse(PG_VERIFIER).unwrap() else {
             panic!("not a verifier");
         };
