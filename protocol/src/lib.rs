@@ -12,6 +12,7 @@
 )]
 
 pub mod backend;
+pub mod classify;
 pub mod encode;
 pub mod frame;
 pub mod frontend;

@@ -1,0 +1,571 @@
+//! What each statement of a query string does to session state, for transaction pooling.
+//!
+//! One pass over the tokens, no allocation. A statement is dispatched on its first word (`SET`,
+//! `RESET`, `LISTEN`, …); every other statement is scanned for what can hide anywhere in it:
+//! advisory-lock and `set_config` calls, `CREATE TEMP`, `SELECT … INTO TEMP`, `pg_temp.` names and
+//! `UPDATE pg_settings`. When the text is not understood the answer is [`Reason::Unsure`]: pin.
+
+use core::fmt;
+
+use super::lexer::{Lexer, Syntax, Token, TokenKind};
+use super::name::{Name, Value};
+use super::set;
+use super::split::StatementTokens;
+
+/// What one statement does to the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect<'a> {
+    /// Nothing that outlives its transaction: queries, DML, most DDL, `NOTIFY`, `UNLISTEN`,
+    /// `SET TRANSACTION`, `SET CONSTRAINTS`, `COMMIT PREPARED`, …
+    Other,
+    /// Transaction control.
+    Transaction(Tx),
+    /// `SET` of a setting (also `SET TIME ZONE` → `timezone`, `SET SCHEMA` → `search_path`,
+    /// `SET NAMES` → `client_encoding`, `SET XML OPTION` → `xmloption`).
+    Set {
+        /// The setting; compare with [`Name::eq_ignore_ascii_case`].
+        name: Name<'a>,
+        /// The new value; [`Value::Default`] resets it.
+        value: Value<'a>,
+        /// It lasts only until the end of the transaction: `SET LOCAL`, and the
+        /// `transaction_isolation`/`_read_only`/`_deferrable` settings. Nothing to replay.
+        local: bool,
+    },
+    /// `RESET name` (also `RESET TIME ZONE`).
+    Reset {
+        /// The setting.
+        name: Name<'a>,
+    },
+    /// `RESET ALL`.
+    ResetAll,
+    /// `DISCARD …`.
+    Discard(Discard),
+    /// SQL `EXECUTE name`: runs a prepared statement, which may have been prepared with the
+    /// protocol's Parse (same namespace) or by SQL `PREPARE` (which pinned).
+    Execute {
+        /// Statement name; compare with [`Name::is`].
+        name: Name<'a>,
+    },
+    /// SQL `DEALLOCATE [PREPARE] {name | ALL}`; `None` is `ALL`. Protocol-level statements share
+    /// the namespace.
+    Deallocate {
+        /// Statement name, or `None` for `ALL`.
+        name: Option<Name<'a>>,
+    },
+    /// State that cannot move to another server connection: pin the client to this one.
+    Pin(Reason),
+}
+
+impl Effect<'_> {
+    /// Whether the pool must act on this statement: `false` for [`Effect::Other`],
+    /// [`Effect::Transaction`] and a local [`Effect::Set`].
+    pub fn affects_session(&self) -> bool {
+        !matches!(
+            self,
+            Effect::Other | Effect::Transaction(_) | Effect::Set { local: true, .. }
+        )
+    }
+}
+
+/// Transaction control statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tx {
+    /// `BEGIN`/`START TRANSACTION`; `read_only` if its modes say `READ ONLY` (the last of
+    /// `READ ONLY`/`READ WRITE` counts).
+    Begin {
+        /// `READ ONLY` was given.
+        read_only: bool,
+    },
+    /// `COMMIT`/`END`.
+    Commit,
+    /// `ROLLBACK`/`ABORT`.
+    Rollback,
+    /// `SAVEPOINT name`.
+    Savepoint,
+    /// `RELEASE [SAVEPOINT] name`.
+    ReleaseSavepoint,
+    /// `ROLLBACK TO [SAVEPOINT] name`.
+    RollbackToSavepoint,
+    /// `PREPARE TRANSACTION 'gid'`: ends the transaction block like `COMMIT`.
+    PrepareTransaction,
+}
+
+/// What `DISCARD` throws away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discard {
+    /// `DISCARD ALL`: settings, prepared statements, temporary tables, listens, advisory locks, …
+    All,
+    /// `DISCARD PLANS`.
+    Plans,
+    /// `DISCARD SEQUENCES`.
+    Sequences,
+    /// `DISCARD TEMP`/`TEMPORARY`.
+    Temp,
+}
+
+/// Why a client must keep its server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// `LISTEN`.
+    Listen,
+    /// `pg_advisory_lock`, `pg_advisory_lock_shared`, `pg_try_advisory_lock`,
+    /// `pg_try_advisory_lock_shared` called (the `_xact_` variants do not pin).
+    AdvisoryLock,
+    /// A temporary table, sequence or view (`CREATE TEMP …` without `ON COMMIT DROP`,
+    /// `SELECT … INTO TEMP`), or any `pg_temp.` object (temporary functions).
+    TempTable,
+    /// `DECLARE … WITH HOLD`.
+    WithHoldCursor,
+    /// `SET ROLE`, `SET role = …`, `RESET ROLE`.
+    SetRole,
+    /// `SET SESSION AUTHORIZATION`, `RESET SESSION AUTHORIZATION`.
+    SessionAuthorization,
+    /// SQL `PREPARE name AS …`.
+    Prepare,
+    /// `set_config(…)` whose third argument is not literally true, or `UPDATE pg_settings`.
+    SetConfig,
+    /// `SET SESSION CHARACTERISTICS AS TRANSACTION …`.
+    SessionCharacteristics,
+    /// `LOAD 'library'`.
+    Load,
+    /// `DO`: an anonymous code block can do any of the above where the lexer cannot see it.
+    DoBlock,
+    /// Text that could not be understood: an unterminated quote or comment, a `SET` form not
+    /// recognised, `SET … FROM CURRENT`, `SET TIME ZONE INTERVAL …`.
+    Unsure,
+}
+
+impl Reason {
+    /// Every reason, for registering metric labels up front.
+    pub const ALL: [Reason; 12] = [
+        Reason::Listen,
+        Reason::AdvisoryLock,
+        Reason::TempTable,
+        Reason::WithHoldCursor,
+        Reason::SetRole,
+        Reason::SessionAuthorization,
+        Reason::Prepare,
+        Reason::SetConfig,
+        Reason::SessionCharacteristics,
+        Reason::Load,
+        Reason::DoBlock,
+        Reason::Unsure,
+    ];
+
+    /// A stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Listen => "listen",
+            Reason::AdvisoryLock => "advisory_lock",
+            Reason::TempTable => "temp_table",
+            Reason::WithHoldCursor => "with_hold_cursor",
+            Reason::SetRole => "set_role",
+            Reason::SessionAuthorization => "session_authorization",
+            Reason::Prepare => "prepare",
+            Reason::SetConfig => "set_config",
+            Reason::SessionCharacteristics => "session_characteristics",
+            Reason::Load => "load",
+            Reason::DoBlock => "do_block",
+            Reason::Unsure => "unsure",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The effect of each non-empty statement of a query string, in order; see [`session_effects`].
+#[derive(Debug, Clone)]
+pub struct Effects<'a> {
+    lexer: Lexer<'a>,
+}
+
+/// What each statement of `sql` (a Query string or a Parse query) does to the session, assuming
+/// `standard_conforming_strings` is on. Lazy and allocation-free.
+pub fn session_effects(sql: &[u8]) -> Effects<'_> {
+    session_effects_with(sql, Syntax::default())
+}
+
+/// [`session_effects`] for a server with these settings.
+pub fn session_effects_with(sql: &[u8], syntax: Syntax) -> Effects<'_> {
+    Effects {
+        lexer: Lexer::with_syntax(sql, syntax),
+    }
+}
+
+impl Effects<'_> {
+    /// Whether any statement [affects the session](Effect::affects_session): the check for every
+    /// Query and Parse in pooled mode. Stops at the first that does.
+    pub fn affects_session(mut self) -> bool {
+        self.any(|e| e.affects_session())
+    }
+}
+
+impl<'a> Iterator for Effects<'a> {
+    type Item = Effect<'a>;
+
+    fn next(&mut self) -> Option<Effect<'a>> {
+        loop {
+            let mut st = StatementTokens::new(self.lexer);
+            let Some(first) = st.next() else {
+                self.lexer = st.into_lexer();
+                if st.input_ended() {
+                    return None;
+                }
+                continue;
+            };
+            let effect = statement(first, &mut st);
+            // Whatever the statement's reader left, up to the `;`.
+            st.by_ref().for_each(drop);
+            self.lexer = st.into_lexer();
+            return Some(if st.saw_unterminated() {
+                Effect::Pin(Reason::Unsure)
+            } else {
+                effect
+            });
+        }
+    }
+}
+
+impl core::iter::FusedIterator for Effects<'_> {}
+
+/// A short unquoted word, lowercased on the stack so that it can be `match`ed.
+pub(super) struct Word {
+    buf: [u8; 16],
+    len: usize,
+}
+
+impl Word {
+    /// The word of `t`, or an empty one if `t` is not an unquoted word of at most 16 bytes.
+    pub(super) fn of(t: Option<&Token<'_>>) -> Word {
+        let mut w = Word {
+            buf: [0; 16],
+            len: 0,
+        };
+        if let Some(t) = t.filter(|t| t.kind == TokenKind::Ident && t.text.len() <= 16) {
+            for (dst, src) in w.buf.iter_mut().zip(t.text) {
+                *dst = src.to_ascii_lowercase();
+            }
+            w.len = t.text.len();
+        }
+        w
+    }
+
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// The effect of the statement that starts with `first`; may leave tokens unread.
+fn statement<'a>(first: Token<'a>, st: &mut StatementTokens<'a>) -> Effect<'a> {
+    match Word::of(Some(&first)).as_bytes() {
+        b"set" => set::set(st),
+        b"reset" => set::reset(st),
+        b"discard" => discard(st),
+        b"listen" => Effect::Pin(Reason::Listen),
+        b"load" => Effect::Pin(Reason::Load),
+        b"do" => Effect::Pin(Reason::DoBlock),
+        b"declare" => declare(st),
+        b"prepare" => prepare(st),
+        b"execute" => execute(st),
+        b"deallocate" => deallocate(st),
+        b"begin" | b"start" => begin(st),
+        b"commit" | b"end" | b"abort" | b"rollback" | b"savepoint" | b"release" => end(&first, st),
+        _ => scan(Some(first), st),
+    }
+}
+
+/// `DISCARD {ALL | PLANS | SEQUENCES | TEMP | TEMPORARY}`.
+fn discard<'a>(st: &mut StatementTokens<'a>) -> Effect<'a> {
+    let what = match Word::of(st.next().as_ref()).as_bytes() {
+        b"all" => Discard::All,
+        b"plans" => Discard::Plans,
+        b"sequences" => Discard::Sequences,
+        b"temp" | b"temporary" => Discard::Temp,
+        _ => return Effect::Pin(Reason::Unsure),
+    };
+    match st.next() {
+        None => Effect::Discard(what),
+        Some(_) => Effect::Pin(Reason::Unsure),
+    }
+}
+
+/// `DECLARE name … [WITH HOLD] FOR query`: only `WITH HOLD` before `FOR` outlives the
+/// transaction; the query is scanned like any other.
+fn declare<'a>(st: &mut StatementTokens<'a>) -> Effect<'a> {
+    let mut after_with = false;
+    while let Some(t) = st.next() {
+        if t.is_keyword(b"for") {
+            return scan(None, st);
+        }
+        if after_with && t.is_keyword(b"hold") {
+            return Effect::Pin(Reason::WithHoldCursor);
+        }
+        after_with = t.is_keyword(b"with");
+    }
+    Effect::Other
+}
+
+/// `PREPARE name [(types)] AS statement`, or two-phase `PREPARE TRANSACTION 'gid'`.
+fn prepare<'a>(st: &mut StatementTokens<'a>) -> Effect<'a> {
+    let name = st.next();
+    let then = st.next();
+    if name.is_some_and(|t| t.is_keyword(b"transaction"))
+        && then.is_some_and(|t| t.kind == TokenKind::String)
+    {
+        return Effect::Transaction(Tx::PrepareTransaction);
+    }
+    Effect::Pin(Reason::Prepare)
+}
+
+/// One identifier token as a [`Name`].
+fn ident<'a>(t: Option<Token<'a>>) -> Option<Name<'a>> {
+    t.filter(|t| matches!(t.kind, TokenKind::Ident | TokenKind::QuotedIdent))
+        .map(|t| Name::new(t.text))
+}
+
+/// `EXECUTE name [(args)]`; the arguments are scanned like any other expression.
+fn execute<'a>(st: &mut StatementTokens<'a>) -> Effect<'a> {
+    let Some(name) = ident(st.next()) else {
+        return Effect::Pin(Reason::Unsure);
+    };
+    match scan(None, st) {
+        Effect::Pin(reason) => Effect::Pin(reason),
+        _ => Effect::Execute { name },
+    }
+}
+
+/// `DEALLOCATE [PREPARE] {name | ALL}`.
+fn deallocate<'a>(st: &mut StatementTokens<'a>) -> Effect<'a> {
+    let mut t = st.next();
+    if t.is_some_and(|t| t.is_keyword(b"prepare")) && st.clone().next().is_some() {
+        t = st.next();
+    }
+    let name = match t {
+        Some(t) if t.is_keyword(b"all") => None,
+        t => match ident(t) {
+            Some(name) => Some(name),
+            None => return Effect::Pin(Reason::Unsure),
+        },
+    };
+    match st.next() {
+        None => Effect::Deallocate { name },
+        Some(_) => Effect::Pin(Reason::Unsure),
+    }
+}
+
+/// `BEGIN`/`START TRANSACTION` with its modes.
+fn begin<'a>(st: &mut StatementTokens<'a>) -> Effect<'a> {
+    let mut read_only = false;
+    let mut after_read = false;
+    for t in st {
+        if after_read && t.is_keyword(b"only") {
+            read_only = true;
+        } else if after_read && t.is_keyword(b"write") {
+            read_only = false;
+        }
+        after_read = t.is_keyword(b"read");
+    }
+    Effect::Transaction(Tx::Begin { read_only })
+}
+
+/// `COMMIT`, `END`, `ABORT`, `ROLLBACK [TO]`, `SAVEPOINT`, `RELEASE`; `COMMIT PREPARED` and
+/// `ROLLBACK PREPARED` finish another (prepared) transaction and are [`Effect::Other`].
+fn end<'a>(first: &Token<'a>, st: &mut StatementTokens<'a>) -> Effect<'a> {
+    let mut next = st.next();
+    if next.is_some_and(|t| t.is_keyword(b"work") || t.is_keyword(b"transaction")) {
+        next = st.next();
+    }
+    if next.is_some_and(|t| t.is_keyword(b"prepared")) {
+        return Effect::Other;
+    }
+    let tx = match Word::of(Some(first)).as_bytes() {
+        b"savepoint" => Tx::Savepoint,
+        b"release" => Tx::ReleaseSavepoint,
+        b"rollback" if next.is_some_and(|t| t.is_keyword(b"to")) => Tx::RollbackToSavepoint,
+        b"rollback" | b"abort" => Tx::Rollback,
+        _ => Tx::Commit,
+    };
+    Effect::Transaction(tx)
+}
+
+/// Session-level advisory lock functions (the `_xact_` ones end with the transaction).
+const ADVISORY_LOCKS: [&[u8]; 4] = [
+    b"pg_advisory_lock",
+    b"pg_advisory_lock_shared",
+    b"pg_try_advisory_lock",
+    b"pg_try_advisory_lock_shared",
+];
+
+/// Reserved words that can follow `INTO temp` when `temp` is a table's name, not a keyword.
+const AFTER_INTO_NAME: [&[u8]; 13] = [
+    b"from",
+    b"where",
+    b"group",
+    b"having",
+    b"window",
+    b"union",
+    b"intersect",
+    b"except",
+    b"order",
+    b"limit",
+    b"offset",
+    b"fetch",
+    b"for",
+];
+
+/// How far `set_config(` arguments are read before giving up (and pinning).
+const SET_CONFIG_LOOKAHEAD: usize = 64;
+
+/// What the scan of a statement has seen so far.
+#[derive(Default)]
+struct Scan {
+    temp: bool,
+    on_commit_drop: bool,
+    update: bool,
+}
+
+/// Scans the rest of a statement (from `first`, if given) for effects that can hide anywhere.
+fn scan<'a>(first: Option<Token<'a>>, st: &mut StatementTokens<'a>) -> Effect<'a> {
+    let mut seen = Scan::default();
+    let mut prev: Option<Token<'a>> = None;
+    let mut cur = first.or_else(|| st.next());
+    while let Some(t) = cur {
+        let next = st.next();
+        if matches!(t.kind, TokenKind::Ident | TokenKind::QuotedIdent)
+            && let Some(reason) = seen.word(&t, prev.as_ref(), next.as_ref(), st)
+        {
+            return Effect::Pin(reason);
+        }
+        prev = Some(t);
+        cur = next;
+    }
+    if seen.temp && !seen.on_commit_drop {
+        Effect::Pin(Reason::TempTable)
+    } else {
+        Effect::Other
+    }
+}
+
+impl Scan {
+    /// Looks at one word `t` between `prev` and `next`; `rest` follows `next`.
+    fn word(
+        &mut self,
+        t: &Token<'_>,
+        prev: Option<&Token<'_>>,
+        next: Option<&Token<'_>>,
+        rest: &StatementTokens<'_>,
+    ) -> Option<Reason> {
+        let next_is = |kind| next.is_some_and(|n| n.kind == kind);
+        if next_is(TokenKind::LParen) {
+            if ADVISORY_LOCKS.iter().any(|name| t.is_name(name)) {
+                return Some(Reason::AdvisoryLock);
+            }
+            if t.is_name(b"set_config") && !set_config_is_local(*rest) {
+                return Some(Reason::SetConfig);
+            }
+            return None;
+        }
+        if next_is(TokenKind::Dot) && t.is_name(b"pg_temp") {
+            return Some(Reason::TempTable);
+        }
+        if self.update && t.is_name(b"pg_settings") {
+            return Some(Reason::SetConfig);
+        }
+        let ahead = || next.copied().into_iter().chain(*rest);
+        match Word::of(Some(t)).as_bytes() {
+            b"update" => self.update = true,
+            b"create" => self.temp |= creates_temp(ahead()),
+            b"into" if !prev.is_some_and(|p| p.is_keyword(b"insert") || p.is_keyword(b"merge")) => {
+                self.temp |= selects_into_temp(ahead());
+            }
+            b"on" => {
+                let mut ahead = ahead();
+                self.on_commit_drop |= ahead.next().is_some_and(|t| t.is_keyword(b"commit"))
+                    && ahead.next().is_some_and(|t| t.is_keyword(b"drop"));
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+fn is_temp(t: Option<Token<'_>>) -> bool {
+    t.is_some_and(|t| t.is_keyword(b"temp") || t.is_keyword(b"temporary"))
+}
+
+fn is_scope(t: Option<Token<'_>>) -> bool {
+    t.is_some_and(|t| t.is_keyword(b"global") || t.is_keyword(b"local"))
+}
+
+/// After `CREATE`: `[OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY}`.
+fn creates_temp<'a>(mut ahead: impl Iterator<Item = Token<'a>>) -> bool {
+    let mut t = ahead.next();
+    if t.is_some_and(|t| t.is_keyword(b"or")) {
+        ahead.next();
+        t = ahead.next();
+    }
+    if is_scope(t) {
+        t = ahead.next();
+    }
+    is_temp(t)
+}
+
+/// After `INTO` (not `INSERT INTO`/`MERGE INTO`): `[GLOBAL | LOCAL] {TEMP | TEMPORARY} [TABLE]
+/// name`. `INTO temp FROM …` selects into a table called temp.
+fn selects_into_temp<'a>(mut ahead: impl Iterator<Item = Token<'a>>) -> bool {
+    let mut t = ahead.next();
+    if is_scope(t) {
+        t = ahead.next();
+    }
+    if !is_temp(t) {
+        return false;
+    }
+    match ahead.next() {
+        Some(n) if n.kind == TokenKind::QuotedIdent || n.is_keyword(b"table") => true,
+        Some(n) if n.kind == TokenKind::Ident => !AFTER_INTO_NAME.iter().any(|w| n.is_keyword(w)),
+        _ => false,
+    }
+}
+
+/// After `set_config(`: whether the call is `set_config(name, value, true)` with a literal true,
+/// found within [`SET_CONFIG_LOOKAHEAD`] tokens.
+fn set_config_is_local(args: StatementTokens<'_>) -> bool {
+    let mut depth = 0u32;
+    let mut commas = 0;
+    let mut third = None;
+    let mut third_len = 0;
+    for t in args.take(SET_CONFIG_LOOKAHEAD) {
+        match t.kind {
+            TokenKind::RParen if depth == 0 => {
+                return commas == 2 && third_len == 1 && third.is_some_and(is_true);
+            }
+            TokenKind::Comma if depth == 0 => {
+                commas += 1;
+                continue;
+            }
+            TokenKind::LParen => depth += 1,
+            TokenKind::RParen => depth -= 1,
+            _ => {}
+        }
+        if commas == 2 {
+            third = Some(t);
+            third_len += 1;
+        }
+    }
+    false
+}
+
+/// `true`, or a plain string constant Postgres reads as boolean true.
+fn is_true(t: Token<'_>) -> bool {
+    if t.kind == TokenKind::String && t.text.first() == Some(&b'\'') {
+        let inner = t.inner();
+        return [&b"true"[..], b"t", b"yes", b"y", b"on", b"1"]
+            .iter()
+            .any(|w| inner.eq_ignore_ascii_case(w));
+    }
+    t.is_keyword(b"true")
+}
