@@ -323,8 +323,9 @@ impl<'a> Lexer<'a> {
     }
 
     /// Lexes a quoted run starting at the opening quote `open`; returns the offset past its close.
-    /// With `backslash`, `\` escapes the next byte and a close may be continued by whitespace with a
-    /// newline and another quote (`E'a'\n'b'` is one string, still with escapes).
+    /// With `backslash`, `\` escapes the next byte. A string (not an identifier) may be continued by
+    /// whitespace with a newline and another quote, and keeps its kind: `E'a'\n'\''` is one string
+    /// with escapes, `B'1'\n'\'` one without.
     fn quoted_end(&self, open: usize, quote: u8, backslash: bool) -> Option<usize> {
         let mut i = open + 1;
         loop {
@@ -338,7 +339,10 @@ impl<'a> Lexer<'a> {
             // A backslash escape, or a doubled quote: skip both bytes.
             if self.at(at) == Some(b'\\') || self.at(at + 1) == Some(quote) {
                 i = at + 2;
-            } else if let Some(next) = backslash.then(|| self.continuation(at + 1)).flatten() {
+            } else if let Some(next) = (quote == b'\'')
+                .then(|| self.continuation(at + 1))
+                .flatten()
+            {
                 i = next + 1;
             } else {
                 return Some(at + 1);
@@ -621,12 +625,22 @@ mod tests {
     }
 
     #[test]
-    fn an_e_string_continued_on_the_next_line_keeps_its_escapes() {
+    fn a_string_continued_on_the_next_line_keeps_its_kind() {
         // Postgres reads `E'a'` newline `'\''` as one escaped string, so the `;` after is real.
         assert_eq!(kinds("E'a'\n'\\'';x").len(), 3);
         assert_eq!(texts("E'a'\n'\\'';x"), ["E'a'\n'\\''", ";", "x"]);
         // Without a newline there is no continuation.
         assert_eq!(texts("E'a' '\\' x"), ["E'a'", "'\\'", "x"]);
+        // A bit string stays without escapes even when plain strings have them.
+        let off = Syntax {
+            standard_conforming_strings: false,
+        };
+        let lexed: Vec<_> = Lexer::with_syntax(b"B'1'\n'\\';x", off)
+            .map(|t| t.text)
+            .collect();
+        assert_eq!(lexed, [&b"B'1'\n'\\'"[..], b";", b"x"]);
+        // Quoted identifiers have no continuation.
+        assert_eq!(texts("\"a\"\n\"b\""), ["\"a\"", "\"b\""]);
     }
 
     #[test]
