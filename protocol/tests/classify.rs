@@ -197,3 +197,29 @@ fn token_kinds_cover_a_mixed_statement() {
         assert!(kinds.contains(&kind), "{kind:?} missing");
     }
 }
+
+#[test]
+fn pathological_inputs_are_classified_in_one_pass() {
+    // Each would take minutes if any look-ahead rescanned the rest of the input per token.
+    let n = 5_000;
+    let inputs: Vec<Vec<u8>> = vec![
+        format!("SELECT {}", "set_config('a', 'b', true), ".repeat(n)).into(),
+        format!(
+            "SELECT {}1",
+            "into temp create or replace on commit ".repeat(n)
+        )
+        .into(),
+        format!("SET {}a = 1", "a . ".repeat(n)).into(),
+        format!("SELECT $x$ {}", "$ $x $y$ ".repeat(n)).into(),
+        format!("SELECT {}", "/* ".repeat(n)).into(),
+        format!("SELECT {}", "E'\\'' \n".repeat(n)).into(),
+        format!("SELECT {}", "( ".repeat(n)).into(),
+        format!("CREATE FUNCTION f() {}", "BEGIN CASE ".repeat(n)).into(),
+        format!("DECLARE c {}", "WITH ".repeat(n)).into(),
+    ];
+    for sql in inputs {
+        for syntax in SYNTAXES {
+            walk(&sql, syntax);
+        }
+    }
+}

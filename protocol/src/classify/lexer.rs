@@ -161,47 +161,83 @@ impl Iterator for Unescape<'_> {
     }
 }
 
-/// Postgres `ident_start`: a letter, `_` or any byte with the high bit set.
+/// Byte classes, looked up in [`CLASS`]: one load per byte on the hot loops.
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT_CONT: u8 = 4;
+const DOLQ_CONT: u8 = 8;
+const OP_CHAR: u8 = 16;
+
+/// The class bits of every byte value.
+static CLASS: [u8; 256] = classes();
+
+const fn classes() -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < table.len() {
+        let b = i as u8;
+        let mut c = 0;
+        // Postgres `space`: space, tab, newline, carriage return, form feed, vertical tab.
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            c |= SPACE;
+        }
+        // `ident_start`: a letter, `_` or any byte with the high bit set; `dolq_cont` adds digits
+        // (a dollar-quote tag has no `$`) and `ident_cont` adds `$` too.
+        if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            c |= IDENT_START | IDENT_CONT | DOLQ_CONT;
+        }
+        if b.is_ascii_digit() {
+            c |= IDENT_CONT | DOLQ_CONT;
+        }
+        if b == b'$' {
+            c |= IDENT_CONT;
+        }
+        // `op_chars`.
+        if matches!(
+            b,
+            b'~' | b'!'
+                | b'@'
+                | b'#'
+                | b'^'
+                | b'&'
+                | b'|'
+                | b'`'
+                | b'?'
+                | b'+'
+                | b'-'
+                | b'*'
+                | b'/'
+                | b'%'
+                | b'<'
+                | b'>'
+                | b'='
+        ) {
+            c |= OP_CHAR;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+}
+
+fn is(class: u8, b: u8) -> bool {
+    CLASS[usize::from(b)] & class != 0
+}
+
 fn ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    is(IDENT_START, b)
 }
 
-/// Postgres `ident_cont`: `ident_start`, a digit or `$`.
 fn ident_cont(b: u8) -> bool {
-    ident_start(b) || b.is_ascii_digit() || b == b'$'
+    is(IDENT_CONT, b)
 }
 
-/// Postgres `dolq_cont`: what may follow the first byte of a dollar-quote tag (no `$`).
 fn dolq_cont(b: u8) -> bool {
-    ident_start(b) || b.is_ascii_digit()
+    is(DOLQ_CONT, b)
 }
 
-/// Postgres `op_chars`.
 fn op_char(b: u8) -> bool {
-    matches!(
-        b,
-        b'~' | b'!'
-            | b'@'
-            | b'#'
-            | b'^'
-            | b'&'
-            | b'|'
-            | b'`'
-            | b'?'
-            | b'+'
-            | b'-'
-            | b'*'
-            | b'/'
-            | b'%'
-            | b'<'
-            | b'>'
-            | b'='
-    )
-}
-
-/// Whitespace, as Postgres `space`: space, tab, newline, carriage return, form feed, vertical tab.
-fn space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+    is(OP_CHAR, b)
 }
 
 /// Cuts SQL text into [`Token`]s, skipping whitespace and comments.
@@ -262,10 +298,16 @@ impl<'a> Lexer<'a> {
     /// Skips whitespace and comments. `Err(start)` if a `/*` comment starting at `start` never ends.
     fn skip_blank(&mut self) -> Result<(), usize> {
         loop {
-            match (self.at(self.pos), self.at(self.pos + 1)) {
-                (Some(b), _) if space(b) => self.pos += 1,
-                (Some(b'-'), Some(b'-')) => self.pos = self.line_end(self.pos),
-                (Some(b'/'), Some(b'*')) => {
+            let Some(&b) = self.src.get(self.pos) else {
+                return Ok(());
+            };
+            if is(SPACE, b) {
+                self.pos += 1;
+                continue;
+            }
+            match (b, self.at(self.pos + 1)) {
+                (b'-', Some(b'-')) => self.pos = self.line_end(self.pos),
+                (b'/', Some(b'*')) => {
                     let start = self.pos;
                     self.pos = block_comment_end(self.src, start).ok_or(start)?;
                 }
@@ -281,8 +323,9 @@ impl<'a> Lexer<'a> {
     }
 
     /// Lexes a quoted run starting at the opening quote `open`; returns the offset past its close.
-    /// With `backslash`, `\` escapes the next byte and a close may be continued by whitespace with a
-    /// newline and another quote (`E'a'\n'b'` is one string, still with escapes).
+    /// With `backslash`, `\` escapes the next byte. A string (not an identifier) may be continued by
+    /// whitespace with a newline and another quote, and keeps its kind: `E'a'\n'\''` is one string
+    /// with escapes, `B'1'\n'\'` one without.
     fn quoted_end(&self, open: usize, quote: u8, backslash: bool) -> Option<usize> {
         let mut i = open + 1;
         loop {
@@ -296,7 +339,10 @@ impl<'a> Lexer<'a> {
             // A backslash escape, or a doubled quote: skip both bytes.
             if self.at(at) == Some(b'\\') || self.at(at + 1) == Some(quote) {
                 i = at + 2;
-            } else if let Some(next) = backslash.then(|| self.continuation(at + 1)).flatten() {
+            } else if let Some(next) = (quote == b'\'')
+                .then(|| self.continuation(at + 1))
+                .flatten()
+            {
                 i = next + 1;
             } else {
                 return Some(at + 1);
@@ -463,7 +509,12 @@ impl<'a> Iterator for Lexer<'a> {
         }
         let start = self.pos;
         let b = self.at(start)?;
-        let (b1, b2) = (self.at(start + 1), self.at(start + 2));
+        let b1 = self.at(start + 1);
+        // Most tokens are words: only a word followed by a quote or `&` can be a prefix.
+        if ident_start(b) && !matches!(b1, Some(b'\'' | b'&')) {
+            return Some(self.word(start));
+        }
+        let b2 = self.at(start + 2);
         let scs = self.syntax.standard_conforming_strings;
         let token = match (b, b1, b2) {
             (b'\'', _, _) => self.quoted(start, start, TokenKind::String, !scs),
@@ -574,12 +625,22 @@ mod tests {
     }
 
     #[test]
-    fn an_e_string_continued_on_the_next_line_keeps_its_escapes() {
+    fn a_string_continued_on_the_next_line_keeps_its_kind() {
         // Postgres reads `E'a'` newline `'\''` as one escaped string, so the `;` after is real.
         assert_eq!(kinds("E'a'\n'\\'';x").len(), 3);
         assert_eq!(texts("E'a'\n'\\'';x"), ["E'a'\n'\\''", ";", "x"]);
         // Without a newline there is no continuation.
         assert_eq!(texts("E'a' '\\' x"), ["E'a'", "'\\'", "x"]);
+        // A bit string stays without escapes even when plain strings have them.
+        let off = Syntax {
+            standard_conforming_strings: false,
+        };
+        let lexed: Vec<_> = Lexer::with_syntax(b"B'1'\n'\\';x", off)
+            .map(|t| t.text)
+            .collect();
+        assert_eq!(lexed, [&b"B'1'\n'\\'"[..], b";", b"x"]);
+        // Quoted identifiers have no continuation.
+        assert_eq!(texts("\"a\"\n\"b\""), ["\"a\"", "\"b\""]);
     }
 
     #[test]

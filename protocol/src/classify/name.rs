@@ -12,7 +12,8 @@ use super::lexer::{Lexer, TokenKind, Unescape};
 /// - statement names follow identifier rules (unquoted folds to lowercase, quoted is exact): use
 ///   [`Name::is`] or [`Name::bytes`].
 ///
-/// Case folding is ASCII only. A `U&"…"` part is taken as written, escapes not decoded.
+/// Case folding is ASCII only. A `U&"…"` part is taken as written, escapes not decoded. `==`
+/// compares the text as written.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Name<'a> {
     raw: &'a [u8],

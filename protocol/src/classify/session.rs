@@ -475,19 +475,20 @@ impl Scan {
         if self.update && t.is_name(b"pg_settings") {
             return Some(Reason::SetConfig);
         }
+        // Each test starts with a length comparison, so most words cost a few instructions.
         let ahead = || next.copied().into_iter().chain(*rest);
-        match Word::of(Some(t)).as_bytes() {
-            b"update" => self.update = true,
-            b"create" => self.temp |= creates_temp(ahead()),
-            b"into" if !prev.is_some_and(|p| p.is_keyword(b"insert") || p.is_keyword(b"merge")) => {
-                self.temp |= selects_into_temp(ahead());
-            }
-            b"on" => {
-                let mut ahead = ahead();
-                self.on_commit_drop |= ahead.next().is_some_and(|t| t.is_keyword(b"commit"))
-                    && ahead.next().is_some_and(|t| t.is_keyword(b"drop"));
-            }
-            _ => {}
+        if t.is_keyword(b"update") {
+            self.update = true;
+        } else if t.is_keyword(b"create") {
+            self.temp |= creates_temp(ahead());
+        } else if t.is_keyword(b"into")
+            && !prev.is_some_and(|p| p.is_keyword(b"insert") || p.is_keyword(b"merge"))
+        {
+            self.temp |= selects_into_temp(ahead());
+        } else if t.is_keyword(b"on") {
+            let mut ahead = ahead();
+            self.on_commit_drop |= ahead.next().is_some_and(|t| t.is_keyword(b"commit"))
+                && ahead.next().is_some_and(|t| t.is_keyword(b"drop"));
         }
         None
     }

@@ -380,9 +380,18 @@ fn standard_conforming_strings_off_makes_backslash_escape_in_plain_strings() {
     let off = Syntax {
         standard_conforming_strings: false,
     };
-    let sql = b"SELECT 'a\\'; LISTEN x'; SELECT 1";
-    let e: Vec<_> = session_effects_with(sql, off).map(|e| render(&e)).collect();
-    assert_eq!(e, ["other", "other"]);
+    let run = |sql: &[u8]| -> Vec<String> {
+        session_effects_with(sql, off).map(|e| render(&e)).collect()
+    };
+    assert_eq!(
+        run(b"SELECT 'a\\'; LISTEN x'; SELECT 1"),
+        ["other", "other"]
+    );
+    // A bit string continued on the next line is still a bit string: no escapes.
+    assert_eq!(
+        run(b"SELECT B'1'\n'\\'; LISTEN x; --'"),
+        ["other", "pin listen"]
+    );
 }
 
 #[test]
