@@ -61,6 +61,17 @@ impl<'a> ErrorInfo<'a> {
         }
     }
 
+    /// An ERROR (the statement fails, the session goes on) with `code` and `message`.
+    pub fn error(code: SqlState, message: &'a str) -> ErrorInfo<'a> {
+        ErrorInfo {
+            severity: Severity::Error,
+            code,
+            message,
+            detail: None,
+            hint: None,
+        }
+    }
+
     /// Adds a detail.
     pub fn with_detail(mut self, detail: &'a str) -> Self {
         self.detail = Some(detail);

@@ -30,6 +30,16 @@ impl TagSet {
         TagSet(set)
     }
 
+    /// The union of two sets.
+    pub const fn with(self, other: TagSet) -> TagSet {
+        TagSet([
+            self.0[0] | other.0[0],
+            self.0[1] | other.0[1],
+            self.0[2] | other.0[2],
+            self.0[3] | other.0[3],
+        ])
+    }
+
     /// Whether `tag` is in the set.
     #[inline]
     pub const fn contains(&self, tag: u8) -> bool {
@@ -55,6 +65,10 @@ pub enum Flow {
     Continue,
     /// Stop right after this frame: it is forwarded, what follows is not scanned.
     Stop,
+    /// Stop right before this frame: it is not forwarded and stays at the start of the
+    /// unscanned bytes (whole if it was shown with a body, else as much of it as was read),
+    /// for the caller to rewrite or drop; see [`Scanner::stream_rest`].
+    Hold,
 }
 
 /// Result of one [`Scanner::scan`] call.
@@ -62,8 +76,10 @@ pub enum Flow {
 pub struct Scan {
     /// How many bytes from the start of the buffer may be forwarded now.
     pub forward: usize,
-    /// Whether the caller asked to stop ([`Flow::Stop`]).
+    /// Whether the caller asked to stop ([`Flow::Stop`] or [`Flow::Hold`]).
     pub stopped: bool,
+    /// Whether the caller held a frame ([`Flow::Hold`]): it starts at `forward`.
+    pub held: bool,
 }
 
 /// Frame-boundary state of one direction of a session.
@@ -72,6 +88,9 @@ pub struct Scanner {
     limit: u32,
     max_inspect: usize,
     inspect: TagSet,
+    /// Inspected frames larger than `max_inspect` stream through (shown without a body)
+    /// instead of being an error.
+    stream_oversize: bool,
     /// Body bytes of a streamed frame that have not been seen yet.
     body_left: usize,
 }
@@ -84,13 +103,28 @@ impl Scanner {
             limit,
             max_inspect: max_inspect.max(HEADER_LEN + 1),
             inspect,
+            stream_oversize: false,
             body_left: 0,
         }
+    }
+
+    /// Lets inspected frames larger than `max_inspect` stream through, shown without a body,
+    /// instead of failing the scan: for callers that can do without a body they cannot hold.
+    pub fn stream_oversize(mut self) -> Scanner {
+        self.stream_oversize = true;
+        self
     }
 
     /// Changes which tags are inspected (takes effect at the next frame).
     pub fn set_inspect(&mut self, inspect: TagSet) {
         self.inspect = inspect;
+    }
+
+    /// After the caller took a held frame's header and the first part of its body out of
+    /// the stream itself, the next `n` bytes are the rest of that body: they stream through.
+    pub fn stream_rest(&mut self, n: usize) {
+        debug_assert!(self.body_left == 0, "not at a frame boundary");
+        self.body_left = n;
     }
 
     /// Whether the stream is at a frame boundary (not inside a streamed body).
@@ -117,47 +151,49 @@ impl Scanner {
                 return Ok(Scan {
                     forward: pos,
                     stopped: false,
+                    held: false,
                 });
             }
         }
         while let Some(h) = Header::parse(&buf[pos..], self.limit)? {
             let frame_len = h.frame_len();
             let avail = buf.len() - pos;
-            let flow = if self.inspect.contains(h.tag) {
-                if frame_len > self.max_inspect {
-                    return Err(FrameError::TooLargeToInspect {
-                        tag: h.tag,
-                        len: h.len,
-                        max: self.max_inspect,
-                    });
-                }
-                if avail < frame_len {
-                    break;
-                }
-                let body = &buf[pos + HEADER_LEN..pos + frame_len];
-                pos += frame_len;
-                visit(FrameRef {
+            let whole = self.inspect.contains(h.tag)
+                && !(self.stream_oversize && frame_len > self.max_inspect);
+            if whole && frame_len > self.max_inspect {
+                return Err(FrameError::TooLargeToInspect {
                     tag: h.tag,
                     len: h.len,
-                    body: Some(body),
-                })
+                    max: self.max_inspect,
+                });
+            }
+            if whole && avail < frame_len {
+                break;
+            }
+            let body = whole.then(|| &buf[pos + HEADER_LEN..pos + frame_len]);
+            let flow = visit(FrameRef {
+                tag: h.tag,
+                len: h.len,
+                body,
+            });
+            if flow == Flow::Hold {
+                return Ok(Scan {
+                    forward: pos,
+                    stopped: true,
+                    held: true,
+                });
+            }
+            if avail < frame_len {
+                self.body_left = frame_len - avail;
+                pos = buf.len();
             } else {
-                if avail < frame_len {
-                    self.body_left = frame_len - avail;
-                    pos = buf.len();
-                } else {
-                    pos += frame_len;
-                }
-                visit(FrameRef {
-                    tag: h.tag,
-                    len: h.len,
-                    body: None,
-                })
-            };
+                pos += frame_len;
+            }
             if flow == Flow::Stop {
                 return Ok(Scan {
                     forward: pos,
                     stopped: true,
+                    held: false,
                 });
             }
             if self.body_left > 0 {
@@ -167,6 +203,7 @@ impl Scanner {
         Ok(Scan {
             forward: pos,
             stopped: false,
+            held: false,
         })
     }
 }
@@ -237,8 +274,62 @@ mod tests {
             scan,
             Scan {
                 forward: end,
-                stopped: true
+                stopped: true,
+                held: false
             }
         );
+    }
+
+    #[test]
+    fn hold_stops_before_the_frame_and_leaves_it_whole() {
+        let mut s = Scanner::new(1 << 30, TagSet::of(b"P"), 64);
+        let mut buf = frame(b'Q', b"SELECT 1\0");
+        let at = buf.len();
+        buf.extend(frame(b'P', b"s1\0SELECT 2\0\0\0"));
+        buf.extend(frame(b'S', b""));
+        let mut seen = 0;
+        let scan = s
+            .scan(&buf, |f| {
+                seen += 1;
+                if f.tag == b'P' {
+                    Flow::Hold
+                } else {
+                    Flow::Continue
+                }
+            })
+            .unwrap();
+        assert_eq!(
+            scan,
+            Scan {
+                forward: at,
+                stopped: true,
+                held: true
+            }
+        );
+        assert_eq!(seen, 2);
+        assert!(s.at_boundary());
+    }
+
+    #[test]
+    fn with_stream_oversize_a_large_inspected_frame_streams_without_a_body() {
+        let mut s = Scanner::new(1 << 30, TagSet::of(b"Q"), 16).stream_oversize();
+        let q = frame(b'Q', &[b'x'; 100]);
+        let mut bodies = Vec::new();
+        let scan = s
+            .scan(&q[..50], |f| {
+                bodies.push(f.body.map(<[u8]>::to_vec));
+                Flow::Continue
+            })
+            .unwrap();
+        assert_eq!(scan.forward, 50);
+        assert_eq!(bodies, vec![None]);
+        assert!(!s.at_boundary());
+        let small = frame(b'Q', b"SELECT\0");
+        let mut s = Scanner::new(1 << 30, TagSet::of(b"Q"), 16).stream_oversize();
+        s.scan(&small, |f| {
+            assert_eq!(f.body, Some(&b"SELECT\0"[..]));
+            Flow::Continue
+        })
+        .unwrap();
     }
 }

@@ -1,4 +1,4 @@
-//! The admin HTTP endpoint (hyper 1): `/metrics`, `/healthz`, `/readyz`, `/topology`,
+//! The admin HTTP endpoint (hyper 1): `/metrics`, `/healthz`, `/readyz`, `/topology`, `/pools`,
 //! and the operator controls `POST /drain/{member}`, `/undrain/{member}`,
 //! `/pause`, `/resume` (bearer token from `[admin] token_file` when set).
 
@@ -78,6 +78,7 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
+            shared.pools.observe(&shared.metrics);
             let body = shared.metrics.render(shared.topology.staleness());
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
@@ -97,6 +98,10 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             );
             r
         }
+        "/pools" => json(
+            StatusCode::OK,
+            serde_json::json!({ "pools": shared.pools.snapshot() }),
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -6,7 +6,7 @@
 //! silently, as Postgres does.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -30,9 +30,20 @@ pub struct CancelTarget {
     pub key: Vec<u8>,
 }
 
+/// Where the server connection a pooled client has now goes: set while one is lent,
+/// empty while the client is idle (cancelling an idle client does nothing).
+pub type LentSlot = Mutex<Option<Arc<CancelTarget>>>;
+
+enum KeyTarget {
+    /// A passthrough session's one backend.
+    Fixed(CancelTarget),
+    /// A pooled session's connection of the moment.
+    Lent(Arc<LentSlot>),
+}
+
 struct Entry {
     key: Vec<u8>,
-    target: CancelTarget,
+    target: KeyTarget,
 }
 
 /// Live sessions' cancel keys by the process id pgsteer made up for them.
@@ -60,6 +71,18 @@ impl CancelRegistry {
     /// Registers a session's backend key and returns the `(pid, key)` to give
     /// the client; `key_len` is 4 for protocol 3.0, longer for 3.2.
     pub fn register(&self, target: CancelTarget, key_len: usize) -> (i32, Vec<u8>) {
+        self.insert(KeyTarget::Fixed(target), key_len)
+    }
+
+    /// Registers a pooled session's key, whose target is whatever `slot` holds when a
+    /// cancel request arrives.
+    pub fn register_lent(&self, key_len: usize) -> (i32, Vec<u8>, Arc<LentSlot>) {
+        let slot = Arc::new(Mutex::new(None));
+        let (pid, key) = self.insert(KeyTarget::Lent(slot.clone()), key_len);
+        (pid, key, slot)
+    }
+
+    fn insert(&self, target: KeyTarget, key_len: usize) -> (i32, Vec<u8>) {
         let mut key = vec![0u8; key_len];
         random_bytes(&mut key);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,7 +113,17 @@ impl CancelRegistry {
     pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<CancelTarget> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let e = map.get(&pid)?;
-        constant_time_eq(&e.key, key).then(|| e.target.clone())
+        if !constant_time_eq(&e.key, key) {
+            return None;
+        }
+        match &e.target {
+            KeyTarget::Fixed(t) => Some(t.clone()),
+            KeyTarget::Lent(slot) => slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_deref()
+                .cloned(),
+        }
     }
 
     /// Number of live keys.
@@ -173,6 +206,17 @@ mod tests {
         assert_eq!(r.lookup(pid, &wrong), None);
         assert_eq!(r.lookup(pid, &key[..3]), None);
         r.unregister(pid);
+        assert_eq!(r.lookup(pid, &key), None);
+    }
+
+    #[test]
+    fn a_pooled_key_cancels_only_while_a_connection_is_lent() {
+        let r = CancelRegistry::default();
+        let (pid, key, slot) = r.register_lent(4);
+        assert_eq!(r.lookup(pid, &key), None, "an idle client has nothing to cancel");
+        *slot.lock().unwrap() = Some(Arc::new(target()));
+        assert_eq!(r.lookup(pid, &key), Some(target()));
+        *slot.lock().unwrap() = None;
         assert_eq!(r.lookup(pid, &key), None);
     }
 

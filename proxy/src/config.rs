@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+mod pool;
+pub use pool::{Auth, AuthMethod, ExtraListener, Pool, PoolMode};
+
 /// A configuration problem, reported in one line.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -47,6 +50,12 @@ pub struct Config {
     /// TLS towards clients and towards the servers.
     #[serde(default)]
     pub tls: Tls,
+    /// Pooled mode.
+    #[serde(default)]
+    pub pool: Pool,
+    /// Client authentication by pgsteer (pooled mode).
+    #[serde(default)]
+    pub auth: Auth,
 }
 
 /// `[tls]`: TLS on both sides of the proxy.
@@ -233,6 +242,9 @@ pub struct Listen {
     pub ro: Option<SocketAddr>,
     /// Admin HTTP listener.
     pub admin: Option<SocketAddr>,
+    /// More client listeners, each with its own route and pool mode.
+    #[serde(default)]
+    pub extra: Vec<ExtraListener>,
 }
 
 impl Default for Listen {
@@ -241,6 +253,7 @@ impl Default for Listen {
             rw: Some(SocketAddr::from(([127, 0, 0, 1], 6432))),
             ro: Some(SocketAddr::from(([127, 0, 0, 1], 6433))),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9930))),
+            extra: Vec::new(),
         }
     }
 }
@@ -540,6 +553,8 @@ const ENV_SECTIONS: &[&str] = &[
     "runtime",
     "admin",
     "tls",
+    "pool",
+    "auth",
 ];
 
 impl Config {
@@ -573,9 +588,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.listen.rw.is_none() && self.listen.ro.is_none() {
+        if self.listen.rw.is_none() && self.listen.ro.is_none() && self.listen.extra.is_empty() {
             return Err(err("listen: set at least one of rw and ro"));
         }
+        for x in &self.listen.extra {
+            x.validate()?;
+        }
+        self.pool.validate()?;
+        self.auth.validate(self.pooled())?;
         let d = &self.discovery;
         match d.source {
             Source::Static => self.validate_static()?,
@@ -670,6 +690,19 @@ impl Config {
             return Err(err("runtime.threads must be at least 1"));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Whether any listener runs a pooled mode.
+    pub fn pooled(&self) -> bool {
+        let listeners = (self.listen.rw.is_some() || self.listen.ro.is_some())
+            .then_some(self.pool.mode);
+        let extra = self.listen.extra.iter().map(|x| x.pool_mode.unwrap_or(self.pool.mode));
+        listeners
+            .into_iter()
+            .chain(extra)
+            .any(|m| m != PoolMode::Passthrough)
     }
 }
 

@@ -16,6 +16,8 @@ pub struct DemoAddrs {
     pub ro: SocketAddr,
     /// Admin HTTP.
     pub admin: SocketAddr,
+    /// Read-write, pooled per transaction.
+    pub pooled: SocketAddr,
 }
 
 impl Default for DemoAddrs {
@@ -24,6 +26,7 @@ impl Default for DemoAddrs {
             rw: SocketAddr::from(([127, 0, 0, 1], 6432)),
             ro: SocketAddr::from(([127, 0, 0, 1], 6433)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9930)),
+            pooled: SocketAddr::from(([127, 0, 0, 1], 6434)),
         }
     }
 }
@@ -33,11 +36,17 @@ pub fn config_text(cluster: &Cluster, addrs: DemoAddrs) -> String {
     let mut s = format!(
         "# Written by `pgsteer demo`.\n\
          [listen]\nrw = \"{}\"\nro = \"{}\"\nadmin = \"{}\"\n\n\
+         # Read-write, pooled per transaction: pgsteer authenticates clients itself.\n\
+         [[listen.extra]]\nname = \"pooled\"\naddress = \"{}\"\nroute = \"primary\"\n\
+         pool_mode = \"transaction\"\n\n\
+         [auth]\nauth_file = \"{}\"\n\n\
          [discovery]\nsource = \"static\"\nprobe_interval = \"500ms\"\n\n\
          [discovery.probe]\nuser = \"{}\"\npassword = \"{}\"\ndbname = \"postgres\"\n",
         addrs.rw,
         addrs.ro,
         addrs.admin,
+        addrs.pooled,
+        cluster.dir().join("userlist.txt").display(),
         pgsteer_cluster::PROBE_USER,
         pgsteer_cluster::PROBE_PASSWORD
     );
@@ -59,12 +68,28 @@ pub fn prepare(replicas: usize, addrs: DemoAddrs) -> Result<(Cluster, Config), C
         ..Spec::default()
     };
     let cluster = Cluster::start(&spec).map_err(|e| ConfigError(format!("demo cluster: {e}")))?;
+    write_userlist(&cluster)?;
     let text = config_text(&cluster, addrs);
     let path = cluster.dir().join("pgsteer.toml");
     std::fs::write(&path, &text)
         .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))?;
     let config = Config::parse(&text, std::iter::empty())?;
     Ok((cluster, config))
+}
+
+/// `userlist.txt` with the app user's SCRAM verifier as Postgres stores it: the pooled
+/// listener checks clients' passwords against it and logs in with their proof.
+fn write_userlist(cluster: &Cluster) -> Result<(), ConfigError> {
+    let user = pgsteer_cluster::APP_USER;
+    let verifier = cluster
+        .psql(
+            "pg-0",
+            &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'"),
+        )
+        .map_err(|e| ConfigError(format!("demo cluster: {e}")))?;
+    let path = cluster.dir().join("userlist.txt");
+    std::fs::write(&path, format!("\"{user}\" \"{}\"\n", verifier.trim()))
+        .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))
 }
 
 /// What to print once the demo is up.
@@ -83,7 +108,9 @@ pub fn banner(cluster: &Cluster, addrs: DemoAddrs) -> String {
         "\nRead-write (primary):\n  psql \"host={rh} port={rp} user={u} password={p} dbname={db}\" -c 'select pg_is_in_recovery(), inet_server_port()'\n\
          Read-only (a replica):\n  psql \"host={oh} port={op} user={u} password={p} dbname={db}\" -c 'select pg_is_in_recovery(), inet_server_port()'\n\
          Pin a member by name:\n  psql \"host={rh} port={rp} user={u} password={p} dbname={db} options='-c pgsteer.pod=pg-1'\"\n\
-         Topology:\n  curl -s http://{admin}/topology\n\
+         Read-write, pooled per transaction (port {pp}; pgsteer checks the password itself):\n  \
+         PGPASSWORD={p} pgbench -h {ph} -p {pp} -U {u} -c 50 -j 2 -T 10 -S {db}   # after pgbench -i through any port\n\
+         Topology and pools:\n  curl -s http://{admin}/topology; curl -s http://{admin}/pools\n\
          Config: {}/pgsteer.toml\n\nCtrl-C stops pgsteer and the cluster and removes {}.\n",
         cluster.dir().display(),
         cluster.dir().display(),
@@ -92,6 +119,8 @@ pub fn banner(cluster: &Cluster, addrs: DemoAddrs) -> String {
         oh = addrs.ro.ip(),
         op = addrs.ro.port(),
         admin = addrs.admin,
+        ph = addrs.pooled.ip(),
+        pp = addrs.pooled.port(),
     );
     s
 }

@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod drain;
 pub mod listener;
 pub mod metrics;
+pub mod pool;
 pub mod router;
 pub mod session;
 pub mod state;
@@ -68,6 +69,8 @@ pub struct Running {
     pub ro: Option<SocketAddr>,
     /// Bound admin address.
     pub admin: Option<SocketAddr>,
+    /// Bound addresses of the extra listeners, by name.
+    pub extra: Vec<(String, SocketAddr)>,
     /// State shared with sessions (topology, counts, readiness).
     pub shared: Arc<Shared>,
     task: JoinHandle<()>,
@@ -82,6 +85,11 @@ impl Running {
     /// The latest topology.
     pub fn topology(&self) -> watch::Receiver<Topology> {
         self.shared.topology.subscribe()
+    }
+
+    /// The bound address of the extra listener `name`.
+    pub fn extra(&self, name: &str) -> Option<SocketAddr> {
+        self.extra.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
     }
 }
 
@@ -98,60 +106,77 @@ async fn bind(
     }
 }
 
+/// Client listeners, bound, with their kinds.
+type Listeners = Vec<(TcpListener, ListenerKind, SocketAddr)>;
+
+/// Binds the client listeners: rw and ro in `[pool] mode`, and the extra ones.
+async fn bind_clients(config: &Config) -> Result<Listeners, StartError> {
+    let mode = config.pool.mode;
+    let mut wanted = vec![
+        (config.listen.rw, ListenerKind::rw(mode)),
+        (config.listen.ro, ListenerKind::ro(mode)),
+    ];
+    for x in &config.listen.extra {
+        let route = router::Route::parse(&x.route).unwrap_or(router::Route::Primary);
+        let kind = ListenerKind::extra(&x.name, route, x.pool_mode.unwrap_or(mode));
+        wanted.push((Some(x.address), kind));
+    }
+    let mut bound = Vec::new();
+    for (addr, kind) in wanted {
+        if let Some(l) = bind(kind.as_str(), addr).await? {
+            let local = l.local_addr().map_err(|source| StartError::Bind {
+                what: kind.as_str(),
+                addr: addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                source,
+            })?;
+            bound.push((l, kind, local));
+        }
+    }
+    Ok(bound)
+}
+
 /// Binds the listeners, starts discovery and serves until `shutdown` fires.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartError> {
-    let rw = bind("rw", config.listen.rw).await?;
-    let ro = bind("ro", config.listen.ro).await?;
+    let clients = bind_clients(&config).await?;
     let admin = bind("admin", config.listen.admin).await?;
-    let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
-    let (rw_addr, ro_addr, admin_addr) = (addr(&rw), addr(&ro), addr(&admin));
-
-    let (discovered_tx, discovered) = watch::channel(Topology::default());
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let discovery_stop = CancellationToken::new();
-    let (reprobe, discovery_task) =
-        discovery::spawn(&config, discovered_tx, discovery_stop.clone())?;
-    let metrics = Arc::new(
-        metrics::Metrics::new()
-            .map_err(|e| ConfigError(format!("cannot register metrics: {e}")))?,
-    );
-    let tls = Arc::new(tls::Tls::load(&config.tls)?);
-    let topology =
-        topology::TopologyHub::start(discovered, metrics.clone(), discovery_stop.clone());
-
-    let shared = Arc::new(Shared {
-        permits: Arc::new(Semaphore::new(config.limits.max_client_connections)),
-        config,
-        topology,
-        paused: watch::Sender::new(false),
-        metrics,
-        sessions: Default::default(),
-        cancels: Default::default(),
-        shutdown,
-        reprobe,
-        tls: tls.clone(),
-    });
+    let (shared, discovery_task) = share(config, shutdown, &discovery_stop)?;
 
     let sessions = TaskTracker::new();
     let accept_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
-    for (listener, kind) in [(rw, ListenerKind::Rw), (ro, ListenerKind::Ro)] {
-        if let Some(l) = listener {
-            tokio::spawn(listener::accept_loop(
-                l,
-                kind,
-                shared.clone(),
-                shared.permits.clone(),
-                sessions.clone(),
-                accept_stop.clone(),
-            ));
-        }
+    let addr_of = |name: &str| clients.iter().find(|c| c.1.as_str() == name).map(|c| c.2);
+    let (rw, ro) = (addr_of("rw"), addr_of("ro"));
+    let extra = clients
+        .iter()
+        .filter(|c| !matches!(c.1.as_str(), "rw" | "ro"))
+        .map(|c| (c.1.as_str().to_owned(), c.2))
+        .collect();
+    for (l, kind, _) in clients {
+        tokio::spawn(listener::accept_loop(
+            l,
+            kind,
+            shared.clone(),
+            shared.permits.clone(),
+            sessions.clone(),
+            accept_stop.clone(),
+        ));
     }
     if let Some(l) = admin {
         tokio::spawn(admin::serve(l, shared.clone(), admin_stop.clone()));
     }
-    // Certificate reload stops with the admin endpoint, after the sessions.
-    tokio::spawn(tls::watch(tls, admin_stop.child_token()));
-    info!(rw = ?rw_addr, ro = ?ro_addr, admin = ?admin_addr, "pgsteer listening");
+    // Certificate reload and the pools' janitor stop with the admin endpoint, after the sessions.
+    tokio::spawn(tls::watch(shared.tls.clone(), admin_stop.child_token()));
+    tokio::spawn(pool::maintain(
+        shared.pools.clone(),
+        shared.topology.subscribe(),
+        admin_stop.child_token(),
+    ));
+    if let Some(auth) = &shared.auth {
+        tokio::spawn(auth.clone().watch(admin_stop.child_token()));
+    }
+    info!(rw = ?rw, ro = ?ro, admin = ?admin_addr, "pgsteer listening");
 
     let supervisor = tokio::spawn(supervise(
         shared.clone(),
@@ -164,12 +189,51 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
         discovery_task,
     ));
     Ok(Running {
-        rw: rw_addr,
-        ro: ro_addr,
+        rw,
+        ro,
         admin: admin_addr,
+        extra,
         shared,
         task: supervisor,
     })
+}
+
+/// Starts discovery and builds the state sessions share.
+fn share(
+    config: Config,
+    shutdown: Shutdown,
+    discovery_stop: &CancellationToken,
+) -> Result<(Arc<Shared>, JoinHandle<()>), StartError> {
+    let (discovered_tx, discovered) = watch::channel(Topology::default());
+    let (reprobe, discovery_task) =
+        discovery::spawn(&config, discovered_tx, discovery_stop.clone())?;
+    let metrics = Arc::new(
+        metrics::Metrics::new()
+            .map_err(|e| ConfigError(format!("cannot register metrics: {e}")))?,
+    );
+    let tls = Arc::new(tls::Tls::load(&config.tls)?);
+    let topology =
+        topology::TopologyHub::start(discovered, metrics.clone(), discovery_stop.clone());
+    let auth = match config.pooled() {
+        true => Some(Arc::new(auth::store::AuthStore::load(&config.auth)?)),
+        false => None,
+    };
+    let pools = Arc::new(pool::Pools::new(pool::PoolSettings::from(&config.pool)));
+    let shared = Arc::new(Shared {
+        permits: Arc::new(Semaphore::new(config.limits.max_client_connections)),
+        config,
+        topology,
+        paused: watch::Sender::new(false),
+        metrics,
+        sessions: Default::default(),
+        cancels: Default::default(),
+        shutdown,
+        reprobe,
+        tls,
+        pools,
+        auth,
+    });
+    Ok((shared, discovery_task))
 }
 
 /// What the supervisor stops, in this order, after the sessions.

@@ -84,6 +84,18 @@ pub struct Metrics {
     pub refused_after_hold: IntCounter,
     /// Cancel requests by result (forwarded, unknown).
     pub cancel_requests: IntCounterVec,
+    /// Pooled clients waiting for a server connection now, by pod.
+    pub pool_waiting: IntGaugeVec,
+    /// How long pooled clients waited for a server connection.
+    pub pool_wait_seconds: Histogram,
+    /// Waits that ran out (`checkout_timeout`).
+    pub pool_checkout_timeouts: IntCounter,
+    /// Pooled server connections by pod and state (idle, active, pinned), set at scrape.
+    pub pool_server_connections: IntGaugeVec,
+    /// Clients pinned to their server connection, by reason.
+    pub pool_pins: IntCounterVec,
+    /// Prepared statements prepared again on a connection that lacked them.
+    pub pool_reprepares: IntCounter,
 }
 
 /// Name, help text and labels of one metric family.
@@ -104,6 +116,24 @@ macro_rules! families {
 }
 
 families! {
+    POOL_WAITING = "pgsteer_pool_waiting_clients",
+        "Pooled clients waiting for a server connection",
+        POD;
+    POOL_WAIT_SECONDS = "pgsteer_pool_checkout_wait_seconds",
+        "How long pooled clients waited for a server connection",
+        &[];
+    POOL_CHECKOUT_TIMEOUTS = "pgsteer_pool_checkout_timeouts_total",
+        "Pooled clients whose wait for a server connection ran out",
+        &[];
+    POOL_SERVER_CONNECTIONS = "pgsteer_pool_server_connections",
+        "Pooled server connections by state (idle, active, pinned)",
+        &["pod", "state"];
+    POOL_PINS = "pgsteer_pool_pins_total",
+        "Pooled clients pinned to their server connection, by reason",
+        &["reason"];
+    POOL_REPREPARES = "pgsteer_pool_reprepares_total",
+        "Prepared statements prepared again on a server connection that lacked them",
+        &[];
     CLIENT_CONNECTIONS = "pgsteer_client_connections",
         "Open client connections",
         LISTENER;
@@ -283,6 +313,12 @@ impl Metrics {
             held_seconds: r.one_histogram(&HELD_SECONDS)?,
             refused_after_hold: r.int_counter(&REFUSED_AFTER_HOLD)?,
             cancel_requests: r.counters(&CANCEL_REQUESTS)?,
+            pool_waiting: r.gauges(&POOL_WAITING)?,
+            pool_wait_seconds: r.one_histogram(&POOL_WAIT_SECONDS)?,
+            pool_checkout_timeouts: r.int_counter(&POOL_CHECKOUT_TIMEOUTS)?,
+            pool_server_connections: r.gauges(&POOL_SERVER_CONNECTIONS)?,
+            pool_pins: r.counters(&POOL_PINS)?,
+            pool_reprepares: r.int_counter(&POOL_REPREPARES)?,
             registry: r.0,
         };
         m.start_at_zero();
@@ -304,6 +340,9 @@ impl Metrics {
         }
         for result in ["forwarded", "unknown"] {
             self.cancel_requests.with_label_values(&[result]);
+        }
+        for reason in pgsteer_protocol::classify::Reason::ALL {
+            self.pool_pins.with_label_values(&[reason.as_str()]);
         }
     }
 

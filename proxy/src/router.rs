@@ -138,7 +138,8 @@ fn no_primary_reason(t: &Topology) -> String {
     }
 }
 
-fn target(m: &Member) -> Target {
+/// The target for routing to `m`.
+pub fn target(m: &Member) -> Target {
     Target {
         member: m.name.clone(),
         address: m.address.clone(),

@@ -99,6 +99,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// TLS towards clients (certificate reloaded by `tls::watch`) and servers.
     pub tls: Arc<crate::tls::Tls>,
+    /// Server connections of pooled listeners.
+    pub pools: Arc<crate::pool::Pools>,
+    /// User secrets, when a listener is pooled.
+    pub auth: Option<Arc<crate::auth::store::AuthStore>>,
 }
 
 impl Shared {

@@ -171,6 +171,14 @@ impl ClientSide {
         TlsAcceptor::from(current.config.clone())
     }
 
+    /// The `tls-server-end-point` channel-binding data of the certificate in force
+    /// (RFC 5929), for SCRAM-SHA-256-PLUS; `None` where the hash is undefined.
+    pub fn end_point(&self) -> Option<Vec<u8>> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        let leaf = CertificateDer::pem_slice_iter(&current.contents.cert).next()?.ok()?;
+        crate::auth::endpoint::tls_server_end_point(&leaf).ok()
+    }
+
     /// Certificate pairs taken into use since start.
     pub fn reloads(&self) -> u64 {
         self.reloads.load(Ordering::Relaxed)

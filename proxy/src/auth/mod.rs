@@ -53,6 +53,7 @@ pub mod endpoint;
 pub mod md5;
 pub mod scram;
 pub mod secrets;
+pub mod store;
 pub mod userlist;
 
 use std::fmt;

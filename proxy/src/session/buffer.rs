@@ -77,6 +77,15 @@ impl Window {
         }
     }
 
+    /// Drops the first `n` unscanned bytes (a message the relay took out of
+    /// the stream); nothing may be approved and unwritten.
+    pub fn skip(&mut self, n: usize) {
+        debug_assert!(self.start == self.fwd, "approved bytes would be reordered");
+        let n = n.min(self.end - self.fwd);
+        self.fwd += n;
+        self.consume(n);
+    }
+
     /// Whether nothing at all is held.
     pub fn is_empty(&self) -> bool {
         self.start == self.end
@@ -144,6 +153,19 @@ mod tests {
         assert!(w.buf.is_some(), "a busy session keeps it between reads");
         w.release();
         assert!(w.buf.is_none());
+    }
+
+    #[test]
+    fn a_skipped_message_never_reaches_the_other_side() {
+        let mut w = Window::default();
+        w.spare()[..6].copy_from_slice(b"abcdef");
+        w.filled(6);
+        w.skip(2);
+        assert_eq!(w.unscanned(), b"cdef");
+        w.approve(4);
+        assert_eq!(w.approved(), b"cdef");
+        w.consume(4);
+        assert!(w.is_empty());
     }
 
     #[test]

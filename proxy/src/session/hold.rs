@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use super::stream::Stream;
 use super::upstream::{self, UpstreamError};
 use super::{SessionError, Side};
-use crate::config::Routing;
+use crate::config;
 use crate::metrics::Metrics;
 use crate::router::{self, Decision, Policy, Request, Route, Target};
 use crate::state::SessionCounts;
@@ -23,7 +23,7 @@ use crate::topology::TopologyHub;
 #[derive(Clone, Copy)]
 pub struct Backends<'a> {
     /// `[routing]`: hold timeout, replica fallback, connect timeout.
-    pub routing: &'a Routing,
+    pub routing: &'a config::Routing,
     /// The topology sessions route on.
     pub topology: &'a TopologyHub,
     /// Sessions per member (least-loaded replica choice).
@@ -104,27 +104,91 @@ pub async fn route_and_connect(
     request: &Request,
     hold: &mut Hold<'_>,
 ) -> Result<(Stream, Target), SessionError> {
-    let mut topology = b.topology.subscribe();
-    let mut paused = b.paused.subscribe();
+    let mut routing = Routing::new(b);
     loop {
-        let why = if *paused.borrow_and_update() {
-            "new sessions are paused by an operator".to_owned()
-        } else {
-            match decide(b, &mut topology, request, hold)? {
-                Next::Connect(target) => match connect(b, &target, hold.generation).await {
-                    Ok(s) => return Ok((s, target)),
-                    Err(Refused::Fatal(e)) => return Err(e),
-                    Err(Refused::Wait(why)) => {
-                        hold.exclude(target.member);
-                        if request.route != Route::Primary || request.pin.is_some() {
-                            continue;
-                        }
-                        why
-                    }
+        let target = routing.next(client, request, hold).await?;
+        match connect(b, &target, hold.generation).await {
+            Ok(s) => return Ok((s, target)),
+            Err(refused) => routing.refused(request, hold, target, refused)?,
+        }
+    }
+}
+
+/// Where a session goes: the router asked again whenever something changed, holding while
+/// no member fits or new sessions are paused (up to `hold_timeout`). The caller connects
+/// to what [`Routing::next`] gives (a socket for a passthrough session, a pooled connection
+/// for a pooled one) and reports a refusal with [`Routing::refused`].
+pub struct Routing<'b> {
+    b: Backends<'b>,
+    topology: watch::Receiver<pgsteer_discovery::Topology>,
+    paused: watch::Receiver<bool>,
+    /// A member refused and the session must wait for a change before routing again.
+    wait: Option<String>,
+}
+
+impl<'b> Routing<'b> {
+    /// Routing with the proxy's topology and pause switch.
+    pub fn new(b: Backends<'b>) -> Routing<'b> {
+        Routing {
+            b,
+            topology: b.topology.subscribe(),
+            paused: b.paused.subscribe(),
+            wait: None,
+        }
+    }
+
+    /// The member to go to now, after holding as long as needed.
+    pub async fn next(
+        &mut self,
+        client: &Stream,
+        request: &Request,
+        hold: &mut Hold<'_>,
+    ) -> Result<Target, SessionError> {
+        loop {
+            let why = match self.wait.take() {
+                Some(why) => why,
+                None if *self.paused.borrow_and_update() => {
+                    "new sessions are paused by an operator".to_owned()
+                }
+                None => match decide(self.b, &mut self.topology, request, hold)? {
+                    Next::Connect(target) => return Ok(target),
+                    Next::Wait(why) => why,
                 },
-                Next::Wait(why) => why,
+            };
+            self.hold(client, request, hold, why).await?;
+        }
+    }
+
+    /// `target` refused: a configuration problem ends the session; otherwise the member is
+    /// skipped until the topology changes, and a primary session waits for that change.
+    pub fn refused(
+        &mut self,
+        request: &Request,
+        hold: &mut Hold<'_>,
+        target: Target,
+        refused: Refused,
+    ) -> Result<(), SessionError> {
+        match refused {
+            Refused::Fatal(e) => Err(e),
+            Refused::Wait(why) => {
+                hold.exclude(target.member);
+                if request.route == Route::Primary && request.pin.is_none() {
+                    self.wait = Some(why);
+                }
+                Ok(())
             }
-        };
+        }
+    }
+
+    /// Waits for a change, or fails at the hold deadline.
+    async fn hold(
+        &mut self,
+        client: &Stream,
+        request: &Request,
+        hold: &mut Hold<'_>,
+        why: String,
+    ) -> Result<(), SessionError> {
+        let b = self.b;
         if b.shutdown.is_cancelled() {
             return Err(SessionError::fatal(
                 Side::Internal,
@@ -134,7 +198,7 @@ pub async fn route_and_connect(
         }
         debug!(reason = %why, "holding the connection");
         hold.start();
-        if let Woken::TimedOut = wait(b, client, hold, &mut topology, &mut paused).await? {
+        if let Woken::TimedOut = wait(b, client, hold, &mut self.topology, &mut self.paused).await? {
             b.metrics.refused_after_hold.inc();
             return Err(SessionError::fatal(
                 Side::Internal,
@@ -146,6 +210,7 @@ pub async fn route_and_connect(
                 ),
             ));
         }
+        Ok(())
     }
 }
 
@@ -208,7 +273,7 @@ async fn wait(
 }
 
 /// Why a backend connection was not made.
-enum Refused {
+pub enum Refused {
     /// The member may come back or another may do: the reason to wait.
     Wait(String),
     /// Configuration-level failure (TLS): tell the client now.
@@ -217,7 +282,11 @@ enum Refused {
 
 /// Connects to the chosen backend, recording latency, failures and the
 /// reroute time after a role change.
-async fn connect(b: Backends<'_>, target: &Target, generation: u64) -> Result<Stream, Refused> {
+pub async fn connect(
+    b: Backends<'_>,
+    target: &Target,
+    generation: u64,
+) -> Result<Stream, Refused> {
     let m = b.metrics;
     let started = std::time::Instant::now();
     match upstream::connect(target, b.tls, b.routing.connect_timeout).await {
@@ -228,18 +297,18 @@ async fn connect(b: Backends<'_>, target: &Target, generation: u64) -> Result<St
             b.topology.rerouted(generation);
             Ok(s)
         }
-        Err(e) => {
-            m.backend_connect_failures
-                .with_label_values(&[&target.member])
-                .inc();
-            Err(refused(b, target, e))
-        }
+        Err(e) => Err(refused(b, target, e)),
     }
 }
 
-fn refused(b: Backends<'_>, target: &Target, e: UpstreamError) -> Refused {
+/// What a failed connect means for the session: wait (and try another member) or fail.
+pub fn refused(b: Backends<'_>, target: &Target, e: UpstreamError) -> Refused {
     match e {
         UpstreamError::Unreachable(e) => {
+            b.metrics
+                .backend_connect_failures
+                .with_label_values(&[&target.member])
+                .inc();
             warn!(member = %target.member, address = %target.address, error = %e, "backend refused the connection");
             b.reprobe.reprobe();
             Refused::Wait(format!(
@@ -247,7 +316,12 @@ fn refused(b: Backends<'_>, target: &Target, e: UpstreamError) -> Refused {
                 target.member, target.address
             ))
         }
-        UpstreamError::Tls(e) => Refused::Fatal(SessionError::fatal(
+        UpstreamError::Tls(e) => {
+            b.metrics
+                .backend_connect_failures
+                .with_label_values(&[&target.member])
+                .inc();
+            Refused::Fatal(SessionError::fatal(
             Side::Server,
             SqlState::UNABLE_TO_CONNECT,
             format!(
@@ -256,7 +330,8 @@ fn refused(b: Backends<'_>, target: &Target, e: UpstreamError) -> Refused {
                 target.address,
                 b.tls.mode().as_str()
             ),
-        )),
+        ))
+        }
     }
 }
 

@@ -13,10 +13,11 @@ pub mod buffer;
 mod close;
 mod error;
 mod hold;
+mod pooled;
 mod relay;
 mod startup;
 pub mod stream;
-mod upstream;
+pub(crate) mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use pgsteer_protocol::sqlstate::SqlState;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, warn};
 
+use crate::config::PoolMode;
 use crate::drain::{self, Binding, Graces};
 use crate::metrics::PodTally;
 use crate::router::{Request, Route, Target};
@@ -34,33 +36,55 @@ pub use close::send_fatal;
 pub use error::{SessionError, Side};
 pub use hold::Backends;
 use hold::Hold;
-use relay::{Relay, Signals};
+use relay::{Event, Passthrough, Relay, Signals};
 use startup::Opening;
 use stream::Stream;
 
-/// Which listener a connection came in on.
+/// Which listener a connection came in on: its name (logs, metric labels), the route its
+/// sessions take, and how they use server connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerKind {
-    /// Read-write: the primary.
-    Rw,
-    /// Read-only: a replica.
-    Ro,
+pub struct ListenerKind {
+    name: &'static str,
+    route: Route,
+    /// Passthrough, or a pooled mode.
+    pub mode: PoolMode,
 }
 
 impl ListenerKind {
-    /// Name used in logs and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ListenerKind::Rw => "rw",
-            ListenerKind::Ro => "ro",
+    /// The read-write listener.
+    pub const fn rw(mode: PoolMode) -> ListenerKind {
+        ListenerKind {
+            name: "rw",
+            route: Route::Primary,
+            mode,
         }
     }
 
-    fn route(self) -> Route {
-        match self {
-            ListenerKind::Rw => Route::Primary,
-            ListenerKind::Ro => Route::Replica,
+    /// The read-only listener.
+    pub const fn ro(mode: PoolMode) -> ListenerKind {
+        ListenerKind {
+            name: "ro",
+            route: Route::Replica,
+            mode,
         }
+    }
+
+    /// Another listener (`[[listen.extra]]`); its name lives as long as the process.
+    pub fn extra(name: &str, route: Route, mode: PoolMode) -> ListenerKind {
+        ListenerKind {
+            name: Box::leak(name.to_owned().into_boxed_str()),
+            route,
+            mode,
+        }
+    }
+
+    /// Name used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        self.name
+    }
+
+    fn route(self) -> Route {
+        self.route
     }
 }
 
@@ -115,11 +139,21 @@ async fn run(
     listener: ListenerKind,
     span: &tracing::Span,
 ) -> Result<(), SessionError> {
-    let Some(session) = establish(shared, client, listener)
+    let session = match establish(shared, client, listener)
         .instrument(span.clone())
         .await?
-    else {
-        return Ok(());
+    {
+        Opened::Done => return Ok(()),
+        Opened::Passthrough(session) => session,
+        Opened::Pooled(p) => {
+            let PooledStart {
+                request,
+                message,
+                negotiation,
+            } = *p;
+            return pooled::serve(shared, client, listener, request, message, negotiation, span)
+                .await;
+        }
     };
     let Established {
         mut server,
@@ -130,9 +164,14 @@ async fn run(
         guards,
     } = session;
     let limit = shared.config.limits.max_message_bytes;
-    let end = Relay::new(client, &mut server, limit, tx, signals, tally)
-        .run()
-        .await?;
+    let mut relay = Relay::new::<Passthrough>(limit, tx, signals, tally);
+    let end = loop {
+        // A passthrough session always has its server and never lends it:
+        // only the end comes back.
+        if let Event::End(end) = relay.run(client, Some(&mut server), &mut Passthrough).await? {
+            break end;
+        }
+    };
     close::close(&shared.metrics, client, &mut server, &target.member, end)
         .instrument(span.clone())
         .await;
@@ -158,18 +197,35 @@ struct SessionGuards<'a> {
     _key: KeyGuard<'a>,
 }
 
+/// What a connection turned out to need after its startup.
+enum Opened<'a> {
+    /// A cancel request, now served.
+    Done,
+    /// A passthrough session, authenticated by its backend.
+    Passthrough(Established<'a>),
+    /// A pooled session, to be authenticated by pgsteer.
+    Pooled(Box<PooledStart>),
+}
+
+/// The startup of a pooled session.
+struct PooledStart {
+    request: Request,
+    message: pgsteer_protocol::startup::StartupMessage,
+    negotiation: pgsteer_protocol::startup::Negotiation,
+}
+
 /// Startup, routing (holding while no backend is available), connection and
-/// authentication. `None`: the connection was a cancel request, now served.
+/// authentication.
 async fn establish<'a>(
     shared: &'a Shared,
     client: &mut Stream,
     listener: ListenerKind,
-) -> Result<Option<Established<'a>>, SessionError> {
+) -> Result<Opened<'a>, SessionError> {
     let (mut message, negotiation) = match opening(shared, client).await? {
         Opening::Cancel(c) => {
             let timeout = shared.config.routing.connect_timeout;
             crate::cancel::serve_request(&shared.cancels, &shared.metrics, c, timeout).await;
-            return Ok(None);
+            return Ok(Opened::Done);
         }
         Opening::Session {
             message,
@@ -180,6 +236,13 @@ async fn establish<'a>(
     let span = tracing::Span::current();
     span.record("route", request.route.as_str());
     span.record("tls", client.is_tls());
+    if listener.mode != PoolMode::Passthrough {
+        return Ok(Opened::Pooled(Box::new(PooledStart {
+            request,
+            message,
+            negotiation,
+        })));
+    }
     let mut hold = Hold::new(shared.backends());
     let (server, target, authed) = loop {
         let (mut server, target) =
@@ -205,7 +268,7 @@ async fn establish<'a>(
     };
     drop(hold);
     span.record("pod", target.member.as_str());
-    Ok(Some(bind(
+    Ok(Opened::Passthrough(bind(
         shared, listener, &request, server, target, authed,
     )))
 }

@@ -55,6 +55,16 @@ impl Stream {
         }
     }
 
+    /// The `tls-server-end-point` channel-binding data of the server's certificate on a
+    /// TLS connection pgsteer opened (RFC 5929); `None` over plaintext.
+    pub fn server_end_point(&self) -> Option<Vec<u8>> {
+        let Stream::Connected(s) = self else {
+            return None;
+        };
+        let leaf = s.get_ref().1.peer_certificates()?.first()?;
+        crate::auth::endpoint::tls_server_end_point(leaf).ok()
+    }
+
     /// Whether writes may sit in a TLS buffer until flushed.
     #[inline]
     pub fn buffers_writes(&self) -> bool {

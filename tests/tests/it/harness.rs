@@ -67,6 +67,11 @@ impl Env {
         .await;
         let mut config = config_for(&cluster);
         tweak(&mut config);
+        Env::start_on(cluster, config, replicas).await
+    }
+
+    /// A proxy with `config` in front of `cluster`, once every member is probed.
+    pub async fn start_on(cluster: Cluster, config: Config, replicas: usize) -> Env {
         let shutdown = Shutdown::new();
         let proxy = pgsteer::start(config, shutdown.clone())
             .await

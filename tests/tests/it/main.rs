@@ -9,6 +9,7 @@ mod kubernetes;
 mod metrics;
 mod patroni;
 mod pgbench;
+mod pooled;
 mod pooled_auth;
 mod routing;
 mod shutdown;

@@ -1,0 +1,526 @@
+//! Server connections pgsteer owns in pooled mode: one [`Pool`] per (member, database,
+//! user), each with at most `size` connections, an idle list (most recently used first out,
+//! so caches stay warm) and a first-come first-served wait queue.
+//!
+//! A client borrows a connection with [`Pool::acquire`]: an idle one, or a permit to open
+//! one ([`Acquired::Open`]) while the pool is below its size, or it waits until one is given
+//! back, up to `checkout_timeout`. [`Pool::give_back`] hands a returned connection straight
+//! to the first waiter. What happens to a connection at each turn is decided by the pure
+//! functions of [`lifecycle`]; [`Pools::retire`] closes what belongs to members that lost
+//! their role or address, and [`Pools::janitor`] closes idle and old ones.
+
+pub mod lifecycle;
+pub mod server;
+pub mod statements;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pgsteer_discovery::Topology;
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::metrics::Metrics;
+use lifecycle::CloseReason;
+pub use server::ServerConn;
+pub use statements::Registry;
+
+/// Pool sizes and timeouts (`[pool]`).
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Server connections per (member, database, user).
+    pub size: usize,
+    /// Idle connections the janitor keeps however long idle.
+    pub min_idle: usize,
+    /// Idle connections beyond `min_idle` close after this (0: never).
+    pub server_idle_timeout: Duration,
+    /// Connections close at their next return after this (0: never).
+    pub server_lifetime: Duration,
+    /// Bound on opening one connection (TCP, TLS, login).
+    pub connect_timeout: Duration,
+    /// How long a client waits for a connection before its query fails.
+    pub checkout_timeout: Duration,
+    /// Prepared statements kept per server connection.
+    pub max_prepared_statements: usize,
+}
+
+impl From<&crate::config::Pool> for PoolSettings {
+    fn from(c: &crate::config::Pool) -> PoolSettings {
+        PoolSettings {
+            size: c.size,
+            min_idle: c.min_idle,
+            server_idle_timeout: c.server_idle_timeout,
+            server_lifetime: c.server_lifetime,
+            connect_timeout: c.connect_timeout,
+            checkout_timeout: c.checkout_timeout,
+            max_prepared_statements: c.max_prepared_statements,
+        }
+    }
+}
+
+/// Which pool: a member (by stable name), a database, a user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Member name.
+    pub member: String,
+    /// Database.
+    pub database: String,
+    /// Role.
+    pub user: String,
+}
+
+/// What a client got from [`Pool::acquire`].
+pub enum Acquired {
+    /// An idle connection.
+    Idle(ServerConn),
+    /// A permit to open a connection: the caller opens it, and calls
+    /// [`Pool::forget`] if that fails.
+    Open,
+}
+
+/// The pool was full for the whole `checkout_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("no server connection free after waiting {waited:?} (pool size {size})")]
+pub struct Exhausted {
+    /// How long the client waited.
+    pub waited: Duration,
+    /// The pool's size.
+    pub size: usize,
+}
+
+/// What a waiter is handed.
+enum Grant {
+    Conn(ServerConn),
+    Open,
+}
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Grant>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Idle connections, most recently returned last.
+    idle: Vec<ServerConn>,
+    /// Connections open or being opened (idle + lent + opening).
+    open: usize,
+    /// Connections lent to clients now.
+    lent: usize,
+    /// Of those, pinned to their client.
+    pinned: usize,
+    waiters: VecDeque<Waiter>,
+    /// The member lost the role or address the pool was opened for: nothing goes back.
+    retired: bool,
+}
+
+/// One (member, database, user) pool.
+pub struct Pool {
+    /// Its key.
+    pub key: PoolKey,
+    /// Address of the member the connections go to.
+    pub address: String,
+    size: usize,
+    inner: Mutex<Inner>,
+    next_waiter: AtomicU64,
+    /// Client sessions using this pool's credentials (for `/pools`).
+    pub clients: AtomicUsize,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the pool was retired (its member changed): make a new one.
+    pub fn retired(&self) -> bool {
+        self.lock().retired
+    }
+
+    /// A connection for a client: an idle one, a permit to open one, or the first one given
+    /// back within `timeout`. Idle connections that are too old are closed on the way.
+    pub async fn acquire(
+        &self,
+        settings: &PoolSettings,
+        metrics: &Metrics,
+    ) -> Result<Acquired, Exhausted> {
+        let started = Instant::now();
+        let rx = {
+            let mut inner = self.lock();
+            if let Some(got) = self.take_idle(&mut inner, settings) {
+                inner.lent += 1;
+                return Ok(got);
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+            inner.waiters.push_back(Waiter {
+                id,
+                tx,
+                since: started,
+            });
+            (id, rx)
+        };
+        let waiting = metrics.pool_waiting.with_label_values(&[&self.key.member]);
+        waiting.inc();
+        let got = tokio::time::timeout(settings.checkout_timeout, rx.1).await;
+        waiting.dec();
+        metrics
+            .pool_wait_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match got {
+            Ok(Ok(Grant::Conn(c))) => Ok(Acquired::Idle(c)),
+            Ok(Ok(Grant::Open)) => Ok(Acquired::Open),
+            // The pool was dropped, or the wait timed out: leave the queue.
+            _ => {
+                let mut inner = self.lock();
+                inner.waiters.retain(|w| w.id != rx.0);
+                Err(Exhausted {
+                    waited: started.elapsed(),
+                    size: self.size,
+                })
+            }
+        }
+    }
+
+    /// An idle connection or a permit, counted as lent by the caller.
+    fn take_idle(&self, inner: &mut Inner, settings: &PoolSettings) -> Option<Acquired> {
+        while let Some(c) = inner.idle.pop() {
+            let age = c.created.elapsed();
+            match lifecycle::on_checkout(age, settings.server_lifetime, inner.retired) {
+                None => return Some(Acquired::Idle(c)),
+                Some(why) => {
+                    inner.open -= 1;
+                    close(c, why);
+                }
+            }
+        }
+        (inner.open < self.size && !inner.retired).then(|| {
+            inner.open += 1;
+            Acquired::Open
+        })
+    }
+
+    /// A connection a client had comes back (`None`: it was closed, or opening it failed
+    /// before it was lent). Handed to the first waiter, or put on the idle list.
+    pub fn give_back(&self, conn: Option<ServerConn>, pinned: bool) {
+        let mut inner = self.lock();
+        inner.lent = inner.lent.saturating_sub(1);
+        if pinned {
+            inner.pinned = inner.pinned.saturating_sub(1);
+        }
+        let mut conn = match conn {
+            Some(c) if !inner.retired => Some(c),
+            Some(c) => {
+                close(c, CloseReason::Retired);
+                None
+            }
+            None => None,
+        };
+        if conn.is_none() {
+            inner.open = inner.open.saturating_sub(1);
+        }
+        while let Some(w) = inner.waiters.pop_front() {
+            let grant = match conn.take() {
+                Some(c) => Grant::Conn(c),
+                None if inner.open < self.size && !inner.retired => {
+                    inner.open += 1;
+                    Grant::Open
+                }
+                None => {
+                    inner.waiters.push_front(w);
+                    return;
+                }
+            };
+            inner.lent += 1;
+            match w.tx.send(grant) {
+                Ok(()) => return,
+                // The waiter left: take the grant back and try the next one.
+                Err(Grant::Conn(c)) => {
+                    inner.lent -= 1;
+                    conn = Some(c);
+                }
+                Err(Grant::Open) => {
+                    inner.lent -= 1;
+                    inner.open -= 1;
+                }
+            }
+        }
+        if let Some(mut c) = conn {
+            c.idle_since = Instant::now();
+            inner.idle.push(c);
+        }
+    }
+
+    /// A permit from [`Acquired::Open`] was not used (the connection could not be opened).
+    pub fn forget(&self) {
+        self.give_back(None, false);
+    }
+
+    /// Counts a lent connection as pinned to its client.
+    pub fn pin(&self) {
+        self.lock().pinned += 1;
+    }
+
+    fn snapshot(&self) -> PoolSnapshot {
+        let inner = self.lock();
+        PoolSnapshot {
+            member: self.key.member.clone(),
+            database: self.key.database.clone(),
+            user: self.key.user.clone(),
+            clients: self.clients.load(Ordering::Relaxed),
+            waiting: inner.waiters.len(),
+            longest_wait_seconds: inner
+                .waiters
+                .front()
+                .map_or(0.0, |w| w.since.elapsed().as_secs_f64()),
+            active: inner.lent - inner.pinned.min(inner.lent),
+            pinned: inner.pinned,
+            idle: inner.idle.len(),
+            open: inner.open,
+            size: self.size,
+        }
+    }
+}
+
+/// Closes a connection pgsteer no longer wants: Terminate, then the socket, off the
+/// caller's path.
+pub fn close(mut c: ServerConn, why: CloseReason) {
+    debug!(conn = c.id, member = %c.cancel.member, reason = why.as_str(), "closing a server connection");
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let bye = async {
+            c.stream.write_all(&[b'X', 0, 0, 0, 4]).await?;
+            c.stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
+    });
+}
+
+/// What `/pools` shows of one pool.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolSnapshot {
+    /// Member name.
+    pub member: String,
+    /// Database.
+    pub database: String,
+    /// Role.
+    pub user: String,
+    /// Client sessions that used this pool.
+    pub clients: usize,
+    /// Clients waiting for a connection now.
+    pub waiting: usize,
+    /// How long the first of them has waited.
+    pub longest_wait_seconds: f64,
+    /// Connections lent for a transaction (or a session) now.
+    pub active: usize,
+    /// Connections pinned to their client.
+    pub pinned: usize,
+    /// Idle connections.
+    pub idle: usize,
+    /// Open connections (idle, lent and opening).
+    pub open: usize,
+    /// The pool's size.
+    pub size: usize,
+}
+
+/// Every pool of the proxy.
+pub struct Pools {
+    /// Sizes and timeouts.
+    pub settings: PoolSettings,
+    /// Prepared statements across sessions.
+    pub statements: Arc<Registry>,
+    /// member → "database\0user" → pool.
+    by_member: Mutex<HashMap<String, HashMap<String, Arc<Pool>>>>,
+    /// Lent connections per member, for least-loaded routing.
+    lent: Mutex<HashMap<String, usize>>,
+}
+
+impl Pools {
+    /// No pools yet.
+    pub fn new(settings: PoolSettings) -> Pools {
+        Pools {
+            settings,
+            statements: Arc::new(Registry::default()),
+            by_member: Mutex::new(HashMap::new()),
+            lent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool for `member` at `address` and a client's `db_user` key (see [`db_user`]),
+    /// made on first use; a retired pool or one for another address is replaced.
+    pub fn get(&self, member: &str, address: &str, db_user: &str) -> Arc<Pool> {
+        let mut all = self.by_member.lock().unwrap_or_else(|e| e.into_inner());
+        let pools = match all.get_mut(member) {
+            Some(p) => p,
+            None => all.entry(member.to_owned()).or_default(),
+        };
+        if let Some(p) = pools.get(db_user)
+            && p.address == address
+            && !p.retired()
+        {
+            return p.clone();
+        }
+        let (database, user) = db_user.split_once('\0').unwrap_or((db_user, ""));
+        let pool = Arc::new(Pool {
+            key: PoolKey {
+                member: member.to_owned(),
+                database: database.to_owned(),
+                user: user.to_owned(),
+            },
+            address: address.to_owned(),
+            size: self.settings.size.max(1),
+            inner: Mutex::new(Inner::default()),
+            next_waiter: AtomicU64::new(0),
+            clients: AtomicUsize::new(0),
+        });
+        pools.insert(db_user.to_owned(), pool.clone());
+        pool
+    }
+
+    /// Lent connections on `member` now.
+    pub fn lent_on(&self, member: &str) -> usize {
+        let lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
+        lent.get(member).copied().unwrap_or(0)
+    }
+
+    /// Counts a connection lent on (`+1`) or given back from (`-1`) `member`.
+    pub fn count_lent(&self, member: &str, delta: isize) {
+        let mut lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
+        match lent.get_mut(member) {
+            Some(n) => *n = n.saturating_add_signed(delta),
+            None if delta > 0 => {
+                lent.insert(member.to_owned(), delta as usize);
+            }
+            None => {}
+        }
+    }
+
+    /// Retires the pools of members that are gone or whose role or address changed between
+    /// `before` and `after`: their idle connections close now, lent ones when given back.
+    pub fn retire(&self, before: &Topology, after: &Topology) {
+        let mut all = self.by_member.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|member, pools| {
+            let changed = match (before.member(member), after.member(member)) {
+                (Some(b), Some(a)) => b.role != a.role || b.address != a.address,
+                (_, None) => true,
+                (None, Some(_)) => false,
+            };
+            if changed {
+                for pool in pools.values() {
+                    let mut inner = pool.lock();
+                    inner.retired = true;
+                    for c in inner.idle.drain(..) {
+                        close(c, CloseReason::Retired);
+                    }
+                }
+                debug!(member, "pools retired after a topology change");
+            }
+            !changed
+        });
+    }
+
+    /// Closes idle connections past `server_idle_timeout` (beyond `min_idle`) or
+    /// `server_lifetime`, and forgets empty retired pools.
+    pub fn janitor(&self) {
+        let s = &self.settings;
+        let all = self.by_member.lock().unwrap_or_else(|e| e.into_inner());
+        for pool in all.values().flat_map(HashMap::values) {
+            let mut inner = pool.lock();
+            let mut kept = Vec::with_capacity(inner.idle.len());
+            let mut closed = 0;
+            // Most recently used first: they are the ones min_idle keeps.
+            for (rank, c) in inner.idle.drain(..).rev().enumerate() {
+                let why = lifecycle::on_janitor(
+                    c.created.elapsed(),
+                    c.idle_since.elapsed(),
+                    rank,
+                    s.min_idle,
+                    s.server_lifetime,
+                    s.server_idle_timeout,
+                );
+                match why {
+                    Some(why) => {
+                        closed += 1;
+                        close(c, why);
+                    }
+                    None => kept.push(c),
+                }
+            }
+            kept.reverse();
+            inner.idle = kept;
+            inner.open -= closed;
+        }
+    }
+
+    /// Every pool's figures, for `/pools`.
+    pub fn snapshot(&self) -> Vec<PoolSnapshot> {
+        let all = self.by_member.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<PoolSnapshot> = all
+            .values()
+            .flat_map(HashMap::values)
+            .map(|p| p.snapshot())
+            .collect();
+        v.sort_by(|a, b| (&a.member, &a.database, &a.user).cmp(&(&b.member, &b.database, &b.user)));
+        v
+    }
+
+    /// Sets the server-connection gauges by pod and state.
+    pub fn observe(&self, metrics: &Metrics) {
+        let g = &metrics.pool_server_connections;
+        g.reset();
+        for p in self.snapshot() {
+            for (state, n) in [("idle", p.idle), ("active", p.active), ("pinned", p.pinned)] {
+                g.with_label_values(&[&p.member, state]).add(n as i64);
+            }
+        }
+    }
+
+    /// Closes every idle connection (shutdown).
+    pub fn close_idle(&self) {
+        let all = self.by_member.lock().unwrap_or_else(|e| e.into_inner());
+        for pool in all.values().flat_map(HashMap::values) {
+            let mut inner = pool.lock();
+            inner.retired = true;
+            let n = inner.idle.len();
+            for c in inner.idle.drain(..) {
+                close(c, CloseReason::Shutdown);
+            }
+            inner.open -= n;
+        }
+    }
+}
+
+/// Keeps the pools in step with the topology (retiring what belongs to members that changed)
+/// and runs the janitor every second, until `stop`; then closes the idle connections.
+pub async fn maintain(
+    pools: Arc<Pools>,
+    mut topology: tokio::sync::watch::Receiver<Topology>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut before = topology.borrow_and_update().clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => pools.janitor(),
+            r = topology.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                let after = topology.borrow_and_update().clone();
+                pools.retire(&before, &after);
+                before = after;
+            }
+        }
+    }
+    pools.close_idle();
+}
+
+/// The key of a client's pools on every member: its database and user.
+pub fn db_user(database: &str, user: &str) -> String {
+    format!("{database}\0{user}")
+}

@@ -1,0 +1,574 @@
+//! A pooled client session: pgsteer authenticates the client itself, answers its login with
+//! the parameters of a real server connection, and lends it a pooled server connection per
+//! transaction (or for the whole session) on the one relay core.
+//!
+//! Each lend routes the client as a new passthrough session would be routed (holding while
+//! no member fits), takes a connection from the (member, database, user) pool, checks the
+//! topology again (a connection to a member that lost the role is never used), and gives
+//! the connection the client's settings. Between transactions the client holds nothing.
+
+mod login;
+pub mod owner;
+pub mod state;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use pgsteer_protocol::backend::TxStatus;
+use pgsteer_protocol::encode::{self, ErrorInfo};
+use pgsteer_protocol::frontend::tag as ftag;
+use pgsteer_protocol::sqlstate::SqlState;
+use pgsteer_protocol::startup::{Negotiation, StartupMessage};
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, warn};
+
+use super::hold::{self, Hold, Refused, Routing};
+use super::relay::{End, EndKind, Event, Passthrough, Relay, Signals};
+use super::stream::Stream;
+use super::{ListenerKind, SessionError, Side, close};
+use crate::auth::Credentials;
+use crate::cancel::LentSlot;
+use crate::config::PoolMode;
+use crate::drain::{self, Binding, DrainOrder, Graces};
+use crate::metrics::PodTally;
+use crate::pool::lifecycle::{self, CloseReason, Disposition, Returned};
+use crate::pool::server::{self, Login, OpenError, QueryError, ServerConn};
+use crate::pool::{Acquired, Pool};
+use crate::router::{Request, Target};
+use crate::state::Shared;
+use owner::{InFlight, Pooled};
+use state::{ClientState, SESSION_SETTINGS_SQL, sync_sql};
+
+/// A server connection lent to the client.
+struct Lent {
+    conn: ServerConn,
+    pool: Arc<Pool>,
+    target: Target,
+}
+
+/// Everything a pooled session keeps between relay runs.
+struct Session<'a> {
+    shared: &'a Shared,
+    request: Request,
+    user: String,
+    database: String,
+    db_user: String,
+    credentials: Credentials,
+    state: ClientState,
+    cancel: Arc<LentSlot>,
+    cancel_pid: i32,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.shared.cancels.unregister(self.cancel_pid);
+    }
+}
+
+/// Serves a pooled client from its startup message to the end.
+pub async fn serve(
+    shared: &Shared,
+    client: &mut Stream,
+    listener: ListenerKind,
+    request: Request,
+    message: StartupMessage,
+    negotiation: Negotiation,
+    span: &tracing::Span,
+) -> Result<(), SessionError> {
+    use tracing::Instrument;
+    let (mut session, first) =
+        log_in(shared, client, listener, request, message, &negotiation)
+            .instrument(span.clone())
+            .await?;
+    let limit = shared.config.limits.max_message_bytes;
+    let tally = PodTally::new(shared.metrics.pod(&first.target.member));
+    let mut relay = Relay::new::<Pooled<'_>>(limit, TxStatus::Idle, session.idle_signals(), tally);
+    let mut lent = Some(first);
+    if session.state.lends()
+        && let Some(l) = lent.take()
+    {
+        session.give_back(l, TxStatus::Idle, true);
+    }
+    let mut sent = InFlight::new();
+    let end = loop {
+        let event = match &mut lent {
+            Some(l) => {
+                let ServerConn {
+                    stream,
+                    statements,
+                    reported,
+                    ..
+                } = &mut l.conn;
+                let mut owner = Pooled {
+                    client: &mut session.state,
+                    statements,
+                    reported,
+                    sent: &mut sent,
+                    cap: shared.pools.settings.max_prepared_statements,
+                };
+                relay.run(client, Some(stream), &mut owner).await
+            }
+            None => relay.run(client, None, &mut Passthrough).await,
+        };
+        match event {
+            Err(e) => {
+                if let Some(l) = lent.take() {
+                    session.give_back(l, relay.tx(), false);
+                }
+                return Err(e);
+            }
+            Ok(Event::NeedServer) => {
+                if relay.client_unscanned().first() == Some(&ftag::TERMINATE) {
+                    break None;
+                }
+                lent = session.lend_for(client, &mut relay).await?;
+            }
+            Ok(Event::Idle) => {
+                if let Some(l) = lent.take() {
+                    session.finish_transaction(l).await;
+                }
+                relay.rebind(Box::pin(session.idle_drain()), session.tally(None));
+            }
+            Ok(Event::End(end)) => break Some(end),
+        }
+    };
+    session.close(client, lent, end, relay.tx()).await;
+    Ok(())
+}
+
+/// Authenticates the client, lends it a first connection and sends the welcome.
+async fn log_in<'a>(
+    shared: &'a Shared,
+    client: &mut Stream,
+    listener: ListenerKind,
+    request: Request,
+    message: StartupMessage,
+    negotiation: &Negotiation,
+) -> Result<(Session<'a>, Lent), SessionError> {
+    if message.get("replication").is_some() {
+        return Err(SessionError::fatal(
+            Side::Client,
+            SqlState::PROTOCOL_VIOLATION,
+            "pgsteer: replication connections are not pooled; use a passthrough listener",
+        ));
+    }
+    let user = message.user().unwrap_or_default().to_owned();
+    let database = message.database().unwrap_or(&user).to_owned();
+    let Some(auth) = &shared.auth else {
+        return Err(SessionError::fatal(
+            Side::Internal,
+            SqlState::INTERNAL_ERROR,
+            "pgsteer: pooled mode without [auth]",
+        ));
+    };
+    let mut out = BytesMut::new();
+    if negotiation.downgraded {
+        encode::negotiate_protocol_version(
+            &mut out,
+            message.version.minor,
+            &negotiation.unsupported_options,
+        );
+        write(client, &out).await?;
+    }
+    let primary = shared.topology.current().primary().map(crate::router::target);
+    let secret = auth
+        .secret(&user, &database, primary.as_ref(), &shared.tls.server)
+        .await;
+    let end_point = shared.tls.client.as_ref().and_then(|t| t.end_point());
+    let credentials =
+        login::authenticate(client, auth, &user, secret.as_ref(), end_point).await?;
+    auth.remember(&user, credentials.clone());
+    let state = ClientState::new(
+        listener.mode,
+        &message,
+        shared.pools.statements.clone(),
+        shared.metrics.pool_pins.clone(),
+    )
+    .map_err(|e| SessionError::fatal(Side::Client, SqlState::INVALID_PARAMETER_VALUE, e))?;
+    let key_len = if message.version.minor >= 2 { 32 } else { 4 };
+    let (cancel_pid, key, cancel) = shared.cancels.register_lent(key_len);
+    let mut session = Session {
+        shared,
+        request,
+        db_user: crate::pool::db_user(&database, &user),
+        user,
+        database,
+        credentials,
+        state,
+        cancel,
+        cancel_pid,
+    };
+    let first = session.lend(client, true).await?;
+    session.welcome(client, &first, &key).await?;
+    Ok((session, first))
+}
+
+async fn write(client: &mut Stream, bytes: &[u8]) -> Result<(), SessionError> {
+    let io = async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    };
+    io.await.map_err(|e| SessionError::io(Side::Client, e))
+}
+
+impl<'a> Session<'a> {
+    /// AuthenticationOk, the connection's parameters, pgsteer's cancel key, ReadyForQuery.
+    async fn welcome(
+        &mut self,
+        client: &mut Stream,
+        first: &Lent,
+        key: &[u8],
+    ) -> Result<(), SessionError> {
+        let mut out = BytesMut::with_capacity(512);
+        encode::authentication_ok(&mut out);
+        for (name, value) in &first.conn.reported {
+            encode::parameter_status(&mut out, name, value);
+        }
+        self.state.seen = first.conn.reported.clone();
+        encode::backend_key_data(&mut out, self.cancel_pid, key);
+        encode::ready_for_query(&mut out, TxStatus::Idle);
+        write(client, &out).await
+    }
+
+    /// A connection for the client's first transaction, set up for it, with the relay
+    /// rebound to it; on failure the client's request is refused and it stays.
+    async fn lend_for(
+        &mut self,
+        client: &mut Stream,
+        relay: &mut Relay<'a>,
+    ) -> Result<Option<Lent>, SessionError> {
+        match self.lend(client, false).await {
+            Ok(l) => {
+                for (name, value) in &l.conn.reported {
+                    if self.state.seen.get(name) != Some(value) {
+                        encode::parameter_status(relay.to_client(), name, value);
+                    }
+                }
+                self.state.seen.clone_from(&l.conn.reported);
+                relay.rebind(self.lent_drain(&l.target), self.tally(Some(&l.target)));
+                *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(l.conn.cancel.clone());
+                Ok(Some(l))
+            }
+            Err(e) if e.code.is_some() && e.side != Side::Client => {
+                e.log();
+                let mut out = BytesMut::new();
+                let code = e.code.unwrap_or(SqlState::CANNOT_CONNECT_NOW);
+                encode::error_response(&mut out, &ErrorInfo::error(code, &e.message));
+                relay.reject(&out);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Routes the client (holding while no member fits) and takes a connection from the
+    /// member's pool, with the client's settings applied.
+    async fn lend(&mut self, client: &Stream, login: bool) -> Result<Lent, SessionError> {
+        let shared = self.shared;
+        let mut hold = Hold::new(shared.backends());
+        let mut routing = Routing::new(shared.backends());
+        loop {
+            let target = routing.next(client, &self.request, &mut hold).await?;
+            let mut lent = match self.take(&target).await {
+                Ok(l) => l,
+                Err(refused) => {
+                    routing.refused(&self.request, &mut hold, target, refused)?;
+                    continue;
+                }
+            };
+            if !self.still_fits(&target) {
+                // The topology moved while the connection was taken: route again.
+                self.return_conn(lent, true);
+                continue;
+            }
+            let sql = sync_sql(&self.state.desired, &lent.conn.applied);
+            if !sql.is_empty() {
+                match lent.conn.query(&sql).await {
+                    Ok(_) => lent.conn.applied.clone_from(&self.state.desired),
+                    Err(e) => {
+                        let broken = matches!(e, QueryError::Broken(_));
+                        self.return_conn(lent, broken);
+                        return Err(settings_error(e, login));
+                    }
+                }
+            }
+            shared.pools.count_lent(&target.member, 1);
+            lent.pool.clients.fetch_add(usize::from(login), std::sync::atomic::Ordering::Relaxed);
+            self.state.pool = Some(lent.pool.clone());
+            return Ok(lent);
+        }
+    }
+
+    /// A connection from `target`'s pool: an idle one or a new one.
+    async fn take(&self, target: &Target) -> Result<Lent, Refused> {
+        let shared = self.shared;
+        let pool = shared.pools.get(&target.member, &target.address, &self.db_user);
+        let settings = &shared.pools.settings;
+        let acquired = pool
+            .acquire(settings, &shared.metrics)
+            .await
+            .map_err(|e| {
+                shared.metrics.pool_checkout_timeouts.inc();
+                Refused::Fatal(SessionError::fatal(
+                    Side::Internal,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                    format!(
+                        "pgsteer: no server connection free on {} for {} after waiting {} (pool size {})",
+                        target.member,
+                        self.user,
+                        humantime::format_duration(settings.checkout_timeout),
+                        e.size
+                    ),
+                ))
+            })?;
+        let conn = match acquired {
+            Acquired::Idle(c) => c,
+            Acquired::Open => match self.open(target).await {
+                Ok(c) => c,
+                Err(e) => {
+                    pool.forget();
+                    return Err(e);
+                }
+            },
+        };
+        Ok(Lent {
+            conn,
+            pool,
+            target: target.clone(),
+        })
+    }
+
+    async fn open(&self, target: &Target) -> Result<ServerConn, Refused> {
+        let shared = self.shared;
+        let started = std::time::Instant::now();
+        let login = Login {
+            user: &self.user,
+            database: &self.database,
+            credentials: &self.credentials,
+            tls: &shared.tls.server,
+            timeout: shared.pools.settings.connect_timeout,
+        };
+        match server::open(target, login).await {
+            Ok(c) => {
+                shared
+                    .metrics
+                    .backend_connect_seconds
+                    .with_label_values(&[&target.member])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(c)
+            }
+            Err(OpenError::Unreachable(e)) => Err(hold::refused(
+                shared.backends(),
+                target,
+                super::upstream::UpstreamError::Unreachable(e),
+            )),
+            Err(OpenError::Tls(e)) => Err(hold::refused(
+                shared.backends(),
+                target,
+                super::upstream::UpstreamError::Tls(e),
+            )),
+            Err(OpenError::Refused { code, message, .. }) if code == "57P03" => {
+                shared.reprobe.reprobe();
+                Err(Refused::Wait(format!("{} cannot take sessions now: {message}", target.member)))
+            }
+            Err(e) => Err(Refused::Fatal(login_error(e))),
+        }
+    }
+
+    /// Whether `target` is still where the client's request goes.
+    fn still_fits(&self, target: &Target) -> bool {
+        let t = self.shared.topology.current();
+        let b = Binding::new(
+            &target.member,
+            target.role,
+            self.request.route,
+            self.request.explicit_route,
+            self.request.pin.is_some(),
+        );
+        drain::check(&t, &b, Graces::from(&self.shared.config.drain)).is_none()
+            && t.member(&target.member).is_some_and(|m| m.address == target.address)
+    }
+
+    /// Ends a transaction: reads the settings back if a statement may have changed them,
+    /// and gives the connection back.
+    async fn finish_transaction(&mut self, mut l: Lent) {
+        if std::mem::take(&mut self.state.settings_changed) {
+            match l.conn.query(SESSION_SETTINGS_SQL).await {
+                Ok(rows) => {
+                    let settings: server::Settings = rows
+                        .into_iter()
+                        .filter_map(|r| {
+                            let mut it = r.into_iter();
+                            Some((it.next()??, it.next()??))
+                        })
+                        .collect();
+                    self.state.desired.clone_from(&settings);
+                    l.conn.applied = settings;
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not read back a client's settings; closing its connection");
+                    l.conn.broken = true;
+                }
+            }
+        }
+        self.give_back(l, TxStatus::Idle, true);
+    }
+
+    /// Gives a lent connection back to its pool (or closes it).
+    fn give_back(&mut self, l: Lent, tx: TxStatus, clean: bool) {
+        *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.shared.pools.count_lent(&l.target.member, -1);
+        let pinned = self.state.pinned.is_some();
+        let facts = Returned {
+            tx,
+            clean,
+            broken: l.conn.broken,
+            dirty: false,
+            retired: l.pool.retired(),
+            age: l.conn.created.elapsed(),
+        };
+        match lifecycle::on_return(facts, self.shared.pools.settings.server_lifetime) {
+            Disposition::Keep | Disposition::Reset => l.pool.give_back(Some(l.conn), pinned),
+            Disposition::Close(why) => {
+                crate::pool::close(l.conn, why);
+                l.pool.give_back(None, pinned);
+            }
+        }
+        self.state.pool = None;
+    }
+
+    /// A connection taken but not lent (the topology moved, or its settings failed).
+    fn return_conn(&self, l: Lent, broken: bool) {
+        if broken {
+            crate::pool::close(l.conn, CloseReason::Broken);
+            l.pool.give_back(None, false);
+        } else {
+            l.pool.give_back(Some(l.conn), false);
+        }
+    }
+
+    /// The session is over: the connection it has goes back clean or is closed, and the
+    /// client is told why when it was not its own doing.
+    async fn close(&mut self, client: &mut Stream, lent: Option<Lent>, end: Option<End>, tx: TxStatus) {
+        let clean = end.as_ref().is_none_or(|e| {
+            e.server_at_boundary && e.client_at_boundary && e.kind == EndKind::ClientClosed
+        });
+        if let Some(mut l) = lent {
+            if clean && tx == TxStatus::Idle && (self.state.pinned.is_some() || self.state.mode == PoolMode::Session) {
+                self.reset(&mut l).await;
+            }
+            self.give_back(l, tx, clean);
+        }
+        let Some(end) = end else {
+            return;
+        };
+        match (end.kind, end.closing) {
+            (EndKind::ServerClosed, _) if end.server_at_boundary => {
+                close::send_fatal(client, SqlState::CONNECTION_FAILURE, "pgsteer: the server connection was lost").await;
+            }
+            (EndKind::Drained | EndKind::Terminated, Some(closing)) => {
+                self.shared.metrics.sessions_drained.with_label_values(&[closing.outcome.label()]).inc();
+                if end.server_at_boundary {
+                    close::send_fatal(client, drain::Closing::SQLSTATE, &closing.message()).await;
+                } else {
+                    close::shut(client).await;
+                }
+            }
+            _ => close::shut(client).await,
+        }
+    }
+
+    /// Runs the reset query on a connection that carries its client's session state.
+    async fn reset(&mut self, l: &mut Lent) {
+        let query = &self.shared.config.pool.reset_query;
+        if !query.is_empty() && let Err(e) = l.conn.query(query).await {
+            debug!(error = %e, "reset query failed; closing the connection");
+            l.conn.broken = true;
+        }
+        l.conn.statements.clear();
+        l.conn.applied.clear();
+    }
+
+    /// The drain order while no connection is lent: only shutdown.
+    fn idle_drain(&self) -> impl std::future::Future<Output = DrainOrder> + Send + 'a {
+        let shutdown = self.shared.shutdown.drain.clone();
+        async move {
+            shutdown.cancelled().await;
+            DrainOrder {
+                reason: drain::SHUTTING_DOWN.into(),
+                grace: None,
+                demoted_primary: false,
+            }
+        }
+    }
+
+    /// The drain order of a lent connection: its member lost the role, or shutdown.
+    fn lent_drain(
+        &self,
+        target: &Target,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = DrainOrder> + Send + 'a>> {
+        let binding = Binding::new(
+            &target.member,
+            target.role,
+            self.request.route,
+            self.request.explicit_route,
+            self.request.pin.is_some(),
+        );
+        Box::pin(drain::watch(
+            self.shared.topology.subscribe(),
+            binding,
+            Graces::from(&self.shared.config.drain),
+            self.shared.shutdown.drain.clone(),
+        ))
+    }
+
+    /// Signals of a session with no connection lent.
+    fn idle_signals(&self) -> Signals<'a> {
+        Signals {
+            drain: Box::pin(self.idle_drain()),
+            hard: Box::pin(self.shared.shutdown.now.cancelled()),
+            paused: self.shared.paused.subscribe(),
+        }
+    }
+
+    /// Counters for the member of the connection lent now.
+    fn tally(&self, target: Option<&Target>) -> PodTally {
+        let pod = target.map_or("", |t| t.member.as_str());
+        PodTally::new(self.shared.metrics.pod(pod))
+    }
+}
+
+/// The client's error when its settings cannot be applied on a connection.
+fn settings_error(e: QueryError, login: bool) -> SessionError {
+    let (code, message) = match &e {
+        QueryError::Failed { message, .. } => (SqlState::INVALID_PARAMETER_VALUE, message.clone()),
+        QueryError::Broken(b) => (SqlState::CONNECTION_FAILURE, b.to_string()),
+    };
+    let message = format!("pgsteer: cannot apply the session's settings: {message}");
+    if login {
+        SessionError::fatal(Side::Server, code, message)
+    } else {
+        SessionError::fatal(Side::Server, code, message)
+    }
+}
+
+/// The client's error when pgsteer cannot log in as its user.
+fn login_error(e: OpenError) -> SessionError {
+    match e {
+        OpenError::Refused { code, message, .. } if code.starts_with("28") => SessionError::fatal(
+            Side::Server,
+            SqlState::INVALID_AUTHORIZATION,
+            format!("pgsteer: the server refused the login: {message}"),
+        ),
+        OpenError::Refused { code, message, .. } if code == "3D000" => SessionError::fatal(
+            Side::Server,
+            SqlState::INVALID_CATALOG_NAME,
+            message,
+        ),
+        e => SessionError::fatal(
+            Side::Server,
+            SqlState::UNABLE_TO_CONNECT,
+            format!("pgsteer: cannot open a server connection: {e}"),
+        ),
+    }
+}

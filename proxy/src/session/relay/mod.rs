@@ -1,0 +1,822 @@
+//! The relay: both directions of an authenticated session in one task.
+//!
+//! Bytes are read into pooled buffers, walked header by header by a
+//! [`Scanner`] and written on in whole runs, usually with one read and one
+//! write syscall per burst. Only ReadyForQuery bodies are read (to know
+//! whether the session is idle, in a transaction or failed), plus what the
+//! server side's [`Owner`] asks for; everything else streams through.
+//! Draining is the [`DrainState`] of `drain.rs`: the relay feeds it orders,
+//! deadlines and ReadyForQuery statuses, and closes when it says so.
+//!
+//! One relay core serves both kinds of session. A passthrough session runs it
+//! once over its one backend. A pooled session runs it again and again: with
+//! no server attached it returns [`Event::NeedServer`] as soon as the client
+//! sends something, and when the owner lends per transaction it returns
+//! [`Event::Idle`] at the end of each one, so the server connection can go
+//! back to its pool. A held message ([`Flow::Hold`]) is rewritten by the
+//! owner once everything before it is written: its replacement goes out
+//! first, then the rest of the stream.
+//!
+//! Either side may be TLS ([`Stream`]): a TLS write can leave bytes in the
+//! rustls buffer, so a half that wrote to a TLS stream flushes it before it
+//! counts as done. On plaintext TCP that flag is never set.
+//!
+//! The hot path touches nothing shared: metric counts go to a per-session
+//! [`PodTally`] that is flushed every flush interval, and the control
+//! futures are polled with a waker of their own, only after it fired
+//! ([`control`]), not on every socket wake-up. A busy session ([`BUSY_READS`]
+//! reads in a flush interval) keeps its buffers between reads; once an
+//! interval passes with fewer, they go back to the pool, so an idle session,
+//! or one that runs a query now and then, holds none.
+
+mod control;
+mod owner;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use pgsteer_protocol::backend::{TxStatus, tag as btag};
+use pgsteer_protocol::frame::{HEADER_LEN, Header};
+use pgsteer_protocol::frontend::tag as ftag;
+use pgsteer_protocol::{Flow, Scanner, TagSet};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use super::buffer::{BUF_SIZE, Window};
+use super::stream::Stream;
+use super::{SessionError, Side};
+use crate::drain::{Closing, DrainOrder, DrainState, Step};
+use crate::metrics::PodTally;
+pub use control::Signals;
+use control::{Control, Wait};
+pub use owner::{Owner, Passthrough};
+
+/// Why the relay stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndKind {
+    /// The client closed its side (after Terminate or not).
+    ClientClosed,
+    /// The server closed its side.
+    ServerClosed,
+    /// A drain was requested and the session reached an idle point.
+    Drained,
+    /// The hard deadline fired: closed wherever the session was.
+    Terminated,
+}
+
+/// How the relay ended, with what the caller needs to close both sides cleanly.
+#[derive(Debug, Clone)]
+pub struct End {
+    /// Why.
+    pub kind: EndKind,
+    /// What a drained or terminated session is told.
+    pub closing: Option<Closing>,
+    /// The client sent Terminate.
+    pub client_terminated: bool,
+    /// The server stream is at a message boundary: a message may be appended.
+    pub server_at_boundary: bool,
+    /// The client stream is at a message boundary.
+    pub client_at_boundary: bool,
+    /// Type of the last message the server sent (`E` = it explained itself).
+    pub last_server_tag: u8,
+    /// Transaction status at the end.
+    pub tx: TxStatus,
+}
+
+/// Why [`Relay::run`] returned.
+#[derive(Debug)]
+pub enum Event {
+    /// The session is over.
+    End(End),
+    /// No server is attached and the client sent something: attach one and run again.
+    NeedServer,
+    /// The owner lends per transaction and the session is idle: detach the server.
+    Idle,
+}
+
+/// Live state the session and drain logic look at.
+#[derive(Debug, Clone, Copy)]
+struct State {
+    /// Requests (Query, Sync, FunctionCall) the server has not answered with ReadyForQuery yet.
+    pending: u32,
+    tx: TxStatus,
+    client_terminated: bool,
+    last_server_tag: u8,
+    /// When the oldest unanswered request was sent.
+    query_start: Option<Instant>,
+    /// When the current transaction's first request was sent.
+    tx_start: Option<Instant>,
+}
+
+impl State {
+    /// Book-keeping for one client request.
+    fn request(&mut self) {
+        if self.pending == 0 {
+            let now = Instant::now();
+            self.query_start = Some(now);
+            if self.tx == TxStatus::Idle && self.tx_start.is_none() {
+                self.tx_start = Some(now);
+            }
+        }
+        self.pending += 1;
+    }
+
+    /// Book-keeping for one ReadyForQuery: the answer to the oldest request.
+    fn ready_for_query(&mut self, tally: &mut PodTally) {
+        self.pending = self.pending.saturating_sub(1);
+        if self.pending > 0 {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(started) = self.query_start.take() {
+            tally.query_seconds.observe((now - started).as_secs_f64());
+        }
+        if self.tx == TxStatus::Idle {
+            tally.transactions += 1;
+            if let Some(t) = self.tx_start.take() {
+                tally.transaction_seconds.observe((now - t).as_secs_f64());
+            }
+        }
+    }
+}
+
+struct Half {
+    win: Window,
+    scanner: Scanner,
+    /// Bytes the owner put in place of a held message; written before `win`'s.
+    inject: BytesMut,
+    /// The scan stopped before a message the owner holds (at the start of the unscanned bytes).
+    held: bool,
+    eof: bool,
+    /// The last read in this poll came back empty: its waker is registered,
+    /// so reading again before the task is woken would only retake the IO
+    /// driver's lock. Cleared at the start of every poll.
+    blocked: bool,
+    /// Bytes were written to a TLS stream that has not been flushed since.
+    unflushed: bool,
+}
+
+/// Injection buffers larger than this are freed once written.
+const INJECT_KEEP: usize = 8 * 1024;
+
+impl Half {
+    fn new(scanner: Scanner) -> Half {
+        Half {
+            win: Window::default(),
+            scanner,
+            inject: BytesMut::new(),
+            held: false,
+            eof: false,
+            blocked: false,
+            unflushed: false,
+        }
+    }
+
+    /// Everything read has been written out (and flushed).
+    fn delivered(&self) -> bool {
+        self.win.approved().is_empty() && self.inject.is_empty() && !self.unflushed
+    }
+
+    /// Nothing read, held or waiting to be written.
+    fn empty(&self) -> bool {
+        self.win.is_empty() && self.inject.is_empty() && !self.held && self.scanner.at_boundary()
+    }
+}
+
+/// A session's relay state, kept across [`Relay::run`] calls.
+pub struct Relay<'a> {
+    c2s: Half,
+    s2c: Half,
+    state: State,
+    control: Control<'a>,
+    drain: DrainState,
+    tally: PodTally,
+    /// Resolves when a pause is lifted (only while one holds this session).
+    resume: Option<Wait>,
+    /// Skip the `EAGAIN` read after a short read (current-thread runtime only).
+    short_read_drains: bool,
+    /// Last value seen on `signals.paused`.
+    paused: bool,
+    /// The session was busy in the last flush interval: it keeps its
+    /// buffers between reads instead of pooling them every time.
+    hot: bool,
+    /// Reads with data in the current flush interval.
+    reads: u32,
+    /// A request the session could not serve is being discarded (see [`Relay::reject`]).
+    rejecting: Option<Rejecting>,
+}
+
+/// Discarding a refused request up to its end.
+struct Rejecting {
+    /// Body bytes of the message being discarded that have not arrived yet.
+    skip_left: usize,
+}
+
+/// Reads per flush interval from which a session counts as busy. A session
+/// that runs a query now and then pools its buffers at once, as an idle one
+/// does, so a crowd of mostly idle sessions holds no buffers.
+const BUSY_READS: u32 = 8;
+
+/// Tags the relay itself reads whole on the server side: ReadyForQuery.
+const SERVER_INSPECT: TagSet = TagSet::of(&[btag::READY_FOR_QUERY]);
+
+/// The two sides of one [`Relay::run`].
+struct Sides<'s, O> {
+    client: &'s mut Stream,
+    server: Option<&'s mut Stream>,
+    owner: &'s mut O,
+}
+
+impl<'a> Relay<'a> {
+    /// A relay for a session whose server side `O` owns; `tx` is the status
+    /// of the ReadyForQuery that ended authentication.
+    pub fn new<O: Owner>(
+        limit: u32,
+        tx: TxStatus,
+        signals: Signals<'a>,
+        tally: PodTally,
+    ) -> Relay<'a> {
+        let paused = *signals.paused.borrow();
+        let mut client = Scanner::new(limit, O::CLIENT_INSPECT, BUF_SIZE);
+        if O::CLIENT_INSPECT != TagSet::EMPTY {
+            // A message too large to hold is shown without a body: the owner decides.
+            client = client.stream_oversize();
+        }
+        let server = Scanner::new(limit, SERVER_INSPECT.with(O::SERVER_INSPECT), BUF_SIZE);
+        Relay {
+            c2s: Half::new(client),
+            s2c: Half::new(server),
+            state: State {
+                pending: 0,
+                tx,
+                client_terminated: false,
+                last_server_tag: btag::READY_FOR_QUERY,
+                query_start: None,
+                tx_start: None,
+            },
+            control: Control::new(signals),
+            drain: DrainState::default(),
+            tally,
+            resume: None,
+            paused,
+            hot: false,
+            reads: 0,
+            rejecting: None,
+            short_read_drains: tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
+        }
+    }
+
+    /// Relays between `client` and `server` (none: not attached) until the
+    /// session ends or, for a pooled session, needs or can give back a server.
+    pub async fn run<O: Owner>(
+        &mut self,
+        client: &mut Stream,
+        server: Option<&mut Stream>,
+        owner: &mut O,
+    ) -> Result<Event, SessionError> {
+        let mut sides = Sides {
+            client,
+            server,
+            owner,
+        };
+        std::future::poll_fn(|cx| self.poll(cx, &mut sides)).await
+    }
+
+    /// A new server connection is attached to a pooled session: its drain
+    /// order and its pod's counters replace the previous ones.
+    pub fn rebind(
+        &mut self,
+        drain: Pin<Box<dyn std::future::Future<Output = DrainOrder> + Send + 'a>>,
+        tally: PodTally,
+    ) {
+        self.control.set_drain(drain);
+        self.drain = DrainState::default();
+        self.tally = tally;
+    }
+
+    /// The transaction status the client last saw.
+    pub fn tx(&self) -> TxStatus {
+        self.state.tx
+    }
+
+    /// The client's bytes not relayed yet (a pooled session with no server
+    /// attached looks at them: a Terminate needs no server).
+    pub fn client_unscanned(&self) -> &[u8] {
+        self.c2s.win.unscanned()
+    }
+
+    /// Bytes to send the client before anything the server sends next
+    /// (ParameterStatus changes of a newly lent connection).
+    pub fn to_client(&mut self) -> &mut BytesMut {
+        &mut self.s2c.inject
+    }
+
+    /// The client's pending request cannot be served (no server for it): it gets
+    /// `error` now; its messages are discarded up to the end of the request (a
+    /// Query or FunctionCall, or up to Sync), which is answered ReadyForQuery.
+    /// Runs while no server is attached.
+    pub fn reject(&mut self, error: &[u8]) {
+        self.s2c.inject.extend_from_slice(error);
+        self.rejecting = Some(Rejecting { skip_left: 0 });
+    }
+
+    /// Discards what [`Relay::reject`] refused; `true` if anything was.
+    fn discard_rejected(&mut self) -> Result<bool, SessionError> {
+        let Some(rej) = &mut self.rejecting else {
+            return Ok(false);
+        };
+        let win = &mut self.c2s.win;
+        let mut progress = false;
+        loop {
+            if rej.skip_left > 0 {
+                let n = rej.skip_left.min(win.unscanned().len());
+                if n == 0 {
+                    return Ok(progress);
+                }
+                win.skip(n);
+                rej.skip_left -= n;
+                progress = true;
+                continue;
+            }
+            let Some(h) = Header::parse(win.unscanned(), u32::MAX).map_err(client_error)? else {
+                return Ok(progress);
+            };
+            if h.tag == ftag::TERMINATE {
+                // Left for the session: the client is leaving.
+                self.rejecting = None;
+                return Ok(true);
+            }
+            let have = win.unscanned().len().min(h.frame_len());
+            win.skip(have);
+            rej.skip_left = h.frame_len() - have;
+            progress = true;
+            if matches!(h.tag, ftag::QUERY | ftag::FUNCTION_CALL | ftag::SYNC) && rej.skip_left == 0 {
+                pgsteer_protocol::encode::ready_for_query(&mut self.s2c.inject, self.state.tx);
+                self.rejecting = None;
+                return Ok(true);
+            }
+        }
+    }
+
+    fn end(&mut self, kind: EndKind) -> End {
+        let closing = match kind {
+            EndKind::Drained => Some(self.drain.closing(Step::Drain)),
+            EndKind::Terminated => Some(self.drain.closing(Step::Terminate)),
+            EndKind::ClientClosed | EndKind::ServerClosed => None,
+        };
+        End {
+            kind,
+            closing,
+            client_terminated: self.state.client_terminated,
+            server_at_boundary: self.s2c.scanner.at_boundary(),
+            client_at_boundary: self.c2s.scanner.at_boundary(),
+            last_server_tag: self.state.last_server_tag,
+            tx: self.state.tx,
+        }
+    }
+
+    /// Idle: nothing in flight either way and no transaction open.
+    fn idle(&self) -> bool {
+        self.state.pending == 0
+            && self.state.tx == TxStatus::Idle
+            && self.c2s.empty()
+            && self.s2c.empty()
+    }
+
+    fn poll<O: Owner>(
+        &mut self,
+        cx: &mut Context<'_>,
+        sides: &mut Sides<'_, O>,
+    ) -> Poll<Result<Event, SessionError>> {
+        if self.control.due(cx)
+            && let Some(kind) = self.on_control()
+        {
+            return Poll::Ready(Ok(Event::End(self.end(kind))));
+        }
+        self.c2s.blocked = false;
+        self.s2c.blocked = false;
+        loop {
+            let mut progress = self.poll_client_read(cx, sides.client)?;
+            let Some(server) = sides.server.as_deref_mut() else {
+                progress |= self.discard_rejected()?;
+                progress |= poll_flush(
+                    &mut self.s2c,
+                    sides.client,
+                    cx,
+                    Side::Client,
+                    &mut self.tally.bytes_from_backend,
+                    false,
+                )?;
+                if self.c2s.eof && self.c2s.win.is_empty() {
+                    return Poll::Ready(Ok(Event::End(self.end(EndKind::ClientClosed))));
+                }
+                if self.rejecting.is_none() && !self.c2s.win.is_empty() && self.s2c.delivered() {
+                    return Poll::Ready(Ok(Event::NeedServer));
+                }
+                if !progress {
+                    self.arm_flush();
+                    return Poll::Pending;
+                }
+                continue;
+            };
+            progress |= self.scan_client(sides.owner)?;
+            let keep = self.keeps_buffers();
+            progress |= poll_flush(
+                &mut self.c2s,
+                server,
+                cx,
+                Side::Server,
+                &mut self.tally.bytes_to_backend,
+                keep,
+            )?;
+            progress |= self.take_held_client(sides.owner)?;
+            progress |= self.poll_server_read(cx, server, sides.owner)?;
+            progress |= poll_flush(
+                &mut self.s2c,
+                sides.client,
+                cx,
+                Side::Client,
+                &mut self.tally.bytes_from_backend,
+                keep,
+            )?;
+            progress |= self.drop_held_server();
+            if let Some(event) = self.event(sides.owner) {
+                return Poll::Ready(Ok(event));
+            }
+            if !progress {
+                self.arm_flush();
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Whether the loop must stop now, and why.
+    fn event<O: Owner>(&mut self, owner: &O) -> Option<Event> {
+        let end = |r: &mut Self, kind| Some(Event::End(r.end(kind)));
+        if self.drain.stopped() && self.s2c.delivered() {
+            return end(self, EndKind::Drained);
+        }
+        if let Some(kind) = ending(self.drain.check(self.idle())) {
+            return end(self, kind);
+        }
+        if self.c2s.eof && self.c2s.delivered() {
+            return end(self, EndKind::ClientClosed);
+        }
+        if self.s2c.eof && self.s2c.delivered() {
+            return end(self, EndKind::ServerClosed);
+        }
+        (owner.lends() && self.idle()).then_some(Event::Idle)
+    }
+
+    /// Keeps the metric flush timer armed while there is something to flush.
+    fn arm_flush(&mut self) {
+        if self.keeps_buffers() || self.tally.is_dirty() {
+            self.control.arm_flush();
+        }
+    }
+
+    /// Whether buffers stay with the session between reads.
+    fn keeps_buffers(&self) -> bool {
+        self.hot || self.reads >= BUSY_READS
+    }
+
+    /// Acts on what the control futures report; `Some` ends the relay.
+    fn on_control(&mut self) -> Option<EndKind> {
+        let ev = self.control.poll();
+        if ev.hard {
+            return Some(EndKind::Terminated);
+        }
+        if ev.flush {
+            self.tally.flush();
+            self.hot = self.reads >= BUSY_READS;
+            self.reads = 0;
+            if !self.hot {
+                // Quiet or nearly so for a whole interval: give the buffers back.
+                self.c2s.win.release();
+                self.s2c.win.release();
+            }
+        }
+        if let Some(order) = ev.order {
+            match self.drain.order(order, self.idle()) {
+                Step::StartGrace(g) => self.control.start_grace(g),
+                step => {
+                    if let Some(kind) = ending(step) {
+                        return Some(kind);
+                    }
+                }
+            }
+        }
+        if ev.deadline {
+            return ending(self.drain.deadline(self.idle()));
+        }
+        None
+    }
+
+    /// Whether a pause holds this session at its transaction boundary now.
+    fn held_by_pause(&mut self, cx: &mut Context<'_>) -> bool {
+        // `has_changed` is one atomic load; `borrow` would take the channel's
+        // lock on every pass of the relay loop.
+        if self.control.signals.paused.has_changed().unwrap_or(false) {
+            self.paused = *self.control.signals.paused.borrow_and_update();
+        }
+        if !self.paused || !self.idle() {
+            self.resume = None;
+            return false;
+        }
+        let resume = self.resume.get_or_insert_with(|| {
+            let mut rx = self.control.signals.paused.clone();
+            Box::pin(async move {
+                let _ = rx.wait_for(|paused| !*paused).await;
+            })
+        });
+        if resume.as_mut().poll(cx).is_ready() {
+            self.resume = None;
+            return false;
+        }
+        true
+    }
+
+    fn poll_client_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut Stream,
+    ) -> Result<bool, SessionError> {
+        if self.held_by_pause(cx) {
+            return Ok(false);
+        }
+        let keep = self.keeps_buffers();
+        let n = poll_fill(
+            &mut self.c2s,
+            client,
+            cx,
+            Side::Client,
+            self.short_read_drains,
+            keep,
+        )?;
+        if n.is_some_and(|n| n > 0) {
+            self.reads += 1;
+        }
+        Ok(n.is_some())
+    }
+
+    /// Scans what the client sent into approval for the server, up to a
+    /// message the owner holds.
+    fn scan_client<O: Owner>(&mut self, owner: &mut O) -> Result<bool, SessionError> {
+        if self.c2s.held || self.c2s.win.unscanned().is_empty() {
+            return Ok(false);
+        }
+        let state = &mut self.state;
+        let scan = self
+            .c2s
+            .scanner
+            .scan(self.c2s.win.unscanned(), |f| {
+                let flow = owner.client_frame(&f);
+                if flow != Flow::Hold {
+                    match f.tag {
+                        ftag::QUERY | ftag::SYNC | ftag::FUNCTION_CALL => state.request(),
+                        ftag::TERMINATE => state.client_terminated = true,
+                        _ => {}
+                    }
+                }
+                flow
+            })
+            .map_err(|e| SessionError::client_protocol(e.to_string()))?;
+        self.c2s.win.approve(scan.forward);
+        self.c2s.held = scan.held;
+        Ok(scan.forward > 0)
+    }
+
+    /// Once everything before a held client message is written, lets the
+    /// owner replace it (the replacement goes first; a body the owner did not
+    /// take streams on).
+    fn take_held_client<O: Owner>(&mut self, owner: &mut O) -> Result<bool, SessionError> {
+        let half = &mut self.c2s;
+        if !half.held || !half.win.approved().is_empty() || !half.inject.is_empty() {
+            return Ok(false);
+        }
+        let un = half.win.unscanned();
+        let Some(h) = Header::parse(un, u32::MAX).map_err(client_error)? else {
+            return Ok(false);
+        };
+        let body_len = h.frame_len() - HEADER_LEN;
+        let have = un.len().saturating_sub(HEADER_LEN).min(body_len);
+        let body = un.get(HEADER_LEN..HEADER_LEN + have).unwrap_or_default();
+        let Some(taken) = owner.rewrite(h.tag, body, body_len, &mut half.inject)? else {
+            // The owner needs more of the message before it can rewrite it.
+            return Ok(false);
+        };
+        let taken = taken.min(have);
+        match h.tag {
+            ftag::QUERY | ftag::SYNC | ftag::FUNCTION_CALL => self.state.request(),
+            ftag::TERMINATE => self.state.client_terminated = true,
+            _ => {}
+        }
+        half.win.skip(HEADER_LEN + taken);
+        if taken < body_len {
+            half.scanner.stream_rest(body_len - taken);
+        }
+        half.held = false;
+        Ok(true)
+    }
+
+    /// Drops a server message the owner held (the answer to something it
+    /// sent on its own), once everything before it is written.
+    fn drop_held_server(&mut self) -> bool {
+        let half = &mut self.s2c;
+        if !half.held || !half.win.approved().is_empty() {
+            return false;
+        }
+        let Ok(Some(h)) = Header::parse(half.win.unscanned(), u32::MAX) else {
+            return false;
+        };
+        if half.win.unscanned().len() < h.frame_len() {
+            return false;
+        }
+        half.win.skip(h.frame_len());
+        half.held = false;
+        true
+    }
+
+    fn poll_server_read<O: Owner>(
+        &mut self,
+        cx: &mut Context<'_>,
+        server: &mut Stream,
+        owner: &mut O,
+    ) -> Result<bool, SessionError> {
+        if self.drain.stopped() {
+            // Closing at the drain's idle point once what was approved is written.
+            return Ok(false);
+        }
+        let keep = self.keeps_buffers();
+        let n = poll_fill(
+            &mut self.s2c,
+            server,
+            cx,
+            Side::Server,
+            self.short_read_drains,
+            keep,
+        )?;
+        if n.is_some_and(|n| n > 0) {
+            self.reads += 1;
+        }
+        let scanned = self.scan_server(owner)?;
+        Ok(n.is_some() || scanned)
+    }
+
+    fn scan_server<O: Owner>(&mut self, owner: &mut O) -> Result<bool, SessionError> {
+        if self.s2c.held || self.s2c.win.unscanned().is_empty() {
+            return Ok(false);
+        }
+        let state = &mut self.state;
+        let tally = &mut self.tally;
+        let drain = &mut self.drain;
+        let scan = self
+            .s2c
+            .scanner
+            .scan(self.s2c.win.unscanned(), |f| {
+                if owner.server_frame(&f) == Flow::Hold {
+                    return Flow::Hold;
+                }
+                state.last_server_tag = f.tag;
+                if f.tag == btag::COMMAND_COMPLETE {
+                    tally.queries += 1;
+                }
+                if f.tag != btag::READY_FOR_QUERY {
+                    return Flow::Continue;
+                }
+                if let Some(tx) = f
+                    .body
+                    .and_then(|b| b.first())
+                    .and_then(|&b| TxStatus::from_byte(b))
+                {
+                    state.tx = tx;
+                }
+                state.ready_for_query(tally);
+                if drain.ready_for_query(state.tx, state.pending) {
+                    Flow::Stop
+                } else {
+                    Flow::Continue
+                }
+            })
+            .map_err(|e| SessionError::server_protocol(e.to_string()))?;
+        self.s2c.win.approve(scan.forward);
+        self.s2c.held = scan.held;
+        Ok(scan.forward > 0)
+    }
+}
+
+fn client_error(e: pgsteer_protocol::FrameError) -> SessionError {
+    SessionError::client_protocol(e.to_string())
+}
+
+/// The end a drain step calls for, if any (a grace is started by the caller).
+fn ending(step: Step) -> Option<EndKind> {
+    match step {
+        Step::Drain => Some(EndKind::Drained),
+        Step::Terminate => Some(EndKind::Terminated),
+        Step::Continue | Step::StartGrace(_) => None,
+    }
+}
+
+/// Reads what is available into a half's window. `Ok(None)`: nothing read
+/// (not ready, blocked earlier in this poll, no room, or closed);
+/// `Ok(Some(0))`: end of stream just seen. While `keep` is set (the session
+/// is busy) the buffer stays with the window when the socket has nothing;
+/// otherwise it goes back to the pool, so idle sessions hold none.
+fn poll_fill(
+    half: &mut Half,
+    from: &mut Stream,
+    cx: &mut Context<'_>,
+    side: Side,
+    short_read_drains: bool,
+    keep: bool,
+) -> Result<Option<usize>, SessionError> {
+    if half.eof || half.blocked || !half.win.has_room() {
+        return Ok(None);
+    }
+    let spare = half.win.spare();
+    let room = spare.len();
+    let mut rb = ReadBuf::new(spare);
+    match Pin::new(&mut *from).poll_read(cx, &mut rb) {
+        Poll::Pending => {
+            if !keep {
+                half.win.release();
+            }
+            half.blocked = true;
+            Ok(None)
+        }
+        Poll::Ready(Ok(())) => {
+            let n = rb.filled().len();
+            if n == 0 {
+                half.eof = true;
+                half.win.release();
+            } else {
+                half.win.filled(n);
+                if short_read_drains && n < room {
+                    from.mark_drained();
+                }
+            }
+            Ok(Some(n))
+        }
+        Poll::Ready(Err(e)) => Err(SessionError::io(side, e)),
+    }
+}
+
+/// Writes a half's injected bytes, then its approved bytes, to the other
+/// side (and flushes a TLS stream).
+fn poll_flush(
+    half: &mut Half,
+    to: &mut Stream,
+    cx: &mut Context<'_>,
+    side: Side,
+    bytes: &mut u64,
+    keep: bool,
+) -> Result<bool, SessionError> {
+    let mut progress = false;
+    loop {
+        let injected = !half.inject.is_empty();
+        let out = if injected {
+            &half.inject[..]
+        } else {
+            half.win.approved()
+        };
+        if out.is_empty() {
+            break;
+        }
+        let n = match Pin::new(&mut *to).poll_write(cx, out) {
+            Poll::Pending => break,
+            Poll::Ready(Ok(0)) => {
+                return Err(SessionError::io(side, std::io::ErrorKind::WriteZero.into()));
+            }
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Err(SessionError::io(side, e)),
+        };
+        if injected {
+            half.inject.advance(n);
+            if half.inject.is_empty() && half.inject.capacity() > INJECT_KEEP {
+                half.inject = BytesMut::new();
+            }
+        } else {
+            half.win.consume(n);
+            if !keep {
+                half.win.release();
+            }
+        }
+        *bytes += n as u64;
+        progress = true;
+        half.unflushed = to.buffers_writes();
+    }
+    if half.unflushed {
+        match Pin::new(&mut *to).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                half.unflushed = false;
+                progress = true;
+            }
+            Poll::Pending => {}
+            Poll::Ready(Err(e)) => return Err(SessionError::io(side, e)),
+        }
+    }
+    Ok(progress)
+}

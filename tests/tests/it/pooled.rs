@@ -1,0 +1,178 @@
+//! Pooled mode against real Postgres: pgsteer authenticates clients itself (SCRAM with
+//! ClientKey pass-through), lends server connections per transaction, keeps each client's
+//! settings and prepared statements, pins what cannot move, and fences by topology.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use pgsteer::Config;
+use pgsteer_cluster::{APP_PASSWORD, APP_USER, Cluster, Spec};
+
+use crate::harness::{self, DEADLINE, Env, config_for, connect, try_connect};
+
+/// A cluster with pgsteer in front whose rw listener pools per transaction.
+pub struct Pooled {
+    pub env: Env,
+    _dir: TempDir,
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The SCRAM verifier Postgres stores for `user`.
+pub fn verifier(cluster: &Cluster, user: &str) -> String {
+    cluster
+        .psql(
+            "pg-0",
+            &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'"),
+        )
+        .expect("psql")
+        .trim()
+        .to_owned()
+}
+
+/// A userlist with the app user's verifier (so pgsteer logs in by ClientKey pass-through).
+pub fn userlist(cluster: &Cluster, dir: &TempDir) -> PathBuf {
+    let path = dir.0.join("userlist.txt");
+    let text = format!("\"{APP_USER}\" \"{}\"\n", verifier(cluster, APP_USER));
+    std::fs::write(&path, text).expect("write userlist");
+    path
+}
+
+impl Pooled {
+    /// `replicas` replicas; the rw listener in transaction mode with pool `size`.
+    pub async fn start(replicas: usize, tweak: impl FnOnce(&mut Config)) -> Pooled {
+        let cluster = harness::cluster(Spec {
+            replicas,
+            ..Spec::default()
+        })
+        .await;
+        let dir = TempDir(std::env::temp_dir().join(format!(
+            "pgsteer-pooled-{}-{}",
+            std::process::id(),
+            cluster.nodes()[0].port
+        )));
+        std::fs::create_dir_all(&dir.0).expect("temp dir");
+        let mut config = config_for(&cluster);
+        config.pool.mode = pgsteer::config::PoolMode::Transaction;
+        config.pool.size = 4;
+        config.auth.auth_file = Some(userlist(&cluster, &dir));
+        tweak(&mut config);
+        let env = Env::start_on(cluster, config, replicas).await;
+        Pooled { env, _dir: dir }
+    }
+
+    pub fn rw(&self) -> SocketAddr {
+        self.env.rw()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_client_logs_in_with_scram_and_runs_transactions_on_shared_connections() {
+    let p = Pooled::start(0, |_| {}).await;
+    let a = connect(p.rw(), None).await;
+    let b = connect(p.rw(), None).await;
+    for c in [&a, &b] {
+        let row = c
+            .query_one("SELECT current_user::text, 1 + 1", &[])
+            .await
+            .expect("query through the pool");
+        assert_eq!(row.get::<_, String>(0), APP_USER);
+        assert_eq!(row.get::<_, i32>(1), 2);
+    }
+    // Both clients' transactions ran on pooled connections: no more than the pool holds.
+    let backends: i64 = a
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(backends <= 4, "{backends} backends for the app user");
+    let wrong = try_connect(p.rw(), APP_USER, "wrong", None).await.unwrap_err();
+    let db = wrong.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "28P01", "{db}");
+    let unknown = try_connect(p.rw(), "nobody", "x", None).await.unwrap_err();
+    let db2 = unknown.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db2.code().code(), "28P01");
+    assert_eq!(
+        db2.message().replace("nobody", "U"),
+        db.message().replace(APP_USER, "U"),
+        "an unknown user sees the same refusal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_follows_the_client_to_its_next_connection_and_does_not_leak_to_another() {
+    let p = Pooled::start(0, |c| c.pool.size = 2).await;
+    let a = connect(p.rw(), None).await;
+    a.batch_execute("SET search_path = pg_catalog, public; SET application_name = 'client-a'")
+        .await
+        .unwrap();
+    let b = connect(p.rw(), None).await;
+    // Keep one connection busy in b's transaction so that a's next one may well be the other.
+    b.batch_execute("BEGIN").await.unwrap();
+    for _ in 0..5 {
+        let row = a
+            .query_one("SELECT current_setting('search_path'), current_setting('application_name'), pg_backend_pid()", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "pg_catalog, public");
+        assert_eq!(row.get::<_, String>(1), "client-a");
+    }
+    b.batch_execute("COMMIT").await.unwrap();
+    for _ in 0..5 {
+        let row = b
+            .query_one("SELECT current_setting('search_path')", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "\"$user\", public", "a's setting leaked to b");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_runs_simple_extended_and_prepared_with_many_clients_on_a_small_pool() {
+    let p = Pooled::start(0, |c| c.pool.size = 5).await;
+    let addr = p.rw();
+    let init = pgbench(addr, &["-i", "-s", "1", "-q"]).await;
+    assert!(init.0, "pgbench -i: {}", init.1);
+    for mode in ["simple", "extended", "prepared"] {
+        let (ok, out) = pgbench(addr, &["-M", mode, "-c", "40", "-j", "2", "-t", "50"]).await;
+        assert!(ok, "pgbench -M {mode}: {out}");
+        assert!(
+            out.contains("number of transactions actually processed: 2000/2000"),
+            "pgbench -M {mode}: {out}"
+        );
+        assert!(out.contains("number of failed transactions: 0"), "{out}");
+    }
+}
+
+/// Runs pgbench through `addr` as the app user.
+async fn pgbench(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = tokio::time::timeout(
+        DEADLINE * 4,
+        tokio::process::Command::new("pgbench")
+            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args(["-U", APP_USER])
+            .args(args)
+            .arg(pgsteer_cluster::DATABASE)
+            .env("PGPASSWORD", APP_PASSWORD)
+            .output(),
+    )
+    .await
+    .expect("pgbench finished in time")
+    .expect("pgbench runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
