@@ -1,12 +1,23 @@
 //! Wiring from configuration to the discovery sources of `pgsteer-discovery`.
 
-use pgsteer_discovery::kubernetes::{AddressMode, KubernetesSettings};
+use pgsteer_discovery::kubernetes::{AddressMode, KubernetesError, KubernetesSettings};
 use pgsteer_discovery::{ProbeConfig, ProbeHandle, StaticMember, Topology};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, Source};
+
+/// Why `pgsteer check` could not read the topology once.
+#[derive(Debug, thiserror::Error)]
+pub enum OnceError {
+    /// The discovery settings are unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The Kubernetes API could not be asked.
+    #[error("discovery.kubernetes: {0}")]
+    Kubernetes(#[source] KubernetesError),
+}
 
 /// The probe settings, if `[discovery.probe]` is configured.
 pub fn probe_config(config: &Config) -> Result<Option<ProbeConfig>, ConfigError> {
@@ -36,17 +47,16 @@ pub fn static_members(config: &Config) -> Vec<StaticMember> {
 /// The Kubernetes source settings from `[discovery.kubernetes]`.
 pub fn kubernetes_settings(config: &Config) -> Result<KubernetesSettings, ConfigError> {
     let Some(k) = &config.discovery.kubernetes else {
-        return Err(ConfigError(
-            "discovery: source = \"kubernetes\" needs [discovery.kubernetes]".into(),
-        ));
+        return Err(ConfigError::MissingSection {
+            source_name: "kubernetes",
+            section: "discovery.kubernetes",
+        });
     };
     if k.selector.trim().is_empty() {
-        return Err(ConfigError(
-            "discovery.kubernetes.selector: give the label selector of the database pods".into(),
-        ));
+        return Err(ConfigError::EmptySelector);
     }
     let address = AddressMode::parse(&k.address, k.service.as_deref())
-        .map_err(|e| ConfigError(format!("discovery.kubernetes: {e}")))?;
+        .map_err(ConfigError::KubernetesAddress)?;
     Ok(KubernetesSettings {
         namespace: k.namespace.clone(),
         selector: k.selector.clone(),
@@ -62,9 +72,10 @@ pub fn patroni_settings(
     config: &Config,
 ) -> Result<pgsteer_discovery::PatroniSettings, ConfigError> {
     let Some(p) = &config.discovery.patroni else {
-        return Err(ConfigError(
-            "discovery: source = \"patroni\" needs [discovery.patroni]".into(),
-        ));
+        return Err(ConfigError::MissingSection {
+            source_name: "patroni",
+            section: "discovery.patroni",
+        });
     };
     Ok(pgsteer_discovery::PatroniSettings {
         endpoints: p.endpoints.clone(),
@@ -74,9 +85,7 @@ pub fn patroni_settings(
 }
 
 fn need_probe(config: &Config) -> Result<ProbeConfig, ConfigError> {
-    probe_config(config)?.ok_or_else(|| {
-        ConfigError("discovery: the static source needs [discovery.probe] credentials".into())
-    })
+    probe_config(config)?.ok_or(ConfigError::NoProbe)
 }
 
 /// Starts the configured source publishing into `tx` until `cancel` fires.
@@ -108,7 +117,7 @@ pub fn spawn(
 }
 
 /// Runs discovery once (for `pgsteer check`).
-pub async fn once(config: &Config) -> Result<Topology, ConfigError> {
+pub async fn once(config: &Config) -> Result<Topology, OnceError> {
     match config.discovery.source {
         Source::Static => {
             Ok(pgsteer_discovery::probe_once(&static_members(config), &need_probe(config)?).await)
@@ -120,7 +129,7 @@ pub async fn once(config: &Config) -> Result<Topology, ConfigError> {
         Source::Kubernetes => {
             pgsteer_discovery::kubernetes::list_once(&kubernetes_settings(config)?)
                 .await
-                .map_err(|e| ConfigError(format!("discovery.kubernetes: {e}")))
+                .map_err(OnceError::Kubernetes)
         }
     }
 }

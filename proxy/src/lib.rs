@@ -13,6 +13,7 @@ pub mod demo;
 pub mod discovery;
 pub mod drain;
 pub mod listener;
+pub mod load;
 pub mod metrics;
 pub mod router;
 pub mod session;
@@ -36,6 +37,7 @@ pub use state::{Shared, Shutdown};
 
 use crate::config::ConfigError;
 use crate::session::ListenerKind;
+use crate::tls::TlsError;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,12 @@ pub enum StartError {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A certificate, key or CA file named in `[tls]` does not load.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The metric families could not be registered.
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
 }
 
 /// A running proxy.
@@ -95,6 +103,8 @@ async fn bind(
 
 /// Binds the listeners, starts discovery and serves until `shutdown` fires.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartError> {
+    // The files first: a bad certificate leaves nothing started behind.
+    let tls = Arc::new(tls::Tls::load(&config.tls)?);
     let rw = bind("rw", config.listen.rw).await?;
     let ro = bind("ro", config.listen.ro).await?;
     let admin = bind("admin", config.listen.admin).await?;
@@ -107,9 +117,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let (reprobe, discovery_task) = discovery::spawn(&config, raw_tx, discovery_stop.clone())?;
     let admin_state = state::AdminState::default();
     let drained_rx = admin_state.drained.subscribe();
-    let metrics = metrics::Metrics::new()
-        .map_err(|e| ConfigError(format!("cannot register metrics: {e}")))?;
-    let tls = Arc::new(tls::Tls::load(&config.tls)?);
+    let metrics = metrics::Metrics::new().map_err(StartError::Metrics)?;
 
     let shared = Arc::new(Shared {
         permits: Arc::new(Semaphore::new(config.limits.max_client_connections)),
