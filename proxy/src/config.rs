@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pgsteer_discovery::kubernetes::AddressModeError;
+use pgsteer_discovery::kubernetes::{AddressMode, AddressModeError};
 use serde::{Deserialize, Deserializer};
 
 /// A configuration problem. Every message is one line and names the setting.
@@ -404,6 +404,33 @@ pub struct Discovery {
     pub patroni: Option<PatroniConfig>,
 }
 
+impl Discovery {
+    /// `[discovery.probe]`, which the static source needs (the other sources may go without).
+    pub fn static_probe(&self) -> Result<&Probe, ConfigError> {
+        self.probe.as_ref().ok_or(ConfigError::NoProbe)
+    }
+
+    /// `[discovery.kubernetes]`, which `source = "kubernetes"` needs.
+    pub fn kubernetes_section(&self) -> Result<&KubernetesConfig, ConfigError> {
+        self.kubernetes.as_ref().ok_or(ConfigError::MissingSection {
+            source_name: "kubernetes",
+            section: "discovery.kubernetes",
+        })
+    }
+
+    /// `[discovery.patroni]` with at least one endpoint, which `source = "patroni"` needs.
+    pub fn patroni_section(&self) -> Result<&PatroniConfig, ConfigError> {
+        match &self.patroni {
+            None => Err(ConfigError::MissingSection {
+                source_name: "patroni",
+                section: "discovery.patroni",
+            }),
+            Some(p) if p.endpoints.is_empty() => Err(ConfigError::NoPatroniEndpoints),
+            Some(p) => Ok(p),
+        }
+    }
+}
+
 /// `[discovery.kubernetes]`: pods watched through the API server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -427,6 +454,18 @@ pub struct KubernetesConfig {
     /// Kubeconfig file; default: `KUBECONFIG` or `~/.kube/config` if present, else the
     /// in-cluster service account.
     pub kubeconfig: Option<PathBuf>,
+}
+
+impl KubernetesConfig {
+    /// How member addresses are formed, after checking the section: a selector is set and
+    /// `address`/`service` name an [`AddressMode`].
+    pub fn address_mode(&self) -> Result<AddressMode, ConfigError> {
+        if self.selector.trim().is_empty() {
+            return Err(ConfigError::EmptySelector);
+        }
+        AddressMode::parse(&self.address, self.service.as_deref())
+            .map_err(ConfigError::KubernetesAddress)
+    }
 }
 
 fn default_pg_port() -> u16 {
@@ -699,58 +738,44 @@ impl Config {
         let d = &self.discovery;
         match d.source {
             Source::Static => self.validate_static()?,
-            Source::Kubernetes if d.kubernetes.is_none() => {
-                return Err(ConfigError::MissingSection {
-                    source_name: "kubernetes",
-                    section: "discovery.kubernetes",
-                });
+            Source::Kubernetes => {
+                d.kubernetes_section()?.address_mode()?;
             }
-            Source::Patroni => match &d.patroni {
-                None => {
-                    return Err(ConfigError::MissingSection {
-                        source_name: "patroni",
-                        section: "discovery.patroni",
-                    });
-                }
-                Some(p) if p.endpoints.is_empty() => {
-                    return Err(ConfigError::NoPatroniEndpoints);
-                }
-                Some(_) => {}
-            },
-            Source::Kubernetes => {}
+            Source::Patroni => {
+                d.patroni_section()?;
+            }
         }
         if let Some(p) = &d.probe {
             p.resolve_password()?;
         }
+        let ranges = [
+            (
+                "discovery.probe_interval",
+                "above zero",
+                !d.probe_interval.is_zero(),
+            ),
+            (
+                "limits.max_client_connections",
+                "above zero",
+                self.limits.max_client_connections > 0,
+            ),
+            (
+                "limits.max_message_bytes",
+                "at least 1024",
+                self.limits.max_message_bytes >= 1024,
+            ),
+            ("runtime.threads", "at least 1", self.runtime.threads > 0),
+        ];
+        if let Some(&(setting, bound, _)) = ranges.iter().find(|(_, _, ok)| !ok) {
+            return Err(ConfigError::OutOfRange { setting, bound });
+        }
         self.admin.token()?;
         self.tls.validate()?;
-        if d.probe_interval.is_zero() {
-            return Err(ConfigError::OutOfRange {
-                setting: "discovery.probe_interval",
-                bound: "above zero",
-            });
-        }
-        if self.limits.max_client_connections == 0 {
-            return Err(ConfigError::OutOfRange {
-                setting: "limits.max_client_connections",
-                bound: "above zero",
-            });
-        }
-        if self.limits.max_message_bytes < 1024 {
-            return Err(ConfigError::OutOfRange {
-                setting: "limits.max_message_bytes",
-                bound: "at least 1024",
-            });
-        }
-        if self.runtime.threads == 0 {
-            return Err(ConfigError::OutOfRange {
-                setting: "runtime.threads",
-                bound: "at least 1",
-            });
-        }
         Ok(())
     }
 
+    /// The static source: uniquely named members with `host:port` addresses, and probe
+    /// credentials.
     fn validate_static(&self) -> Result<(), ConfigError> {
         let d = &self.discovery;
         if d.members.is_empty() {
@@ -774,36 +799,7 @@ impl Config {
                 });
             }
         }
-        match &d.probe {
-            None => return Err(ConfigError::NoProbe),
-            Some(p) => {
-                p.resolve_password()?;
-            }
-        }
-        if d.probe_interval.is_zero() {
-            return Err(ConfigError::OutOfRange {
-                setting: "discovery.probe_interval",
-                bound: "above zero",
-            });
-        }
-        if self.limits.max_client_connections == 0 {
-            return Err(ConfigError::OutOfRange {
-                setting: "limits.max_client_connections",
-                bound: "above zero",
-            });
-        }
-        if self.limits.max_message_bytes < 1024 {
-            return Err(ConfigError::OutOfRange {
-                setting: "limits.max_message_bytes",
-                bound: "at least 1024",
-            });
-        }
-        if self.runtime.threads == 0 {
-            return Err(ConfigError::OutOfRange {
-                setting: "runtime.threads",
-                bound: "at least 1",
-            });
-        }
+        d.static_probe()?;
         Ok(())
     }
 }
