@@ -1,4 +1,7 @@
 //! `pgsteer demo`: a local primary + streaming replicas with pgsteer in front.
+//!
+//! The only module that uses `pgsteer-cluster` (the test clusters' crate); it is built with the
+//! default cargo feature `demo`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

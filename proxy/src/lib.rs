@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod cancel;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod discovery;
 pub mod drain;

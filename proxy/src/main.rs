@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use pgsteer::demo::{self, DemoAddrs};
 use pgsteer::{Config, Shutdown};
 use tracing::{info, warn};
 
@@ -68,22 +67,32 @@ fn main() -> ExitCode {
             Ok(c) => exit(check(c)),
             Err(code) => code,
         },
-        Command::Demo { replicas } => {
-            let addrs = DemoAddrs::default();
-            match demo::prepare(replicas, addrs) {
-                Ok((cluster, config)) => {
-                    println!("{}", demo::banner(&cluster, addrs));
-                    let r = serve(config, None);
-                    drop(cluster);
-                    exit(r)
-                }
-                Err(e) => {
-                    eprintln!("pgsteer demo: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Demo { replicas } => demo(replicas),
+    }
+}
+
+#[cfg(feature = "demo")]
+fn demo(replicas: usize) -> ExitCode {
+    use pgsteer::demo::{self, DemoAddrs};
+    let addrs = DemoAddrs::default();
+    match demo::prepare(replicas, addrs) {
+        Ok((cluster, config)) => {
+            println!("{}", demo::banner(&cluster, addrs));
+            let r = serve(config, None);
+            drop(cluster);
+            exit(r)
+        }
+        Err(e) => {
+            eprintln!("pgsteer demo: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(not(feature = "demo"))]
+fn demo(_replicas: usize) -> ExitCode {
+    eprintln!("pgsteer demo: this pgsteer was built without the cargo feature `demo`");
+    ExitCode::FAILURE
 }
 
 fn exit(r: anyhow::Result<()>) -> ExitCode {
