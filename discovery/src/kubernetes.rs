@@ -53,16 +53,27 @@ pub enum AddressMode {
     },
 }
 
+/// Why the configuration's `address` and `service` name no [`AddressMode`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressModeError {
+    /// `address = "dns"` without the headless Service to form names with.
+    #[error("address = \"dns\" needs service (the headless Service)")]
+    DnsWithoutService,
+    /// Neither `ip` nor `dns`.
+    #[error("address {0:?}: expected \"ip\" or \"dns\"")]
+    Unknown(String),
+}
+
 impl AddressMode {
     /// From the configuration's `address` (`ip` or `dns`) and `service`.
-    pub fn parse(mode: &str, service: Option<&str>) -> Result<AddressMode, String> {
+    pub fn parse(mode: &str, service: Option<&str>) -> Result<AddressMode, AddressModeError> {
         match (mode, service) {
             ("ip", _) => Ok(AddressMode::Ip),
             ("dns", Some(s)) if !s.is_empty() => Ok(AddressMode::Dns {
                 service: s.to_owned(),
             }),
-            ("dns", _) => Err("address = \"dns\" needs service (the headless Service)".into()),
-            (other, _) => Err(format!("address {other:?}: expected \"ip\" or \"dns\"")),
+            ("dns", _) => Err(AddressModeError::DnsWithoutService),
+            (other, _) => Err(AddressModeError::Unknown(other.to_owned())),
         }
     }
 }
@@ -78,7 +89,10 @@ pub async fn list_once(settings: &KubernetesSettings) -> Result<Topology, Kubern
     let pods = api
         .list(&ListParams::default().labels(&settings.selector))
         .await
-        .map_err(|e| KubernetesError(format!("listing pods in {namespace}: {e}")))?;
+        .map_err(|source| KubernetesError::ListPods {
+            namespace: namespace.clone(),
+            source,
+        })?;
     let mut store = PodStore::new();
     store.apply(kube::runtime::watcher::Event::Init, settings);
     for pod in pods.items {
@@ -108,15 +122,10 @@ mod tests {
                 service: "pg".into()
             })
         );
-        assert!(
-            AddressMode::parse("dns", None)
-                .unwrap_err()
-                .contains("service")
-        );
-        assert!(
-            AddressMode::parse("fqdn", None)
-                .unwrap_err()
-                .contains("\"ip\" or \"dns\"")
-        );
+        let dns = AddressMode::parse("dns", None).unwrap_err();
+        assert_eq!(dns, AddressModeError::DnsWithoutService);
+        assert!(dns.to_string().contains("service"), "{dns}");
+        let fqdn = AddressMode::parse("fqdn", None).unwrap_err();
+        assert!(fqdn.to_string().contains("\"ip\" or \"dns\""), "{fqdn}");
     }
 }

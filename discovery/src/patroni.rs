@@ -23,6 +23,7 @@ pub use cluster_doc::{
     ClusterDoc, NOLOADBALANCE_NOTE, PatroniMember, STANDBY_LEADER_NOTE, SWITCHOVER_DRAIN_LEAD,
     ScheduledSwitchover, fold_cluster, parse_timestamp,
 };
+pub use http::{EndpointError, FetchError, PollError};
 
 use crate::probe::{Observation, ProbeConfig};
 use crate::probe_set::{ProbeHandle, ProbeSet};
@@ -85,7 +86,7 @@ pub fn spawn_patroni(
 /// Polls until cancelled or the folder is gone, backing off while no endpoint answers.
 async fn poll_loop(
     settings: PatroniSettings,
-    out: mpsc::Sender<Result<ClusterDoc, String>>,
+    out: mpsc::Sender<Result<ClusterDoc, PollError>>,
     cancel: CancellationToken,
 ) {
     let endpoints: Vec<Endpoint> = settings
@@ -143,7 +144,7 @@ impl Folder {
 
     async fn run(
         mut self,
-        mut docs: mpsc::Receiver<Result<ClusterDoc, String>>,
+        mut docs: mpsc::Receiver<Result<ClusterDoc, PollError>>,
         mut observations: mpsc::Receiver<(String, Observation)>,
         tx: watch::Sender<Topology>,
         cancel: CancellationToken,
@@ -171,7 +172,7 @@ impl Folder {
     }
 
     /// Takes in one poll result: a new claim, or an outage (the last claim stays).
-    fn on_poll(&mut self, result: Result<ClusterDoc, String>, now: SystemTime) {
+    fn on_poll(&mut self, result: Result<ClusterDoc, PollError>, now: SystemTime) {
         match result {
             Ok(doc) => {
                 if self.source_error.take().is_some() {
@@ -190,7 +191,7 @@ impl Folder {
                 if self.source_error.is_none() {
                     warn!(error = %e, "patroni unreachable: keeping the last topology");
                 }
-                self.source_error = Some(e);
+                self.source_error = Some(e.to_string());
             }
         }
     }
@@ -281,7 +282,7 @@ pub async fn patroni_once(settings: &PatroniSettings, probe: Option<&ProbeConfig
     let doc = match poll_round(&endpoints, &mut 0, settings.request_timeout).await {
         Ok(doc) => doc,
         Err(e) => {
-            topology.source_error = Some(e);
+            topology.source_error = Some(e.to_string());
             return topology;
         }
     };

@@ -214,10 +214,25 @@ fn fold_member(
     member
 }
 
+/// Why one probe of one member gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The member's address is not `host:port` (configuration; every probe fails the same way).
+    #[error("invalid member address {0:?}: expected host:port")]
+    Address(String),
+    /// Connecting, authenticating, preparing or running the probe query failed, or the answer
+    /// had columns of unexpected types.
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    /// Connect and query together took longer than the probe timeout.
+    #[error("probe timed out after {0:?}")]
+    Timeout(Duration),
+}
+
 /// Probes one member, keeping one connection open between probes.
 pub(crate) struct Prober {
     member: StaticMember,
-    config: Result<tokio_postgres::Config, String>,
+    config: Result<tokio_postgres::Config, ProbeError>,
     timeout: Duration,
     conn: Option<Conn>,
 }
@@ -245,26 +260,21 @@ impl Prober {
             Ok(config) => config,
             Err(error) => {
                 return Observation::Down {
-                    error: error.clone(),
+                    error: with_causes(error),
                 };
             }
         };
         let name = self.member.name.as_str();
         let attempt = attempt(config, name, &mut self.conn);
-        match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(observation)) => observation,
-            Ok(Err(error)) => {
-                debug!(member = %name, error = %error, "probe failed");
-                self.conn = None;
-                Observation::Down { error }
-            }
-            Err(_) => {
-                let error = format!("probe timed out after {:?}", self.timeout);
-                debug!(member = %name, error = %error, "probe failed");
-                self.conn = None;
-                Observation::Down { error }
-            }
-        }
+        let error = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(observation)) => return observation,
+            Ok(Err(error)) => error,
+            Err(_) => ProbeError::Timeout(self.timeout),
+        };
+        let error = with_causes(&error);
+        debug!(member = %name, error = %error, "probe failed");
+        self.conn = None;
+        Observation::Down { error }
     }
 }
 
@@ -273,12 +283,12 @@ async fn attempt(
     config: &tokio_postgres::Config,
     name: &str,
     conn: &mut Option<Conn>,
-) -> Result<Observation, String> {
+) -> Result<Observation, ProbeError> {
     if let Some(open) = conn.as_ref() {
         match open.query().await {
             Ok(observation) => return Ok(observation),
             Err(error) => {
-                debug!(member = %name, error = %error, "probe on open connection failed, reconnecting");
+                debug!(member = %name, error = %with_causes(&error), "probe on open connection failed, reconnecting");
                 *conn = None;
             }
         }
@@ -297,15 +307,15 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(config: &tokio_postgres::Config, name: &str) -> Result<Conn, String> {
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
+    async fn open(config: &tokio_postgres::Config, name: &str) -> Result<Conn, ProbeError> {
+        let (client, connection) = config.connect(NoTls).await?;
         let member = name.to_owned();
         let driver = AbortOnDropHandle::new(tokio::spawn(async move {
             if let Err(e) = connection.await {
-                debug!(member = %member, error = %describe(&e), "probe connection ended");
+                debug!(member = %member, error = %with_causes(&e), "probe connection ended");
             }
         }));
-        let statement = client.prepare(PROBE_SQL).await.map_err(|e| describe(&e))?;
+        let statement = client.prepare(PROBE_SQL).await?;
         Ok(Conn {
             client,
             statement,
@@ -316,13 +326,9 @@ impl Conn {
     /// Runs the probe and times its round trip. `Err` means the connection is unusable; an
     /// answer that makes no sense is a [`Observation::Down`] on a healthy connection (fail
     /// closed, keep the connection).
-    async fn query(&self) -> Result<Observation, String> {
+    async fn query(&self) -> Result<Observation, ProbeError> {
         let started = Instant::now();
-        let row = self
-            .client
-            .query_one(&self.statement, &[])
-            .await
-            .map_err(|e| describe(&e))?;
+        let row = self.client.query_one(&self.statement, &[]).await?;
         let round_trip = started.elapsed();
         let columns = (
             row.try_get::<_, bool>(0),
@@ -331,7 +337,7 @@ impl Conn {
         );
         let (in_recovery, lsn, replay_delay) = match columns {
             (Ok(r), Ok(l), Ok(d)) => (r, l, d),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(describe(&e)),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(e.into()),
         };
         let Some(lsn) = lsn.as_deref().and_then(parse_lsn) else {
             let shown = lsn.as_deref().unwrap_or("null");
@@ -348,8 +354,11 @@ impl Conn {
 }
 
 /// Connection settings for `address` (`host:port`), or why it is not a valid address.
-fn connect_config(address: &str, probe: &ProbeConfig) -> Result<tokio_postgres::Config, String> {
-    let invalid = || format!("invalid member address {address:?}: expected host:port");
+fn connect_config(
+    address: &str,
+    probe: &ProbeConfig,
+) -> Result<tokio_postgres::Config, ProbeError> {
+    let invalid = || ProbeError::Address(address.to_owned());
     let (host, port) = address.rsplit_once(':').ok_or_else(invalid)?;
     let host = host
         .strip_prefix('[')
@@ -373,10 +382,11 @@ fn connect_config(address: &str, probe: &ProbeConfig) -> Result<tokio_postgres::
     Ok(config)
 }
 
-/// An error with its causes (`tokio_postgres::Error`'s own text omits them).
-fn describe(error: &tokio_postgres::Error) -> String {
+/// An error with its causes on one line (`tokio_postgres::Error`'s own text omits them): what
+/// operators see as the member's note.
+fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
+    let mut source = error.source();
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -571,7 +581,8 @@ mod tests {
         for bad in ["127.0.0.1", ":5432", "host:", "host:99999", "host:port"] {
             let error = connect_config(bad, &probe).err();
             assert!(
-                error.is_some_and(|e| e.contains("invalid member address")),
+                matches!(&error, Some(e @ ProbeError::Address(_))
+                    if e.to_string().contains("invalid member address")),
                 "{bad}"
             );
         }

@@ -130,6 +130,14 @@ fn fields(buf: &mut BytesMut, tag: u8, e: &ErrorInfo<'_>) {
     finish(buf, at);
 }
 
+/// Any tagged message from its type byte and body, e.g. a frame passed on
+/// unchanged after it was split off.
+pub fn frame(buf: &mut BytesMut, tag: u8, body: &[u8]) {
+    let at = begin(buf, tag);
+    buf.put_slice(body);
+    finish(buf, at);
+}
+
 /// ErrorResponse (`E`).
 pub fn error_response(buf: &mut BytesMut, e: &ErrorInfo<'_>) {
     fields(buf, b'E', e);
@@ -199,6 +207,21 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     finish(buf, at);
 }
 
+/// SASLInitialResponse (`p`), as a client sends it: the mechanism and its
+/// initial response (`None` is sent as length -1).
+pub fn sasl_initial_response(buf: &mut BytesMut, mechanism: &[u8], data: Option<&[u8]>) {
+    let at = begin(buf, b'p');
+    put_cstr(buf, mechanism);
+    match data {
+        Some(d) => {
+            buf.put_i32(d.len() as i32);
+            buf.put_slice(d);
+        }
+        None => buf.put_i32(-1),
+    }
+    finish(buf, at);
+}
+
 /// Terminate (`X`).
 pub fn terminate(buf: &mut BytesMut) {
     let at = begin(buf, b'X');
@@ -257,6 +280,34 @@ mod tests {
         assert_eq!(e.code().as_deref(), Some("57P01"));
         assert_eq!(e.severity().as_deref(), Some("FATAL"));
         assert_eq!(e.hint().as_deref(), Some("reconnect"));
+    }
+
+    #[test]
+    fn a_frame_is_written_as_tag_length_and_body() {
+        let mut b = BytesMut::new();
+        frame(&mut b, b'Z', b"I");
+        frame(&mut b, b'1', b"");
+        assert_eq!(&b[..], b"Z\0\0\0\x05I1\0\0\0\x04");
+        let z = split_frame(&mut b, 1 << 20).unwrap().unwrap();
+        assert_eq!((z.tag, &z.body[..]), (b'Z', &b"I"[..]));
+    }
+
+    #[test]
+    fn sasl_initial_response_decodes_back() {
+        use crate::frontend::SaslInitialResponse;
+        for data in [Some(&b"n,,n=,r=abc"[..]), Some(b""), None] {
+            let mut b = BytesMut::new();
+            sasl_initial_response(&mut b, b"SCRAM-SHA-256", data);
+            let f = split_frame(&mut b, 1 << 20).unwrap().unwrap();
+            assert_eq!(f.tag, b'p');
+            assert_eq!(
+                SaslInitialResponse::parse(&f.body),
+                Ok(SaslInitialResponse {
+                    mechanism: b"SCRAM-SHA-256",
+                    data
+                })
+            );
+        }
     }
 
     #[test]

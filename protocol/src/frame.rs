@@ -121,6 +121,18 @@ pub fn split_frame(buf: &mut BytesMut, limit: u32) -> Result<Option<Frame>, Fram
     }))
 }
 
+/// The first whole frame of `buf`, borrowed: its header and its body.
+///
+/// `Ok(None)` until the frame is complete. Nothing is consumed, for a caller that
+/// looks at a message before passing the bytes on as they are.
+#[inline]
+pub fn peek_frame(buf: &[u8], limit: u32) -> Result<Option<(Header, &[u8])>, FrameError> {
+    let Some(h) = Header::parse(buf, limit)? else {
+        return Ok(None);
+    };
+    Ok(buf.get(HEADER_LEN..h.frame_len()).map(|body| (h, body)))
+}
+
 /// Length of the longest prefix of `buf` made of whole frames.
 ///
 /// This is the header-only walk a relay uses to forward a run of frames with

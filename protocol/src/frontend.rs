@@ -110,9 +110,147 @@ impl<'a> FrontendMessage<'a> {
     }
 }
 
+/// `p` answering AuthenticationSASL: the mechanism the client chose and its first message.
+///
+/// PasswordMessage, SASLInitialResponse and SASLResponse share the tag `p`; only the
+/// authentication request before it says which one a `p` is, so [`FrontendMessage::parse`]
+/// leaves it as [`FrontendMessage::Password`] and the caller that knows parses this view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaslInitialResponse<'a> {
+    /// The SASL mechanism, e.g. `SCRAM-SHA-256`.
+    pub mechanism: &'a [u8],
+    /// The mechanism's initial response; `None` when the client sent none (length -1).
+    pub data: Option<&'a [u8]>,
+}
+
+impl<'a> SaslInitialResponse<'a> {
+    /// Decodes the body of a `p` frame sent right after AuthenticationSASL.
+    pub fn parse(body: &'a [u8]) -> Result<SaslInitialResponse<'a>, DecodeError> {
+        let mut r = Reader::new(tag::PASSWORD, body);
+        let mechanism = r.cstr()?;
+        let data = match r.i32()? {
+            -1 => None,
+            len => {
+                let len = usize::try_from(len).map_err(|_| DecodeError::Invalid {
+                    tag: tag::PASSWORD,
+                    what: "SASL data length",
+                })?;
+                Some(r.bytes(len)?)
+            }
+        };
+        r.finish()?;
+        Ok(SaslInitialResponse { mechanism, data })
+    }
+
+    /// The GS2 channel-binding flag a SCRAM client-first-message starts with: `n` (the client
+    /// cannot bind), `y` (it could, but believes the server cannot), `p` (it binds). `None`
+    /// without data.
+    pub fn gs2_flag(&self) -> Option<u8> {
+        self.data?.first().copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::{HEADER_LEN, peek_frame};
+
+    /// A `p` frame: mechanism, NUL, the data length as sent, then `data`.
+    fn sasl_frame(mechanism: &[u8], len: i32, data: &[u8]) -> Vec<u8> {
+        let mut body = mechanism.to_vec();
+        body.push(0);
+        body.extend_from_slice(&len.to_be_bytes());
+        body.extend_from_slice(data);
+        let mut frame = vec![b'p'];
+        frame.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    #[test]
+    fn sasl_initial_responses_decode_to_mechanism_and_data() {
+        let scram = &b"SCRAM-SHA-256"[..];
+        // (frame, data, gs2 flag)
+        type Row = (Vec<u8>, Option<&'static [u8]>, Option<u8>);
+        let table: &[Row] = &[
+            (
+                sasl_frame(scram, 11, b"n,,n=,r=abc"),
+                Some(b"n,,n=,r=abc"),
+                Some(b'n'),
+            ),
+            (
+                sasl_frame(scram, 11, b"y,,n=,r=abc"),
+                Some(b"y,,n=,r=abc"),
+                Some(b'y'),
+            ),
+            (sasl_frame(scram, 0, b""), Some(b""), None),
+            (sasl_frame(scram, -1, b""), None, None),
+        ];
+        for (frame, data, flag) in table {
+            let body = &frame[HEADER_LEN..];
+            let m = SaslInitialResponse::parse(body).unwrap();
+            assert_eq!((m.mechanism, m.data, m.gs2_flag()), (scram, *data, *flag));
+        }
+    }
+
+    #[test]
+    fn a_sasl_initial_response_is_incomplete_until_its_last_byte() {
+        let frame = sasl_frame(b"SCRAM-SHA-256", 11, b"y,,n=,r=abc");
+        for cut in 0..frame.len() {
+            assert_eq!(peek_frame(&frame[..cut], 1 << 20), Ok(None), "cut at {cut}");
+        }
+        let (header, body) = peek_frame(&frame, 1 << 20).unwrap().unwrap();
+        assert_eq!(header.tag, tag::PASSWORD);
+        assert_eq!(
+            SaslInitialResponse::parse(body).unwrap().gs2_flag(),
+            Some(b'y')
+        );
+    }
+
+    #[test]
+    fn malformed_sasl_initial_responses_are_errors() {
+        let p = tag::PASSWORD;
+        let table: &[(&[u8], DecodeError)] = &[
+            (b"", DecodeError::MissingNul { tag: p }),
+            (b"SCRAM-SHA-256", DecodeError::MissingNul { tag: p }),
+            (b"SCRAM-SHA-256\0\0\0", DecodeError::Truncated { tag: p }),
+            (
+                b"SCRAM-SHA-256\0\0\0\0\x05n,,",
+                DecodeError::Truncated { tag: p },
+            ),
+            (
+                b"SCRAM-SHA-256\0\xff\xff\xff\xfe",
+                DecodeError::Invalid {
+                    tag: p,
+                    what: "SASL data length",
+                },
+            ),
+            (
+                b"SCRAM-SHA-256\0\0\0\0\x01nX",
+                DecodeError::TrailingBytes { tag: p, extra: 1 },
+            ),
+            (
+                b"SCRAM-SHA-256\0\xff\xff\xff\xffn",
+                DecodeError::TrailingBytes { tag: p, extra: 1 },
+            ),
+        ];
+        for (body, want) in table {
+            assert_eq!(
+                SaslInitialResponse::parse(body).as_ref(),
+                Err(want),
+                "{body:?}"
+            );
+        }
+        // Every prefix of a valid body is an error, never a panic.
+        let frame = sasl_frame(b"SCRAM-SHA-256", 11, b"n,,n=,r=abc");
+        let body = &frame[HEADER_LEN..];
+        for cut in 0..body.len() {
+            assert!(
+                SaslInitialResponse::parse(&body[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
 
     #[test]
     fn parse_reads_name_query_and_skips_parameter_types() {

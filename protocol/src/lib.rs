@@ -23,7 +23,7 @@ pub mod stream;
 
 pub use backend::{BackendMessage, TxStatus};
 pub use frame::{Frame, FrameError, Header};
-pub use frontend::FrontendMessage;
+pub use frontend::{FrontendMessage, SaslInitialResponse};
 pub use startup::{ProtocolVersion, StartupError, StartupMessage, StartupPacket};
 pub use stream::{Flow, FrameRef, Scan, Scanner, TagSet};
 

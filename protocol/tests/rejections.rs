@@ -51,6 +51,7 @@ fn all_reject_frame(bytes: &[u8], limit: u32, want: &FrameError) {
     assert_eq!(&buf[..], bytes, "the buffer must be left as it was");
     assert_eq!(complete_prefix(bytes, limit).as_ref(), Err(want));
     assert_eq!(frame::needed(bytes, limit).as_ref(), Err(want));
+    assert_eq!(frame::peek_frame(bytes, limit).as_ref(), Err(want));
     assert_eq!(Header::parse(bytes, limit).as_ref(), Err(want));
     for inspect in [TagSet::EMPTY, TagSet::of(&bytes[..1])] {
         let mut s = Scanner::new(limit, inspect, 1024);

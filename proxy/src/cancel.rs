@@ -213,7 +213,11 @@ mod tests {
     fn a_pooled_key_cancels_only_while_a_connection_is_lent() {
         let r = CancelRegistry::default();
         let (pid, key, slot) = r.register_lent(4);
-        assert_eq!(r.lookup(pid, &key), None, "an idle client has nothing to cancel");
+        assert_eq!(
+            r.lookup(pid, &key),
+            None,
+            "an idle client has nothing to cancel"
+        );
         *slot.lock().unwrap() = Some(Arc::new(target()));
         assert_eq!(r.lookup(pid, &key), Some(target()));
         *slot.lock().unwrap() = None;

@@ -4,23 +4,148 @@
 //! `PGSTEER_<SECTION>_<KEY>` override file values (`PGSTEER_LISTEN_RW`,
 //! `PGSTEER_ROUTING_HOLD_TIMEOUT`, `PGSTEER_DISCOVERY_PROBE_USER`, …). Bad
 //! configuration is a [`ConfigError`] with a one-line reason; `main` exits 64.
+//!
+//! This module holds plain settings and reads only the files whose contents are settings
+//! (passwords, tokens). The certificate files of `[tls]` are loaded by `crate::tls`, which
+//! depends on this module, not the other way round.
 
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pgsteer_discovery::kubernetes::{AddressMode, AddressModeError};
 use serde::{Deserialize, Deserializer};
 
 mod pool;
 pub use pool::{Auth, AuthMethod, ExtraListener, Pool, PoolMode};
 
-/// A configuration problem, reported in one line.
+/// A configuration problem. Every message is one line and names the setting.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
-
-fn err(msg: impl Into<String>) -> ConfigError {
-    ConfigError(msg.into())
+pub enum ConfigError {
+    /// A `[pool]`, `[auth]` or `[[listen.extra]]` setting that does not fit.
+    #[error("{0}")]
+    Pooling(String),
+    /// The configuration file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The text is not TOML.
+    #[error("invalid TOML: {}", .0.message().trim())]
+    Toml(#[source] toml::de::Error),
+    /// The TOML is not a configuration: an unknown key or section, a wrong type, a bad duration.
+    #[error("invalid configuration: {}", .0.message().trim())]
+    Shape(#[source] toml::de::Error),
+    /// A `PGSTEER_*` variable that names no section (the variable without its prefix).
+    #[error("unknown environment override PGSTEER_{0}")]
+    UnknownOverride(String),
+    /// A `PGSTEER_*` variable for a section the file sets to a plain value.
+    #[error("PGSTEER_{var}: {section} is not a table")]
+    OverrideNotTable {
+        /// The variable, without its `PGSTEER_` prefix.
+        var: String,
+        /// The section it addresses.
+        section: &'static str,
+    },
+    /// A file named by a setting (`admin.token_file`, `discovery.probe.password_file`) could not
+    /// be read.
+    #[error("{setting} {}: {source}", path.display())]
+    SettingFile {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A file named by a setting holds nothing.
+    #[error("{setting} {} is empty", path.display())]
+    EmptyFile {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A number or duration outside what it may be.
+    #[error("{setting} must be {bound}")]
+    OutOfRange {
+        /// The setting.
+        setting: &'static str,
+        /// What it must be (`above zero`, `at least 1024`).
+        bound: &'static str,
+    },
+    /// Neither `listen.rw` nor `listen.ro`.
+    #[error("listen: set at least one of rw and ro")]
+    NoListener,
+    /// `source = "kubernetes"` or `"patroni"` without its section.
+    #[error("discovery: source = \"{source_name}\" needs [{section}]")]
+    MissingSection {
+        /// The source (`kubernetes`, `patroni`).
+        source_name: &'static str,
+        /// The section it needs (`discovery.kubernetes`).
+        section: &'static str,
+    },
+    /// The static source without `[[discovery.members]]`.
+    #[error("discovery: the static source needs at least one [[discovery.members]]")]
+    NoMembers,
+    /// The static source without `[discovery.probe]`.
+    #[error("discovery: the static source needs [discovery.probe] credentials")]
+    NoProbe,
+    /// A static member with an empty name.
+    #[error("discovery.members: a member has an empty name")]
+    EmptyMemberName,
+    /// Two static members with one name.
+    #[error("discovery.members: duplicate member name {0:?}")]
+    DuplicateMember(String),
+    /// A static member whose address is not `host:port`.
+    #[error("discovery.members: member {name:?} has address {address:?}, expected host:port")]
+    MemberAddress {
+        /// The member.
+        name: String,
+        /// Its address as configured.
+        address: String,
+    },
+    /// Both `password` and `password_file` in `[discovery.probe]`.
+    #[error("discovery.probe: set either password or password_file, not both")]
+    TwoProbePasswords,
+    /// `[discovery.patroni]` with no endpoint.
+    #[error("discovery.patroni.endpoints: list at least one REST API URL")]
+    NoPatroniEndpoints,
+    /// `[discovery.kubernetes]` with an empty selector.
+    #[error("discovery.kubernetes.selector: give the label selector of the database pods")]
+    EmptySelector,
+    /// `[discovery.kubernetes]` `address`/`service` name no address mode.
+    #[error("discovery.kubernetes: {0}")]
+    KubernetesAddress(#[source] AddressModeError),
+    /// Only one of `tls.cert_file` and `tls.key_file`.
+    #[error("tls: set both cert_file and key_file, or neither")]
+    TlsHalfPair,
+    /// A client-side TLS setting without a certificate to serve (`setting` as written).
+    #[error("{setting} needs tls.cert_file and tls.key_file")]
+    TlsNeedsCertificate {
+        /// The setting, e.g. `tls.client_mode = "require"`.
+        setting: &'static str,
+    },
+    /// `tls.client_ca_file` while plaintext clients are allowed.
+    #[error(
+        "tls.client_ca_file: client certificates are only checked over TLS; \
+         set tls.client_mode = \"require\" too"
+    )]
+    ClientCaWithoutRequire,
+    /// `verify-ca` or `verify-full` without `tls.server_ca_file`.
+    #[error("tls.server_mode = \"{}\" needs tls.server_ca_file", .0.as_str())]
+    ServerCaMissing(ServerTlsMode),
+    /// `tls.server_ca_file` with a mode that does not verify.
+    #[error(
+        "tls.server_ca_file is only used with server_mode = \"verify-ca\" or \"verify-full\" \
+         (server_mode is \"{}\")",
+        .0.as_str()
+    )]
+    ServerCaUnused(ServerTlsMode),
 }
 
 /// The whole configuration.
@@ -153,54 +278,49 @@ impl Tls {
         self.cert_file.is_some()
     }
 
+    /// Checks that the settings fit together. The files are not read here: `crate::tls`
+    /// loads them (and `crate::load` does so before anything starts).
     fn validate(&self) -> Result<(), ConfigError> {
         if self.cert_file.is_some() != self.key_file.is_some() {
-            return Err(err("tls: set both cert_file and key_file, or neither"));
+            return Err(ConfigError::TlsHalfPair);
         }
         if !self.client_enabled() {
             if self.client_mode == ClientTlsMode::Require {
-                return Err(err(
-                    "tls.client_mode = \"require\" needs tls.cert_file and tls.key_file",
-                ));
+                return Err(ConfigError::TlsNeedsCertificate {
+                    setting: "tls.client_mode = \"require\"",
+                });
             }
             if self.client_ca_file.is_some() {
-                return Err(err(
-                    "tls.client_ca_file needs tls.cert_file and tls.key_file",
-                ));
+                return Err(ConfigError::TlsNeedsCertificate {
+                    setting: "tls.client_ca_file",
+                });
             }
         }
         if self.client_ca_file.is_some() && self.client_mode != ClientTlsMode::Require {
-            return Err(err(
-                "tls.client_ca_file: client certificates are only checked over TLS; \
-                 set tls.client_mode = \"require\" too",
-            ));
+            return Err(ConfigError::ClientCaWithoutRequire);
         }
         if self.reload_interval.is_zero() {
-            return Err(err("tls.reload_interval must be above zero"));
+            return Err(ConfigError::OutOfRange {
+                setting: "tls.reload_interval",
+                bound: "above zero",
+            });
         }
+        self.server_ca()?;
+        Ok(())
+    }
+
+    /// The CA bundle the servers' certificates are verified against: `Some` exactly for
+    /// `verify-ca` and `verify-full`, which need one; a bundle with another mode is a mistake.
+    pub fn server_ca(&self) -> Result<Option<&Path>, ConfigError> {
         let verifies = matches!(
             self.server_mode,
             ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull
         );
-        match (&self.server_ca_file, verifies) {
-            (None, true) => {
-                return Err(err(format!(
-                    "tls.server_mode = \"{}\" needs tls.server_ca_file",
-                    self.server_mode.as_str()
-                )));
-            }
-            (Some(_), false) => {
-                return Err(err(format!(
-                    "tls.server_ca_file is only used with server_mode = \"verify-ca\" or \
-                     \"verify-full\" (server_mode is \"{}\")",
-                    self.server_mode.as_str()
-                )));
-            }
-            _ => {}
+        match (self.server_ca_file.as_deref(), verifies) {
+            (None, true) => Err(ConfigError::ServerCaMissing(self.server_mode)),
+            (Some(_), false) => Err(ConfigError::ServerCaUnused(self.server_mode)),
+            (ca, _) => Ok(ca),
         }
-        // Read the files now, so a bad path or PEM is a configuration error.
-        crate::tls::Tls::load(self)?;
-        Ok(())
     }
 }
 
@@ -220,11 +340,18 @@ impl Admin {
         match &self.token_file {
             None => Ok(None),
             Some(f) => {
-                let t = std::fs::read_to_string(f)
-                    .map_err(|e| err(format!("admin.token_file {}: {e}", f.display())))?;
+                const SETTING: &str = "admin.token_file";
+                let t = std::fs::read_to_string(f).map_err(|source| ConfigError::SettingFile {
+                    setting: SETTING,
+                    path: f.clone(),
+                    source,
+                })?;
                 let t = t.trim().to_owned();
                 if t.is_empty() {
-                    return Err(err(format!("admin.token_file {} is empty", f.display())));
+                    return Err(ConfigError::EmptyFile {
+                        setting: SETTING,
+                        path: f.clone(),
+                    });
                 }
                 Ok(Some(t))
             }
@@ -293,6 +420,33 @@ pub struct Discovery {
     pub patroni: Option<PatroniConfig>,
 }
 
+impl Discovery {
+    /// `[discovery.probe]`, which the static source needs (the other sources may go without).
+    pub fn static_probe(&self) -> Result<&Probe, ConfigError> {
+        self.probe.as_ref().ok_or(ConfigError::NoProbe)
+    }
+
+    /// `[discovery.kubernetes]`, which `source = "kubernetes"` needs.
+    pub fn kubernetes_section(&self) -> Result<&KubernetesConfig, ConfigError> {
+        self.kubernetes.as_ref().ok_or(ConfigError::MissingSection {
+            source_name: "kubernetes",
+            section: "discovery.kubernetes",
+        })
+    }
+
+    /// `[discovery.patroni]` with at least one endpoint, which `source = "patroni"` needs.
+    pub fn patroni_section(&self) -> Result<&PatroniConfig, ConfigError> {
+        match &self.patroni {
+            None => Err(ConfigError::MissingSection {
+                source_name: "patroni",
+                section: "discovery.patroni",
+            }),
+            Some(p) if p.endpoints.is_empty() => Err(ConfigError::NoPatroniEndpoints),
+            Some(p) => Ok(p),
+        }
+    }
+}
+
 /// `[discovery.kubernetes]`: pods watched through the API server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -316,6 +470,18 @@ pub struct KubernetesConfig {
     /// Kubeconfig file; default: `KUBECONFIG` or `~/.kube/config` if present, else the
     /// in-cluster service account.
     pub kubeconfig: Option<PathBuf>,
+}
+
+impl KubernetesConfig {
+    /// How member addresses are formed, after checking the section: a selector is set and
+    /// `address`/`service` name an [`AddressMode`].
+    pub fn address_mode(&self) -> Result<AddressMode, ConfigError> {
+        if self.selector.trim().is_empty() {
+            return Err(ConfigError::EmptySelector);
+        }
+        AddressMode::parse(&self.address, self.service.as_deref())
+            .map_err(ConfigError::KubernetesAddress)
+    }
 }
 
 fn default_pg_port() -> u16 {
@@ -379,17 +545,14 @@ impl Probe {
     /// The password, reading `password_file` if set.
     pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
         match (&self.password, &self.password_file) {
-            (Some(_), Some(_)) => Err(err(
-                "discovery.probe: set either password or password_file, not both",
-            )),
+            (Some(_), Some(_)) => Err(ConfigError::TwoProbePasswords),
             (Some(p), None) => Ok(Some(p.clone())),
             (None, Some(f)) => std::fs::read_to_string(f)
                 .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
-                .map_err(|e| {
-                    err(format!(
-                        "discovery.probe.password_file {}: {e}",
-                        f.display()
-                    ))
+                .map_err(|source| ConfigError::SettingFile {
+                    setting: "discovery.probe.password_file",
+                    path: f.clone(),
+                    source,
                 }),
             (None, None) => Ok(None),
         }
@@ -563,8 +726,10 @@ impl Config {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text, env)
     }
 
@@ -573,23 +738,20 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| err(format!("invalid TOML: {}", e.message().trim())))?;
+        let mut table: toml::Table = text.parse().map_err(ConfigError::Toml)?;
         for (k, v) in env {
             if let Some(rest) = k.strip_prefix("PGSTEER_") {
                 apply_env(&mut table, rest, &v)?;
             }
         }
-        let config: Config = Config::deserialize(table)
-            .map_err(|e| err(format!("invalid configuration: {}", e.message().trim())))?;
+        let config: Config = Config::deserialize(table).map_err(ConfigError::Shape)?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.rw.is_none() && self.listen.ro.is_none() && self.listen.extra.is_empty() {
-            return Err(err("listen: set at least one of rw and ro"));
+            return Err(ConfigError::NoListener);
         }
         for x in &self.listen.extra {
             x.validate()?;
@@ -599,96 +761,68 @@ impl Config {
         let d = &self.discovery;
         match d.source {
             Source::Static => self.validate_static()?,
-            Source::Kubernetes if d.kubernetes.is_none() => {
-                return Err(err(
-                    "discovery: source = \"kubernetes\" needs [discovery.kubernetes]",
-                ));
+            Source::Kubernetes => {
+                d.kubernetes_section()?.address_mode()?;
             }
-            Source::Patroni => match &d.patroni {
-                None => {
-                    return Err(err(
-                        "discovery: source = \"patroni\" needs [discovery.patroni]",
-                    ));
-                }
-                Some(p) if p.endpoints.is_empty() => {
-                    return Err(err(
-                        "discovery.patroni.endpoints: list at least one REST API URL",
-                    ));
-                }
-                Some(_) => {}
-            },
-            Source::Kubernetes => {}
+            Source::Patroni => {
+                d.patroni_section()?;
+            }
         }
         if let Some(p) = &d.probe {
             p.resolve_password()?;
         }
+        let ranges = [
+            (
+                "discovery.probe_interval",
+                "above zero",
+                !d.probe_interval.is_zero(),
+            ),
+            (
+                "limits.max_client_connections",
+                "above zero",
+                self.limits.max_client_connections > 0,
+            ),
+            (
+                "limits.max_message_bytes",
+                "at least 1024",
+                self.limits.max_message_bytes >= 1024,
+            ),
+            ("runtime.threads", "at least 1", self.runtime.threads > 0),
+        ];
+        if let Some(&(setting, bound, _)) = ranges.iter().find(|(_, _, ok)| !ok) {
+            return Err(ConfigError::OutOfRange { setting, bound });
+        }
         self.admin.token()?;
         self.tls.validate()?;
-        if d.probe_interval.is_zero() {
-            return Err(err("discovery.probe_interval must be above zero"));
-        }
-        if self.limits.max_client_connections == 0 {
-            return Err(err("limits.max_client_connections must be above zero"));
-        }
-        if self.limits.max_message_bytes < 1024 {
-            return Err(err("limits.max_message_bytes must be at least 1024"));
-        }
-        if self.runtime.threads == 0 {
-            return Err(err("runtime.threads must be at least 1"));
-        }
         Ok(())
     }
 
+    /// The static source: uniquely named members with `host:port` addresses, and probe
+    /// credentials.
     fn validate_static(&self) -> Result<(), ConfigError> {
         let d = &self.discovery;
         if d.members.is_empty() {
-            return Err(err(
-                "discovery: the static source needs at least one [[discovery.members]]",
-            ));
+            return Err(ConfigError::NoMembers);
         }
         let mut names = std::collections::HashSet::new();
         for m in &d.members {
             if m.name.is_empty() {
-                return Err(err("discovery.members: a member has an empty name"));
+                return Err(ConfigError::EmptyMemberName);
             }
             if !names.insert(m.name.as_str()) {
-                return Err(err(format!(
-                    "discovery.members: duplicate member name {:?}",
-                    m.name
-                )));
+                return Err(ConfigError::DuplicateMember(m.name.clone()));
             }
             if m.address
                 .rsplit_once(':')
                 .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
             {
-                return Err(err(format!(
-                    "discovery.members: member {:?} has address {:?}, expected host:port",
-                    m.name, m.address
-                )));
+                return Err(ConfigError::MemberAddress {
+                    name: m.name.clone(),
+                    address: m.address.clone(),
+                });
             }
         }
-        match &d.probe {
-            None => {
-                return Err(err(
-                    "discovery: the static source needs [discovery.probe] credentials",
-                ));
-            }
-            Some(p) => {
-                p.resolve_password()?;
-            }
-        }
-        if d.probe_interval.is_zero() {
-            return Err(err("discovery.probe_interval must be above zero"));
-        }
-        if self.limits.max_client_connections == 0 {
-            return Err(err("limits.max_client_connections must be above zero"));
-        }
-        if self.limits.max_message_bytes < 1024 {
-            return Err(err("limits.max_message_bytes must be at least 1024"));
-        }
-        if self.runtime.threads == 0 {
-            return Err(err("runtime.threads must be at least 1"));
-        }
+        d.static_probe()?;
         Ok(())
     }
 }
@@ -696,9 +830,13 @@ impl Config {
 impl Config {
     /// Whether any listener runs a pooled mode.
     pub fn pooled(&self) -> bool {
-        let listeners = (self.listen.rw.is_some() || self.listen.ro.is_some())
-            .then_some(self.pool.mode);
-        let extra = self.listen.extra.iter().map(|x| x.pool_mode.unwrap_or(self.pool.mode));
+        let listeners =
+            (self.listen.rw.is_some() || self.listen.ro.is_some()).then_some(self.pool.mode);
+        let extra = self
+            .listen
+            .extra
+            .iter()
+            .map(|x| x.pool_mode.unwrap_or(self.pool.mode));
         listeners
             .into_iter()
             .chain(extra)
@@ -719,12 +857,15 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
                 .entry(part)
                 .or_insert_with(|| toml::Value::Table(Default::default()))
                 .as_table_mut()
-                .ok_or_else(|| err(format!("PGSTEER_{var}: {section} is not a table")))?;
+                .ok_or_else(|| ConfigError::OverrideNotTable {
+                    var: var.to_owned(),
+                    section,
+                })?;
         }
         t.insert(key.to_owned(), env_value(value));
         return Ok(());
     }
-    Err(err(format!("unknown environment override PGSTEER_{var}")))
+    Err(ConfigError::UnknownOverride(var.to_owned()))
 }
 
 /// Reads an override as a TOML scalar when it is one (numbers, booleans),

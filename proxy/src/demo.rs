@@ -1,11 +1,34 @@
 //! `pgsteer demo`: a local primary + streaming replicas with pgsteer in front.
+//!
+//! The only module that uses `pgsteer-cluster` (the test clusters' crate); it is built with the
+//! default cargo feature `demo`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use pgsteer_cluster::{Cluster, Spec};
 
 use crate::config::{Config, ConfigError};
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The local cluster did not start (no PostgreSQL binaries, initdb or a server failed).
+    #[error("demo cluster: {0}")]
+    Cluster(#[source] pgsteer_cluster::Error),
+    /// The configuration file could not be written into the cluster's directory.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The generated configuration does not validate.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
 
 /// Addresses the demo listens on.
 #[derive(Debug, Clone, Copy)]
@@ -62,34 +85,37 @@ pub fn config_text(cluster: &Cluster, addrs: DemoAddrs) -> String {
 }
 
 /// Starts the cluster and writes `pgsteer.toml` into its directory.
-pub fn prepare(replicas: usize, addrs: DemoAddrs) -> Result<(Cluster, Config), ConfigError> {
+pub fn prepare(replicas: usize, addrs: DemoAddrs) -> Result<(Cluster, Config), DemoError> {
     let spec = Spec {
         replicas,
         ..Spec::default()
     };
-    let cluster = Cluster::start(&spec).map_err(|e| ConfigError(format!("demo cluster: {e}")))?;
+    let cluster = Cluster::start(&spec).map_err(DemoError::Cluster)?;
     write_userlist(&cluster)?;
     let text = config_text(&cluster, addrs);
     let path = cluster.dir().join("pgsteer.toml");
-    std::fs::write(&path, &text)
-        .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))?;
+    if let Err(source) = std::fs::write(&path, &text) {
+        return Err(DemoError::Write { path, source });
+    }
     let config = Config::parse(&text, std::iter::empty())?;
     Ok((cluster, config))
 }
 
 /// `userlist.txt` with the app user's SCRAM verifier as Postgres stores it: the pooled
 /// listener checks clients' passwords against it and logs in with their proof.
-fn write_userlist(cluster: &Cluster) -> Result<(), ConfigError> {
+fn write_userlist(cluster: &Cluster) -> Result<(), DemoError> {
     let user = pgsteer_cluster::APP_USER;
     let verifier = cluster
         .psql(
             "pg-0",
             &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'"),
         )
-        .map_err(|e| ConfigError(format!("demo cluster: {e}")))?;
+        .map_err(DemoError::Cluster)?;
     let path = cluster.dir().join("userlist.txt");
-    std::fs::write(&path, format!("\"{user}\" \"{}\"\n", verifier.trim()))
-        .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))
+    match std::fs::write(&path, format!("\"{user}\" \"{}\"\n", verifier.trim())) {
+        Ok(()) => Ok(()),
+        Err(source) => Err(DemoError::Write { path, source }),
+    }
 }
 
 /// What to print once the demo is up.

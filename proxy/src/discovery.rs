@@ -1,26 +1,47 @@
 //! Wiring from configuration to the discovery sources of `pgsteer-discovery`.
+//!
+//! What each source needs is checked where the configuration is validated
+//! (the section accessors of `config::Discovery`); these functions use the same
+//! accessors, so a configuration changed after parsing gets the same errors.
 
-use pgsteer_discovery::kubernetes::{AddressMode, KubernetesSettings};
+use pgsteer_discovery::kubernetes::{KubernetesError, KubernetesSettings};
 use pgsteer_discovery::{ProbeConfig, ProbeHandle, StaticMember, Topology};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, Source};
+use crate::config::{Config, ConfigError, Probe, Source};
+
+/// Why `pgsteer check` could not read the topology once.
+#[derive(Debug, thiserror::Error)]
+pub enum OnceError {
+    /// The discovery settings are unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The Kubernetes API could not be asked.
+    #[error("discovery.kubernetes: {0}")]
+    Kubernetes(#[source] KubernetesError),
+}
 
 /// The probe settings, if `[discovery.probe]` is configured.
 pub fn probe_config(config: &Config) -> Result<Option<ProbeConfig>, ConfigError> {
+    config
+        .discovery
+        .probe
+        .as_ref()
+        .map(|probe| probe_settings(config, probe))
+        .transpose()
+}
+
+fn probe_settings(config: &Config, probe: &Probe) -> Result<ProbeConfig, ConfigError> {
     let d = &config.discovery;
-    let Some(probe) = &d.probe else {
-        return Ok(None);
-    };
-    Ok(Some(ProbeConfig {
+    Ok(ProbeConfig {
         user: probe.user.clone(),
         password: probe.resolve_password()?,
         dbname: probe.dbname.clone(),
         interval: d.probe_interval,
         timeout: d.probe_timeout,
-    }))
+    })
 }
 
 /// The static members.
@@ -35,18 +56,8 @@ pub fn static_members(config: &Config) -> Vec<StaticMember> {
 
 /// The Kubernetes source settings from `[discovery.kubernetes]`.
 pub fn kubernetes_settings(config: &Config) -> Result<KubernetesSettings, ConfigError> {
-    let Some(k) = &config.discovery.kubernetes else {
-        return Err(ConfigError(
-            "discovery: source = \"kubernetes\" needs [discovery.kubernetes]".into(),
-        ));
-    };
-    if k.selector.trim().is_empty() {
-        return Err(ConfigError(
-            "discovery.kubernetes.selector: give the label selector of the database pods".into(),
-        ));
-    }
-    let address = AddressMode::parse(&k.address, k.service.as_deref())
-        .map_err(|e| ConfigError(format!("discovery.kubernetes: {e}")))?;
+    let k = config.discovery.kubernetes_section()?;
+    let address = k.address_mode()?;
     Ok(KubernetesSettings {
         namespace: k.namespace.clone(),
         selector: k.selector.clone(),
@@ -61,11 +72,7 @@ pub fn kubernetes_settings(config: &Config) -> Result<KubernetesSettings, Config
 pub fn patroni_settings(
     config: &Config,
 ) -> Result<pgsteer_discovery::PatroniSettings, ConfigError> {
-    let Some(p) = &config.discovery.patroni else {
-        return Err(ConfigError(
-            "discovery: source = \"patroni\" needs [discovery.patroni]".into(),
-        ));
-    };
+    let p = config.discovery.patroni_section()?;
     Ok(pgsteer_discovery::PatroniSettings {
         endpoints: p.endpoints.clone(),
         poll_interval: p.poll_interval,
@@ -74,9 +81,7 @@ pub fn patroni_settings(
 }
 
 fn need_probe(config: &Config) -> Result<ProbeConfig, ConfigError> {
-    probe_config(config)?.ok_or_else(|| {
-        ConfigError("discovery: the static source needs [discovery.probe] credentials".into())
-    })
+    probe_settings(config, config.discovery.static_probe()?)
 }
 
 /// Starts the configured source publishing into `tx` until `cancel` fires.
@@ -108,7 +113,7 @@ pub fn spawn(
 }
 
 /// Runs discovery once (for `pgsteer check`).
-pub async fn once(config: &Config) -> Result<Topology, ConfigError> {
+pub async fn once(config: &Config) -> Result<Topology, OnceError> {
     match config.discovery.source {
         Source::Static => {
             Ok(pgsteer_discovery::probe_once(&static_members(config), &need_probe(config)?).await)
@@ -120,7 +125,7 @@ pub async fn once(config: &Config) -> Result<Topology, ConfigError> {
         Source::Kubernetes => {
             pgsteer_discovery::kubernetes::list_once(&kubernetes_settings(config)?)
                 .await
-                .map_err(|e| ConfigError(format!("discovery.kubernetes: {e}")))
+                .map_err(OnceError::Kubernetes)
         }
     }
 }

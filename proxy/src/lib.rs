@@ -14,10 +14,12 @@ pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod discovery;
 pub mod drain;
 pub mod listener;
+pub mod load;
 pub mod metrics;
 pub mod pool;
 pub mod router;
@@ -42,6 +44,7 @@ pub use state::{Shared, Shutdown};
 
 use crate::config::ConfigError;
 use crate::session::ListenerKind;
+use crate::tls::TlsError;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,12 @@ pub enum StartError {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A certificate, key or CA file named in `[tls]` does not load.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The metric families could not be registered.
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
 }
 
 /// A running proxy.
@@ -137,11 +146,13 @@ async fn bind_clients(config: &Config) -> Result<Listeners, StartError> {
 
 /// Binds the listeners, starts discovery and serves until `shutdown` fires.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartError> {
+    // The files first: a bad certificate leaves nothing started behind.
+    let tls = Arc::new(tls::Tls::load(&config.tls)?);
     let clients = bind_clients(&config).await?;
     let admin = bind("admin", config.listen.admin).await?;
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let discovery_stop = CancellationToken::new();
-    let (shared, discovery_task) = share(config, shutdown, &discovery_stop)?;
+    let (shared, discovery_task) = share(config, shutdown, tls, &discovery_stop)?;
 
     let sessions = TaskTracker::new();
     let accept_stop = CancellationToken::new();
@@ -202,16 +213,13 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
 fn share(
     config: Config,
     shutdown: Shutdown,
+    tls: Arc<tls::Tls>,
     discovery_stop: &CancellationToken,
 ) -> Result<(Arc<Shared>, JoinHandle<()>), StartError> {
     let (discovered_tx, discovered) = watch::channel(Topology::default());
     let (reprobe, discovery_task) =
         discovery::spawn(&config, discovered_tx, discovery_stop.clone())?;
-    let metrics = Arc::new(
-        metrics::Metrics::new()
-            .map_err(|e| ConfigError(format!("cannot register metrics: {e}")))?,
-    );
-    let tls = Arc::new(tls::Tls::load(&config.tls)?);
+    let metrics = Arc::new(metrics::Metrics::new().map_err(StartError::Metrics)?);
     let topology =
         topology::TopologyHub::start(discovered, metrics.clone(), discovery_stop.clone());
     let auth = match config.pooled() {

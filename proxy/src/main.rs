@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use pgsteer::demo::{self, DemoAddrs};
 use pgsteer::{Config, Shutdown};
 use tracing::{info, warn};
 
@@ -69,36 +68,64 @@ fn main() -> ExitCode {
             Ok(c) => exit(check(c)),
             Err(code) => code,
         },
-        Command::Demo { replicas } => {
-            let addrs = DemoAddrs::default();
-            match demo::prepare(replicas, addrs) {
-                Ok((cluster, config)) => {
-                    println!("{}", demo::banner(&cluster, addrs));
-                    let r = serve(config, None);
-                    drop(cluster);
-                    exit(r)
-                }
-                Err(e) => {
-                    eprintln!("pgsteer demo: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Demo { replicas } => demo(replicas),
+    }
+}
+
+#[cfg(feature = "demo")]
+fn demo(replicas: usize) -> ExitCode {
+    use pgsteer::demo::{self, DemoAddrs};
+    let addrs = DemoAddrs::default();
+    match demo::prepare(replicas, addrs) {
+        Ok((cluster, config)) => {
+            println!("{}", demo::banner(&cluster, addrs));
+            let r = serve(config, None);
+            drop(cluster);
+            exit(r)
+        }
+        Err(e) => {
+            eprintln!("pgsteer demo: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(not(feature = "demo"))]
+fn demo(_replicas: usize) -> ExitCode {
+    eprintln!("pgsteer demo: this pgsteer was built without the cargo feature `demo`");
+    ExitCode::FAILURE
 }
 
 fn exit(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pgsteer: {e:#}");
+            eprintln!("pgsteer: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes, separated by `: `, each said once: pgsteer's errors put their
+/// cause in their own message and also keep it as their source.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// The configuration file with its overrides, validated, its TLS files loaded.
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path, std::env::vars()).map_err(|e| {
+    pgsteer::load::file(path, std::env::vars()).map_err(|e| {
         eprintln!("pgsteer: {}: {e}", path.display());
         ExitCode::from(EXIT_CONFIG)
     })
@@ -161,4 +188,28 @@ fn check(config: Config) -> anyhow::Result<()> {
     let topology = rt.block_on(pgsteer::discovery::once(&config))?;
     println!("{}", serde_json::to_string_pretty(&topology)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once_on_the_error_line() {
+        let in_use = || std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+        let bind = pgsteer::StartError::Bind {
+            what: "rw",
+            addr: "127.0.0.1:6432".parse().unwrap(),
+            source: in_use(),
+        };
+        assert_eq!(
+            one_line(&anyhow::Error::new(bind)),
+            "cannot listen on 127.0.0.1:6432 (rw): address in use"
+        );
+        let runtime = Err::<(), _>(in_use()).context("cannot start the runtime");
+        assert_eq!(
+            one_line(&runtime.unwrap_err()),
+            "cannot start the runtime: address in use"
+        );
+    }
 }

@@ -14,6 +14,10 @@
 //!
 //! Only TLS 1.2 and 1.3, with the `ring` provider passed explicitly (no
 //! process-wide default), so two proxies in one process do not interfere.
+//!
+//! This module depends on `crate::config` for the plain settings (`[tls]`);
+//! `config` knows nothing of it. Loading the files can fail with a
+//! [`TlsError`], which `pgsteer run`/`check` report as a configuration error.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +36,71 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use crate::config::{self, ClientTlsMode, ConfigError, ServerTlsMode};
+
+/// Why the TLS configuration of a side could not be built. Each message names the setting
+/// whose file is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The settings do not fit together (normally caught when the configuration is parsed).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A file named in `[tls]` could not be read.
+    #[error("tls.{setting} {}: {source}", path.display())]
+    Read {
+        /// The setting naming the file (`cert_file`, `key_file`, `client_ca_file`, `server_ca_file`).
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file holds no valid PEM section of the kind expected (certificate or private key).
+    #[error("tls.{setting}: {source}")]
+    Pem {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// The PEM decoding error.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A certificate or CA file holds no certificate at all.
+    #[error("tls.{setting} holds no PEM certificate")]
+    NoCertificate {
+        /// The setting naming the file.
+        setting: &'static str,
+    },
+    /// A CA certificate that cannot be a trust anchor.
+    #[error("tls.{setting}: {source}")]
+    CaCertificate {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// Why rustls refused it.
+        source: rustls::Error,
+    },
+    /// No certificate verifier could be built from a CA bundle.
+    #[error("tls.{setting}: {source}")]
+    Verifier {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// Why rustls refused it.
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// The certificate chain and the private key do not make a usable pair (a key that does
+    /// not match, an unsupported key type).
+    #[error("tls.cert_file/key_file: {0}")]
+    KeyPair(#[source] rustls::Error),
+    /// The crypto provider refused the protocol versions (TLS 1.2 and 1.3).
+    #[error("tls: {0}")]
+    Versions(#[source] rustls::Error),
+    /// A member's host is not a name that a certificate can be checked against
+    /// (`verify-full`).
+    #[error("{host:?} is not a valid host name to verify: {source}")]
+    HostName {
+        /// The host part of the member's address.
+        host: String,
+        /// Why it is not a DNS name or IP address.
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+}
 
 /// The ALPN protocol name of PostgreSQL (required for direct TLS).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
@@ -53,7 +122,7 @@ pub struct Tls {
 
 impl Tls {
     /// Reads the files named in `[tls]` and builds both sides.
-    pub fn load(config: &config::Tls) -> Result<Tls, ConfigError> {
+    pub fn load(config: &config::Tls) -> Result<Tls, TlsError> {
         let client = match (&config.cert_file, &config.key_file) {
             (Some(cert), Some(key)) => Some(ClientSide::load(
                 Files {
@@ -66,7 +135,7 @@ impl Tls {
             )?),
             _ => None,
         };
-        let server = ServerSide::load(config.server_mode, config.server_ca_file.as_deref())?;
+        let server = ServerSide::load(config.server_mode, config.server_ca()?)?;
         Ok(Tls { client, server })
     }
 }
@@ -88,9 +157,13 @@ struct Contents {
 }
 
 impl Files {
-    fn read(&self) -> Result<Contents, String> {
-        let read = |p: &Path, what: &str| {
-            std::fs::read(p).map_err(|e| format!("tls.{what} {}: {e}", p.display()))
+    fn read(&self) -> Result<Contents, TlsError> {
+        let read = |p: &Path, setting: &'static str| {
+            std::fs::read(p).map_err(|source| TlsError::Read {
+                setting,
+                path: p.to_owned(),
+                source,
+            })
         };
         Ok(Contents {
             cert: read(&self.cert, "cert_file")?,
@@ -114,6 +187,7 @@ struct Current {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Failure {
     Unusable(Contents),
+    /// The read error's message: the same message again is the same failure.
     Unreadable(String),
 }
 
@@ -128,24 +202,20 @@ pub struct ClientSide {
 }
 
 /// What [`ClientSide::reload`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Reload {
     /// The files are as they were.
     Unchanged,
     /// A new certificate is in use for new connections.
     Reloaded,
     /// The files changed but do not load; the previous certificate stays.
-    Failed(String),
+    Failed(TlsError),
 }
 
 impl ClientSide {
-    fn load(
-        files: Files,
-        mode: ClientTlsMode,
-        interval: Duration,
-    ) -> Result<ClientSide, ConfigError> {
-        let contents = files.read().map_err(ConfigError)?;
-        let config = server_config(&contents).map_err(ConfigError)?;
+    fn load(files: Files, mode: ClientTlsMode, interval: Duration) -> Result<ClientSide, TlsError> {
+        let contents = files.read()?;
+        let config = server_config(&contents)?;
         Ok(ClientSide {
             mode,
             files,
@@ -175,7 +245,9 @@ impl ClientSide {
     /// (RFC 5929), for SCRAM-SHA-256-PLUS; `None` where the hash is undefined.
     pub fn end_point(&self) -> Option<Vec<u8>> {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        let leaf = CertificateDer::pem_slice_iter(&current.contents.cert).next()?.ok()?;
+        let leaf = CertificateDer::pem_slice_iter(&current.contents.cert)
+            .next()?
+            .ok()?;
         crate::auth::endpoint::tls_server_end_point(&leaf).ok()
     }
 
@@ -213,7 +285,7 @@ impl ClientSide {
                     Err(e) => (Failure::Unusable(contents), e),
                 }
             }
-            Err(e) => (Failure::Unreadable(e.clone()), e),
+            Err(e) => (Failure::Unreadable(e.to_string()), e),
         };
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         if current.failed.as_ref() == Some(&failure) {
@@ -272,31 +344,43 @@ pub async fn watch(tls: Arc<Tls>, stop: CancellationToken) {
 }
 
 /// Builds the client-facing configuration from PEM contents.
-fn server_config(c: &Contents) -> Result<ServerConfig, String> {
+fn server_config(c: &Contents) -> Result<ServerConfig, TlsError> {
     let chain = CertificateDer::pem_slice_iter(&c.cert)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("tls.cert_file: {e}"))?;
+        .map_err(|source| TlsError::Pem {
+            setting: "cert_file",
+            source,
+        })?;
     if chain.is_empty() {
-        return Err("tls.cert_file holds no PEM certificate".into());
+        return Err(TlsError::NoCertificate {
+            setting: "cert_file",
+        });
     }
-    let key = PrivateKeyDer::from_pem_slice(&c.key).map_err(|e| format!("tls.key_file: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&c.key).map_err(|source| TlsError::Pem {
+        setting: "key_file",
+        source,
+    })?;
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| format!("tls: {e}"))?;
+        .map_err(TlsError::Versions)?;
     let builder = match &c.client_ca {
         Some(pem) => {
-            let roots = roots(pem, "client_ca_file")?;
+            const SETTING: &str = "client_ca_file";
+            let roots = roots(pem, SETTING)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| format!("tls.client_ca_file: {e}"))?;
+                .map_err(|source| TlsError::Verifier {
+                    setting: SETTING,
+                    source,
+                })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let mut config = builder
         .with_single_cert(chain, key)
-        .map_err(|e| format!("tls.cert_file/key_file: {e}"))?;
+        .map_err(TlsError::KeyPair)?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     // Like PostgreSQL: no session resumption (libpq never resumes).
     config.session_storage = Arc::new(NoServerSessionStorage {});
@@ -304,14 +388,16 @@ fn server_config(c: &Contents) -> Result<ServerConfig, String> {
     Ok(config)
 }
 
-fn roots(pem: &[u8], what: &str) -> Result<RootCertStore, String> {
+fn roots(pem: &[u8], setting: &'static str) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem) {
-        let cert = cert.map_err(|e| format!("tls.{what}: {e}"))?;
-        roots.add(cert).map_err(|e| format!("tls.{what}: {e}"))?;
+        let cert = cert.map_err(|source| TlsError::Pem { setting, source })?;
+        roots
+            .add(cert)
+            .map_err(|source| TlsError::CaCertificate { setting, source })?;
     }
     if roots.is_empty() {
-        return Err(format!("tls.{what} holds no PEM certificate"));
+        return Err(TlsError::NoCertificate { setting });
     }
     Ok(roots)
 }
@@ -323,7 +409,8 @@ pub struct ServerSide {
 }
 
 impl ServerSide {
-    fn load(mode: ServerTlsMode, ca_file: Option<&Path>) -> Result<ServerSide, ConfigError> {
+    /// `ca_file` as [`config::Tls::server_ca`] returns it: set for the verifying modes.
+    fn load(mode: ServerTlsMode, ca_file: Option<&Path>) -> Result<ServerSide, TlsError> {
         let provider = provider();
         let verifier: Arc<dyn ServerCertVerifier> = match mode {
             ServerTlsMode::Disable => return Ok(ServerSide { mode, config: None }),
@@ -331,20 +418,23 @@ impl ServerSide {
                 algorithms: provider.signature_verification_algorithms,
             }),
             ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull => {
+                const SETTING: &str = "server_ca_file";
                 let Some(path) = ca_file else {
-                    return Err(ConfigError(format!(
-                        "tls.server_mode = \"{}\" needs tls.server_ca_file",
-                        mode.as_str()
-                    )));
+                    return Err(ConfigError::ServerCaMissing(mode).into());
                 };
-                let pem = std::fs::read(path).map_err(|e| {
-                    ConfigError(format!("tls.server_ca_file {}: {e}", path.display()))
+                let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+                    setting: SETTING,
+                    path: path.to_owned(),
+                    source,
                 })?;
-                let roots = roots(&pem, "server_ca_file").map_err(ConfigError)?;
+                let roots = roots(&pem, SETTING)?;
                 let webpki =
                     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                         .build()
-                        .map_err(|e| ConfigError(format!("tls.server_ca_file: {e}")))?;
+                        .map_err(|source| TlsError::Verifier {
+                            setting: SETTING,
+                            source,
+                        })?;
                 if mode == ServerTlsMode::VerifyCa {
                     Arc::new(ChainOnly(webpki))
                 } else {
@@ -354,7 +444,7 @@ impl ServerSide {
         };
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(VERSIONS)
-            .map_err(|e| ConfigError(format!("tls: {e}")))?
+            .map_err(TlsError::Versions)?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
@@ -379,18 +469,22 @@ impl ServerSide {
     /// (`host:port`): an IP address is checked against IP SANs and sends no
     /// SNI. A host that is not a valid DNS name is an error only when the
     /// name is verified.
-    pub fn server_name(&self, address: &str) -> Result<ServerName<'static>, String> {
+    pub fn server_name(&self, address: &str) -> Result<ServerName<'static>, TlsError> {
         let host = address
             .rsplit_once(':')
             .map_or(address, |(h, _)| h)
             .trim_start_matches('[')
             .trim_end_matches(']');
+        let host_name = |host: &str, source| TlsError::HostName {
+            host: host.to_owned(),
+            source,
+        };
         match ServerName::try_from(host.to_owned()) {
             Ok(name) => Ok(name),
             Err(_) if self.mode != ServerTlsMode::VerifyFull => {
-                Ok(ServerName::try_from("localhost").map_err(|e| e.to_string())?)
+                ServerName::try_from("localhost").map_err(|e| host_name("localhost", e))
             }
-            Err(e) => Err(format!("{host:?} is not a valid host name to verify: {e}")),
+            Err(e) => Err(host_name(host, e)),
         }
     }
 }
@@ -525,6 +619,7 @@ mod tests {
             client_ca: None,
         };
         let e = server_config(&c).unwrap_err();
-        assert!(e.contains("tls.cert_file"), "{e}");
+        assert!(matches!(e, TlsError::NoCertificate { .. }), "{e}");
+        assert!(e.to_string().contains("tls.cert_file"), "{e}");
     }
 }

@@ -6,7 +6,7 @@
 //! that the API is back on a quiet cluster. The tap notices every successful watch response.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,10 +15,33 @@ use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::Notify;
 
-/// The client could not be built (no kubeconfig, not in a cluster, bad credentials file, …).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct KubernetesError(pub String);
+/// The Kubernetes API cannot be used: no client could be built, or a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    /// The kubeconfig file given explicitly could not be read, or its current context not used.
+    #[error("kubeconfig {}: {source}", path.display())]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// What kube found wrong with it.
+        source: kube::config::KubeconfigError,
+    },
+    /// Neither the in-cluster service account nor a kubeconfig (`KUBECONFIG`, `~/.kube/config`)
+    /// gave a configuration.
+    #[error("no Kubernetes configuration (in-cluster or kubeconfig): {0}")]
+    NoConfiguration(#[source] kube::config::InferConfigError),
+    /// A configuration was found but no client could be built from it (TLS, proxy settings, …).
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// Listing the pods failed (API unreachable, RBAC, bad selector, …).
+    #[error("listing pods in {namespace}: {source}")]
+    ListPods {
+        /// The namespace listed.
+        namespace: String,
+        /// The API error.
+        source: kube::Error,
+    },
+}
 
 /// A Kubernetes client for the source, with the watch tap when built by [`connect`].
 #[derive(Clone)]
@@ -57,21 +80,22 @@ impl std::fmt::Debug for KubeClient {
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<KubeClient, KubernetesError> {
     let config = match kubeconfig {
         Some(path) => {
-            let file = Kubeconfig::read_from(path)
-                .map_err(|e| KubernetesError(format!("kubeconfig {}: {e}", path.display())))?;
+            let kubeconfig_error = |source| KubernetesError::Kubeconfig {
+                path: path.to_owned(),
+                source,
+            };
+            let file = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
             kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                 .await
-                .map_err(|e| KubernetesError(format!("kubeconfig {}: {e}", path.display())))?
+                .map_err(kubeconfig_error)?
         }
-        None => kube::Config::infer().await.map_err(|e| {
-            KubernetesError(format!(
-                "no Kubernetes configuration (in-cluster or kubeconfig): {e}"
-            ))
-        })?,
+        None => kube::Config::infer()
+            .await
+            .map_err(KubernetesError::NoConfiguration)?,
     };
     let watch_ok = Arc::new(Notify::new());
     let client = ClientBuilder::try_from(config)
-        .map_err(|e| KubernetesError(format!("cannot build the Kubernetes client: {e}")))?
+        .map_err(KubernetesError::Client)?
         .with_layer(&Tap(Arc::clone(&watch_ok)))
         .build();
     Ok(KubeClient {

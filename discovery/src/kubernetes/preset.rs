@@ -65,8 +65,23 @@ pub enum LabelRole {
 
 /// Unknown preset name or malformed custom preset.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct PresetError(String);
+pub enum PresetError {
+    /// A name that is not one of [`Preset::NAMES`] (or their aliases).
+    #[error(
+        "unknown preset {0:?}: expected one of {names} or a table {{ label, primary, replica }}",
+        names = Preset::NAMES.join(", ")
+    )]
+    UnknownName(String),
+    /// A custom preset with an empty `label`.
+    #[error("custom preset: label is empty")]
+    EmptyLabel,
+    /// A custom preset with no `primary` value.
+    #[error("custom preset: list at least one primary value")]
+    NoPrimaryValue,
+    /// A custom preset listing a value under both roles.
+    #[error("custom preset: {0:?} is listed as both primary and replica")]
+    BothRoles(String),
+}
 
 impl Preset {
     /// Names accepted by [`Preset::from_name`].
@@ -79,10 +94,7 @@ impl Preset {
             "spilo" | "zalando" => Ok(Preset::Spilo),
             "cloudnativepg" | "cnpg" => Ok(Preset::CloudNativePg),
             "crunchy" | "percona" => Ok(Preset::Crunchy),
-            other => Err(PresetError(format!(
-                "unknown preset {other:?}: expected one of {} or a table {{ label, primary, replica }}",
-                Preset::NAMES.join(", ")
-            ))),
+            other => Err(PresetError::UnknownName(other.to_owned())),
         }
     }
 
@@ -90,17 +102,13 @@ impl Preset {
     /// both lists.
     pub fn custom(custom: CustomPreset) -> Result<Preset, PresetError> {
         if custom.label.is_empty() {
-            return Err(PresetError("custom preset: label is empty".into()));
+            return Err(PresetError::EmptyLabel);
         }
         if custom.primary.is_empty() {
-            return Err(PresetError(
-                "custom preset: list at least one primary value".into(),
-            ));
+            return Err(PresetError::NoPrimaryValue);
         }
         if let Some(v) = custom.primary.iter().find(|v| custom.replica.contains(v)) {
-            return Err(PresetError(format!(
-                "custom preset: {v:?} is listed as both primary and replica"
-            )));
+            return Err(PresetError::BothRoles(v.clone()));
         }
         Ok(Preset::Custom(custom))
     }

@@ -1,12 +1,13 @@
 //! Typed views over arbitrary bodies: the first byte is the message type, the rest the
-//! body. `BackendMessage::parse` and `FrontendMessage::parse` never panic, and whatever
-//! they accept can be walked (ErrorFields, SaslMechanisms, column formats) without panics
-//! and consistently with the bytes.
+//! body. `BackendMessage::parse`, `FrontendMessage::parse` and (for `p`)
+//! `SaslInitialResponse::parse` never panic, and whatever they accept can be walked
+//! (ErrorFields, SaslMechanisms, column formats, SASL data) without panics and consistently
+//! with the bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use pgsteer_protocol::backend::{Authentication, BackendMessage};
-use pgsteer_protocol::frontend::FrontendMessage;
+use pgsteer_protocol::frontend::{FrontendMessage, SaslInitialResponse, tag as frontend_tag};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&tag, body)) = data.split_first() else {
@@ -53,5 +54,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(FrontendMessage::Other { tag: t, body: b }) = FrontendMessage::parse(tag, body) {
         assert_eq!((t, b), (tag, body));
+    }
+    if tag == frontend_tag::PASSWORD
+        && let Ok(m) = SaslInitialResponse::parse(body)
+    {
+        // The mechanism, its NUL, the data length and the data.
+        assert!(!m.mechanism.contains(&0));
+        let size = m.mechanism.len() + 1 + 4 + m.data.map_or(0, <[u8]>::len);
+        assert_eq!(size, body.len());
+        assert_eq!(m.gs2_flag(), m.data.and_then(|d| d.first().copied()));
     }
 });

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::Credentials;
 use super::scram::SaltKey;
 use super::secrets::{Password, Secret};
 use super::userlist::{Reload, UserListFile};
-use super::Credentials;
 use crate::config::{Auth, AuthMethod, ConfigError};
 use crate::pool::server::{self, Login};
 use crate::router::Target;
@@ -46,26 +46,30 @@ impl AuthStore {
     pub fn load(config: &Auth) -> Result<AuthStore, ConfigError> {
         let file = match &config.auth_file {
             Some(path) => Some(Mutex::new(UserListFile::load(path).map_err(|e| {
-                ConfigError(format!("auth.auth_file {}: {e}", path.display()))
+                ConfigError::Pooling(format!("auth.auth_file {}: {e}", path.display()))
             })?)),
             None => None,
         };
         let salt_key = match &config.salt_key_file {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|e| {
-                    ConfigError(format!("auth.salt_key_file {}: {e}", path.display()))
+                let bytes = std::fs::read(path).map_err(|source| ConfigError::SettingFile {
+                    setting: "auth.salt_key_file",
+                    path: path.clone(),
+                    source,
                 })?;
                 let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
                 SaltKey::new(digest.into())
             }
             None => SaltKey::generate()
-                .map_err(|e| ConfigError(format!("auth: cannot make a salt key: {e}")))?,
+                .map_err(|e| ConfigError::Pooling(format!("auth: cannot make a salt key: {e}")))?,
         };
         let password = match &config.auth_password_file {
             Some(path) => Some(Password::new(
                 std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        ConfigError(format!("auth.auth_password_file {}: {e}", path.display()))
+                    .map_err(|source| ConfigError::SettingFile {
+                        setting: "auth.auth_password_file",
+                        path: path.clone(),
+                        source,
                     })?
                     .trim_end_matches(['\n', '\r']),
             )),
@@ -155,7 +159,9 @@ impl AuthStore {
             tls,
             timeout: Duration::from_secs(5),
         };
-        let mut conn = server::open(target, login).await.map_err(|e| e.to_string())?;
+        let mut conn = server::open(target, login)
+            .await
+            .map_err(|e| e.to_string())?;
         let sql = q.sql.replace("$1", &literal(user));
         let rows = conn.query(&sql).await.map_err(|e| e.to_string());
         crate::pool::close(conn, crate::pool::lifecycle::CloseReason::Shutdown);
@@ -215,9 +221,6 @@ mod tests {
     fn literals_are_dollar_quoted_with_a_tag_not_in_the_text() {
         assert_eq!(literal("app"), "$pgsteer$app$pgsteer$");
         assert_eq!(literal("a'b"), "$pgsteer$a'b$pgsteer$");
-        assert_eq!(
-            literal("x$pgsteer$y"),
-            "$pgsteerx$x$pgsteer$y$pgsteerx$"
-        );
+        assert_eq!(literal("x$pgsteer$y"), "$pgsteerx$x$pgsteer$y$pgsteerx$");
     }
 }

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, duration, err};
+use super::{ConfigError, duration};
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Pooling(msg.into())
+}
 
 /// How a listener's sessions use server connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -161,12 +161,47 @@ mod tests {
             (base, HOUR, Keep),
             (returned(b'T'), HOUR, Close(Unclean)),
             (returned(b'E'), HOUR, Close(Unclean)),
-            (Returned { clean: false, ..base }, HOUR, Close(Unclean)),
-            (Returned { broken: true, ..base }, HOUR, Close(Broken)),
-            (Returned { retired: true, ..base }, HOUR, Close(Retired)),
-            (Returned { dirty: true, ..base }, HOUR, Reset),
+            (
+                Returned {
+                    clean: false,
+                    ..base
+                },
+                HOUR,
+                Close(Unclean),
+            ),
+            (
+                Returned {
+                    broken: true,
+                    ..base
+                },
+                HOUR,
+                Close(Broken),
+            ),
+            (
+                Returned {
+                    retired: true,
+                    ..base
+                },
+                HOUR,
+                Close(Retired),
+            ),
+            (
+                Returned {
+                    dirty: true,
+                    ..base
+                },
+                HOUR,
+                Reset,
+            ),
             (Returned { age: HOUR, ..base }, HOUR, Close(Lifetime)),
-            (Returned { age: HOUR * 9, ..base }, Duration::ZERO, Keep),
+            (
+                Returned {
+                    age: HOUR * 9,
+                    ..base
+                },
+                Duration::ZERO,
+                Keep,
+            ),
             (
                 Returned {
                     dirty: true,

@@ -73,8 +73,8 @@ pub enum OpenError {
     #[error("{0}")]
     Unreachable(std::io::Error),
     /// TLS cannot be had as configured.
-    #[error("{0}")]
-    Tls(String),
+    #[error(transparent)]
+    Tls(crate::session::upstream::UpstreamTlsError),
     /// The server refused the login; the ErrorResponse frame (tag and all) goes to the client.
     #[error("the server refused the login: {message}")]
     Refused {
@@ -286,7 +286,10 @@ fn text(b: &[u8]) -> String {
 }
 
 async fn send(stream: &mut Stream, bytes: &[u8]) -> Result<(), OpenError> {
-    stream.write_all(bytes).await.map_err(OpenError::Unreachable)?;
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(OpenError::Unreachable)?;
     stream.flush().await.map_err(OpenError::Unreachable)
 }
 
@@ -296,10 +299,7 @@ async fn next_message(stream: &mut Stream, buf: &mut BytesMut) -> Result<(u8, By
         if let Some(f) = split_frame(buf, MESSAGE_LIMIT).map_err(protocol)? {
             return Ok((f.tag, f.body));
         }
-        let n = stream
-            .read_buf(buf)
-            .await
-            .map_err(OpenError::Unreachable)?;
+        let n = stream.read_buf(buf).await.map_err(OpenError::Unreachable)?;
         if n == 0 {
             return Err(OpenError::Unreachable(
                 std::io::ErrorKind::UnexpectedEof.into(),

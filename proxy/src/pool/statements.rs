@@ -65,7 +65,11 @@ impl Registry {
     /// Statements interned and still held by some session.
     pub fn live(&self) -> usize {
         let interned = self.by_text.lock().unwrap_or_else(|e| e.into_inner());
-        interned.map.values().filter(|w| w.strong_count() > 0).count()
+        interned
+            .map
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
     }
 }
 

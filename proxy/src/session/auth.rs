@@ -19,7 +19,8 @@
 use bytes::BytesMut;
 use pgsteer_protocol::backend::{Authentication, BackendMessage, TxStatus};
 use pgsteer_protocol::encode;
-use pgsteer_protocol::frame::split_frame;
+use pgsteer_protocol::frame::{peek_frame, split_frame};
+use pgsteer_protocol::frontend::{SaslInitialResponse, tag};
 use pgsteer_protocol::sqlstate::SqlState;
 use pgsteer_protocol::startup::{Negotiation, StartupMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -153,17 +154,22 @@ pub async fn authenticate(
 
 /// The gs2 channel-binding flag (`n`, `y` or `p`) of a SASLInitialResponse
 /// at the start of `buf`: `None` while the message is incomplete,
-/// `Some(None)` if it is some other message.
+/// `Some(None)` if it is some other message, or not a well-formed one (the
+/// server answers those).
 fn sasl_initial_flag(buf: &[u8]) -> Option<Option<u8>> {
-    let (&tag, rest) = buf.split_first()?;
-    if tag != b'p' {
+    if *buf.first()? != tag::PASSWORD {
         return Some(None);
     }
-    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let body = rest.get(4..len.max(4))?;
-    let nul = body.iter().position(|&b| b == 0);
-    let data = nul.and_then(|n| body.get(n + 5..));
-    Some(data.and_then(|d| d.first().copied()))
+    // No length limit here: the caller bounds what it buffers (AUTH_CLIENT_LIMIT).
+    match peek_frame(buf, u32::MAX) {
+        Ok(None) => None,
+        Ok(Some((_, body))) => Some(
+            SaslInitialResponse::parse(body)
+                .ok()
+                .and_then(|m| m.gs2_flag()),
+        ),
+        Err(_) => Some(None),
+    }
 }
 
 /// A TLS client offering channel binding to a server on a TLS connection
@@ -285,7 +291,7 @@ impl Exchange<'_> {
                     )));
                 }
                 BackendMessage::ErrorResponse(e) => {
-                    push_frame(out, frame.tag, &frame.body);
+                    encode::frame(out, frame.tag, &frame.body);
                     let why = format!(
                         "backend refused the session: {} {}",
                         e.code().unwrap_or_default(),
@@ -293,7 +299,7 @@ impl Exchange<'_> {
                     );
                     return Ok(Step::Failed(why));
                 }
-                _ => push_frame(out, frame.tag, &frame.body),
+                _ => encode::frame(out, frame.tag, &frame.body),
             }
         }
         Ok(Step::More)
@@ -305,25 +311,13 @@ fn is_channel_binding(mechanism: &&[u8]) -> bool {
     mechanism.ends_with(b"-PLUS")
 }
 
-/// Re-frames a message that passes through unchanged.
-fn push_frame(out: &mut BytesMut, tag: u8, body: &[u8]) {
-    out.extend_from_slice(&[tag]);
-    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(body);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn initial(mechanism: &str, data: &[u8]) -> Vec<u8> {
-        let mut body = mechanism.as_bytes().to_vec();
-        body.push(0);
-        body.extend_from_slice(&(data.len() as i32).to_be_bytes());
-        body.extend_from_slice(data);
-        let mut m = vec![b'p'];
-        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        m.extend_from_slice(&body);
+    fn initial(mechanism: &str, data: &[u8]) -> BytesMut {
+        let mut m = BytesMut::new();
+        encode::sasl_initial_response(&mut m, mechanism.as_bytes(), Some(data));
         m
     }
 
@@ -337,6 +331,9 @@ mod tests {
         let m = initial("SCRAM-SHA-256", b"n,,n=,r=abc");
         assert_eq!(sasl_initial_flag(&m), Some(Some(b'n')));
         assert_eq!(sasl_initial_flag(b"X\0\0\0\x04"), Some(None));
+        // A `p` that is not a well-formed SASLInitialResponse is left to the server.
+        assert_eq!(sasl_initial_flag(b"p\0\0\0\x05y"), Some(None));
+        assert_eq!(sasl_initial_flag(b"p\0\0\0\x02"), Some(None));
     }
 
     #[test]

@@ -198,7 +198,8 @@ impl<'b> Routing<'b> {
         }
         debug!(reason = %why, "holding the connection");
         hold.start();
-        if let Woken::TimedOut = wait(b, client, hold, &mut self.topology, &mut self.paused).await? {
+        if let Woken::TimedOut = wait(b, client, hold, &mut self.topology, &mut self.paused).await?
+        {
             b.metrics.refused_after_hold.inc();
             return Err(SessionError::fatal(
                 Side::Internal,
@@ -282,11 +283,7 @@ pub enum Refused {
 
 /// Connects to the chosen backend, recording latency, failures and the
 /// reroute time after a role change.
-pub async fn connect(
-    b: Backends<'_>,
-    target: &Target,
-    generation: u64,
-) -> Result<Stream, Refused> {
+pub async fn connect(b: Backends<'_>, target: &Target, generation: u64) -> Result<Stream, Refused> {
     let m = b.metrics;
     let started = std::time::Instant::now();
     match upstream::connect(target, b.tls, b.routing.connect_timeout).await {
@@ -322,15 +319,15 @@ pub fn refused(b: Backends<'_>, target: &Target, e: UpstreamError) -> Refused {
                 .with_label_values(&[&target.member])
                 .inc();
             Refused::Fatal(SessionError::fatal(
-            Side::Server,
-            SqlState::UNABLE_TO_CONNECT,
-            format!(
-                "pgsteer: cannot connect to {} ({}) with tls.server_mode = \"{}\": {e}",
-                target.member,
-                target.address,
-                b.tls.mode().as_str()
-            ),
-        ))
+                Side::Server,
+                SqlState::UNABLE_TO_CONNECT,
+                format!(
+                    "pgsteer: cannot connect to {} ({}) with tls.server_mode = \"{}\": {e}",
+                    target.member,
+                    target.address,
+                    b.tls.mode().as_str()
+                ),
+            ))
         }
     }
 }

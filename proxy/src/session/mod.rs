@@ -151,8 +151,16 @@ async fn run(
                 message,
                 negotiation,
             } = *p;
-            return pooled::serve(shared, client, listener, request, message, negotiation, span)
-                .await;
+            return pooled::serve(
+                shared,
+                client,
+                listener,
+                request,
+                message,
+                negotiation,
+                span,
+            )
+            .await;
         }
     };
     let Established {
@@ -168,7 +176,10 @@ async fn run(
     let end = loop {
         // A passthrough session always has its server and never lends it:
         // only the end comes back.
-        if let Event::End(end) = relay.run(client, Some(&mut server), &mut Passthrough).await? {
+        if let Event::End(end) = relay
+            .run(client, Some(&mut server), &mut Passthrough)
+            .await?
+        {
             break end;
         }
     };

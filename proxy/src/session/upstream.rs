@@ -12,26 +12,36 @@ use tokio::net::TcpStream;
 use super::stream::Stream;
 use crate::config::ServerTlsMode;
 use crate::router::Target;
-use crate::tls::ServerSide;
+use crate::tls::{ServerSide, TlsError};
 
 /// Why a backend connection could not be opened.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// TCP trouble (refused, reset, timed out): the member may be down; try
     /// elsewhere or wait.
+    #[error(transparent)]
     Unreachable(std::io::Error),
     /// The member answered but TLS cannot be had as configured (no TLS
     /// support, certificate not trusted, wrong name). Waiting will not help.
-    Tls(String),
+    #[error(transparent)]
+    Tls(UpstreamTlsError),
 }
 
-impl std::fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamError::Unreachable(e) => e.fmt(f),
-            UpstreamError::Tls(e) => f.write_str(e),
-        }
-    }
+/// Why TLS towards a member cannot be had as `tls.server_mode` says.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamTlsError {
+    /// The server answered `N` to the SSLRequest, and the mode requires TLS.
+    #[error("the server does not support TLS, but tls.server_mode = \"{}\"", .0.as_str())]
+    NotSupported(ServerTlsMode),
+    /// The answer to the SSLRequest was neither `S` nor `N`.
+    #[error("unexpected answer to SSLRequest: 0x{0:02x}")]
+    UnexpectedAnswer(u8),
+    /// The member's host cannot be checked against a certificate.
+    #[error(transparent)]
+    ServerName(TlsError),
+    /// The handshake failed: certificate not trusted, wrong name, an alert.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(#[source] std::io::Error),
 }
 
 /// Connects to `target` within `timeout` (TCP and TLS handshake together).
@@ -83,24 +93,21 @@ async fn negotiate(
         b'S' => {}
         b'N' if mode == ServerTlsMode::Prefer => return Ok(Stream::Plain(tcp)),
         b'N' => {
-            return Err(UpstreamError::Tls(format!(
-                "the server does not support TLS, but tls.server_mode = \"{}\"",
-                mode.as_str()
-            )));
+            return Err(UpstreamError::Tls(UpstreamTlsError::NotSupported(mode)));
         }
         other => {
-            return Err(UpstreamError::Tls(format!(
-                "unexpected answer to SSLRequest: 0x{other:02x}"
+            return Err(UpstreamError::Tls(UpstreamTlsError::UnexpectedAnswer(
+                other,
             )));
         }
     }
     let name = tls
         .server_name(&target.address)
-        .map_err(UpstreamError::Tls)?;
+        .map_err(|e| UpstreamError::Tls(UpstreamTlsError::ServerName(e)))?;
     match connector.connect(name, tcp).await {
         Ok(s) => Ok(Stream::Connected(Box::new(s))),
         // rustls errors (certificates, alerts) arrive wrapped in io::Error.
-        Err(e) if tls_error(&e) => Err(UpstreamError::Tls(format!("TLS handshake failed: {e}"))),
+        Err(e) if tls_error(&e) => Err(UpstreamError::Tls(UpstreamTlsError::Handshake(e))),
         Err(e) => Err(UpstreamError::Unreachable(e)),
     }
 }

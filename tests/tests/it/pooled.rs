@@ -96,7 +96,9 @@ async fn a_pooled_client_logs_in_with_scram_and_runs_transactions_on_shared_conn
         .unwrap()
         .get(0);
     assert!(backends <= 4, "{backends} backends for the app user");
-    let wrong = try_connect(p.rw(), APP_USER, "wrong", None).await.unwrap_err();
+    let wrong = try_connect(p.rw(), APP_USER, "wrong", None)
+        .await
+        .unwrap_err();
     let db = wrong.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "28P01", "{db}");
     let unknown = try_connect(p.rw(), "nobody", "x", None).await.unwrap_err();
@@ -133,7 +135,11 @@ async fn a_set_follows_the_client_to_its_next_connection_and_does_not_leak_to_an
             .query_one("SELECT current_setting('search_path')", &[])
             .await
             .unwrap();
-        assert_eq!(row.get::<_, String>(0), "\"$user\", public", "a's setting leaked to b");
+        assert_eq!(
+            row.get::<_, String>(0),
+            "\"$user\", public",
+            "a's setting leaked to b"
+        );
     }
 }
 

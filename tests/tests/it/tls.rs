@@ -716,9 +716,30 @@ fn unusable_tls_settings_are_refused_with_the_setting_named() {
         ),
     ];
     for (tls, needle) in cases {
-        let e = Config::parse(&format!("{base}{tls}"), std::iter::empty())
+        // What `pgsteer run` and `check` do: the settings, then the files they name.
+        let e = pgsteer::load::text(&format!("{base}{tls}"), std::iter::empty())
             .expect_err(needle)
             .to_string();
         assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+        assert!(!e.contains('\n'), "{e:?} spans lines");
     }
+}
+
+#[tokio::test]
+async fn start_refuses_a_certificate_file_that_does_not_exist() {
+    let text = "[listen]\nrw = \"127.0.0.1:0\"\nro = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+                [discovery]\nsource = \"static\"\n[discovery.probe]\nuser = \"x\"\n\
+                [[discovery.members]]\nname = \"pg-0\"\naddress = \"127.0.0.1:1\"\n\
+                [tls]\ncert_file = \"/nonexistent/tls.crt\"\nkey_file = \"/nonexistent/tls.key\"\n";
+    // The settings are consistent; the file is only read when the proxy is made runnable.
+    let config = Config::parse(text, std::iter::empty()).expect("the settings are valid");
+    let e = pgsteer::start(config, pgsteer::Shutdown::new())
+        .await
+        .err()
+        .expect("start fails");
+    assert!(matches!(e, pgsteer::StartError::Tls(_)), "{e}");
+    assert!(
+        e.to_string().contains("tls.cert_file /nonexistent/tls.crt"),
+        "{e}"
+    );
 }

@@ -82,9 +82,8 @@ async fn scram_exchange(
     offer.push(0);
     io.request(AUTH_SASL, &offer).await.map_err(io_failed)?;
     let initial = io.password_message().await.map_err(io_failed)?;
-    let (mechanism, data) = sasl_initial(&initial).ok_or(AuthError::Malformed(
-        "malformed SASLInitialResponse",
-    ))?;
+    let (mechanism, data) =
+        sasl_initial(&initial).ok_or(AuthError::Malformed("malformed SASLInitialResponse"))?;
     let nonce = scram::new_nonce()?;
     let ctx = ServerContext {
         user,
@@ -191,10 +190,7 @@ mod tests {
         let mut body = b"SCRAM-SHA-256\0".to_vec();
         body.extend_from_slice(&5i32.to_be_bytes());
         body.extend_from_slice(b"n,,x=");
-        assert_eq!(
-            sasl_initial(&body),
-            Some(("SCRAM-SHA-256", &b"n,,x="[..]))
-        );
+        assert_eq!(sasl_initial(&body), Some(("SCRAM-SHA-256", &b"n,,x="[..])));
         for cut in 0..body.len() {
             assert_eq!(sasl_initial(&body[..cut]), None, "cut at {cut}");
         }

@@ -76,10 +76,9 @@ pub async fn serve(
     span: &tracing::Span,
 ) -> Result<(), SessionError> {
     use tracing::Instrument;
-    let (mut session, first) =
-        log_in(shared, client, listener, request, message, &negotiation)
-            .instrument(span.clone())
-            .await?;
+    let (mut session, first) = log_in(shared, client, listener, request, message, &negotiation)
+        .instrument(span.clone())
+        .await?;
     let limit = shared.config.limits.max_message_bytes;
     let tally = PodTally::new(shared.metrics.pod(&first.target.member));
     let mut relay = Relay::new::<Pooled<'_>>(limit, TxStatus::Idle, session.idle_signals(), tally);
@@ -170,13 +169,16 @@ async fn log_in<'a>(
         );
         write(client, &out).await?;
     }
-    let primary = shared.topology.current().primary().map(crate::router::target);
+    let primary = shared
+        .topology
+        .current()
+        .primary()
+        .map(crate::router::target);
     let secret = auth
         .secret(&user, &database, primary.as_ref(), &shared.tls.server)
         .await;
     let end_point = shared.tls.client.as_ref().and_then(|t| t.end_point());
-    let credentials =
-        login::authenticate(client, auth, &user, secret.as_ref(), end_point).await?;
+    let credentials = login::authenticate(client, auth, &user, secret.as_ref(), end_point).await?;
     auth.remember(&user, credentials.clone());
     let state = ClientState::new(
         listener.mode,
@@ -246,7 +248,8 @@ impl<'a> Session<'a> {
                 }
                 self.state.seen.clone_from(&l.conn.reported);
                 relay.rebind(self.lent_drain(&l.target), self.tally(Some(&l.target)));
-                *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(l.conn.cancel.clone());
+                *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(l.conn.cancel.clone());
                 Ok(Some(l))
             }
             Err(e) if e.code.is_some() && e.side != Side::Client => {
@@ -293,7 +296,9 @@ impl<'a> Session<'a> {
                 }
             }
             shared.pools.count_lent(&target.member, 1);
-            lent.pool.clients.fetch_add(usize::from(login), std::sync::atomic::Ordering::Relaxed);
+            lent.pool
+                .clients
+                .fetch_add(usize::from(login), std::sync::atomic::Ordering::Relaxed);
             self.state.pool = Some(lent.pool.clone());
             return Ok(lent);
         }
@@ -302,7 +307,9 @@ impl<'a> Session<'a> {
     /// A connection from `target`'s pool: an idle one or a new one.
     async fn take(&self, target: &Target) -> Result<Lent, Refused> {
         let shared = self.shared;
-        let pool = shared.pools.get(&target.member, &target.address, &self.db_user);
+        let pool = shared
+            .pools
+            .get(&target.member, &target.address, &self.db_user);
         let settings = &shared.pools.settings;
         let acquired = pool
             .acquire(settings, &shared.metrics)
@@ -369,7 +376,10 @@ impl<'a> Session<'a> {
             )),
             Err(OpenError::Refused { code, message, .. }) if code == "57P03" => {
                 shared.reprobe.reprobe();
-                Err(Refused::Wait(format!("{} cannot take sessions now: {message}", target.member)))
+                Err(Refused::Wait(format!(
+                    "{} cannot take sessions now: {message}",
+                    target.member
+                )))
             }
             Err(e) => Err(Refused::Fatal(login_error(e))),
         }
@@ -386,7 +396,8 @@ impl<'a> Session<'a> {
             self.request.pin.is_some(),
         );
         drain::check(&t, &b, Graces::from(&self.shared.config.drain)).is_none()
-            && t.member(&target.member).is_some_and(|m| m.address == target.address)
+            && t.member(&target.member)
+                .is_some_and(|m| m.address == target.address)
     }
 
     /// Ends a transaction: reads the settings back if a statement may have changed them,
@@ -449,12 +460,21 @@ impl<'a> Session<'a> {
 
     /// The session is over: the connection it has goes back clean or is closed, and the
     /// client is told why when it was not its own doing.
-    async fn close(&mut self, client: &mut Stream, lent: Option<Lent>, end: Option<End>, tx: TxStatus) {
+    async fn close(
+        &mut self,
+        client: &mut Stream,
+        lent: Option<Lent>,
+        end: Option<End>,
+        tx: TxStatus,
+    ) {
         let clean = end.as_ref().is_none_or(|e| {
             e.server_at_boundary && e.client_at_boundary && e.kind == EndKind::ClientClosed
         });
         if let Some(mut l) = lent {
-            if clean && tx == TxStatus::Idle && (self.state.pinned.is_some() || self.state.mode == PoolMode::Session) {
+            if clean
+                && tx == TxStatus::Idle
+                && (self.state.pinned.is_some() || self.state.mode == PoolMode::Session)
+            {
                 self.reset(&mut l).await;
             }
             self.give_back(l, tx, clean);
@@ -464,10 +484,19 @@ impl<'a> Session<'a> {
         };
         match (end.kind, end.closing) {
             (EndKind::ServerClosed, _) if end.server_at_boundary => {
-                close::send_fatal(client, SqlState::CONNECTION_FAILURE, "pgsteer: the server connection was lost").await;
+                close::send_fatal(
+                    client,
+                    SqlState::CONNECTION_FAILURE,
+                    "pgsteer: the server connection was lost",
+                )
+                .await;
             }
             (EndKind::Drained | EndKind::Terminated, Some(closing)) => {
-                self.shared.metrics.sessions_drained.with_label_values(&[closing.outcome.label()]).inc();
+                self.shared
+                    .metrics
+                    .sessions_drained
+                    .with_label_values(&[closing.outcome.label()])
+                    .inc();
                 if end.server_at_boundary {
                     close::send_fatal(client, drain::Closing::SQLSTATE, &closing.message()).await;
                 } else {
@@ -481,7 +510,9 @@ impl<'a> Session<'a> {
     /// Runs the reset query on a connection that carries its client's session state.
     async fn reset(&mut self, l: &mut Lent) {
         let query = &self.shared.config.pool.reset_query;
-        if !query.is_empty() && let Err(e) = l.conn.query(query).await {
+        if !query.is_empty()
+            && let Err(e) = l.conn.query(query).await
+        {
             debug!(error = %e, "reset query failed; closing the connection");
             l.conn.broken = true;
         }
@@ -560,11 +591,9 @@ fn login_error(e: OpenError) -> SessionError {
             SqlState::INVALID_AUTHORIZATION,
             format!("pgsteer: the server refused the login: {message}"),
         ),
-        OpenError::Refused { code, message, .. } if code == "3D000" => SessionError::fatal(
-            Side::Server,
-            SqlState::INVALID_CATALOG_NAME,
-            message,
-        ),
+        OpenError::Refused { code, message, .. } if code == "3D000" => {
+            SessionError::fatal(Side::Server, SqlState::INVALID_CATALOG_NAME, message)
+        }
         e => SessionError::fatal(
             Side::Server,
             SqlState::UNABLE_TO_CONNECT,

@@ -70,11 +70,8 @@ pub type InFlight = VecDeque<Sent>;
 impl Owner for Pooled<'_> {
     const CLIENT_INSPECT: TagSet =
         TagSet::of(&[ftag::QUERY, ftag::PARSE, ftag::BIND, DESCRIBE, CLOSE]);
-    const SERVER_INSPECT: TagSet = TagSet::of(&[
-        PARSE_COMPLETE,
-        CLOSE_COMPLETE,
-        btag::PARAMETER_STATUS,
-    ]);
+    const SERVER_INSPECT: TagSet =
+        TagSet::of(&[PARSE_COMPLETE, CLOSE_COMPLETE, btag::PARAMETER_STATUS]);
 
     fn client_frame(&mut self, f: &FrameRef<'_>) -> Flow {
         match f.tag {
@@ -288,7 +285,13 @@ impl Pooled<'_> {
     }
 
     /// Describe or Close of a named statement, renamed (and prepared first for Describe).
-    fn rewrite_target(&mut self, tag: u8, body: &[u8], body_len: usize, out: &mut BytesMut) -> usize {
+    fn rewrite_target(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        body_len: usize,
+        out: &mut BytesMut,
+    ) -> usize {
         let statement = statement_target(Some(body)).and_then(|n| {
             let s = self.client.statements.get(n).cloned();
             if tag == CLOSE {

@@ -84,7 +84,10 @@ impl ClientState {
         if let Some(pool) = &self.pool {
             pool.pin();
         }
-        debug!(reason = reason.as_str(), "client pinned to its server connection");
+        debug!(
+            reason = reason.as_str(),
+            "client pinned to its server connection"
+        );
     }
 
     /// Whether its connection goes back to the pool at the end of each transaction.
@@ -117,7 +120,13 @@ pub fn sync_sql(desired: &Settings, applied: &Settings) -> String {
     let sets: Vec<String> = desired
         .iter()
         .filter(|(name, value)| applied.get(*name) != Some(*value))
-        .map(|(name, value)| format!("pg_catalog.set_config({}, {}, false)", literal(name), literal(value)))
+        .map(|(name, value)| {
+            format!(
+                "pg_catalog.set_config({}, {}, false)",
+                literal(name),
+                literal(value)
+            )
+        })
         .collect();
     let mut sql = String::new();
     if !sets.is_empty() {

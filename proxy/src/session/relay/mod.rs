@@ -352,7 +352,8 @@ impl<'a> Relay<'a> {
             win.skip(have);
             rej.skip_left = h.frame_len() - have;
             progress = true;
-            if matches!(h.tag, ftag::QUERY | ftag::FUNCTION_CALL | ftag::SYNC) && rej.skip_left == 0 {
+            if matches!(h.tag, ftag::QUERY | ftag::FUNCTION_CALL | ftag::SYNC) && rej.skip_left == 0
+            {
                 pgsteer_protocol::encode::ready_for_query(&mut self.s2c.inject, self.state.tx);
                 self.rejecting = None;
                 return Ok(true);

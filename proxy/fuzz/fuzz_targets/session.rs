@@ -18,8 +18,7 @@
 //! Patroni REST API naming the backend as leader (no SQL probe).
 //!
 //! Seeds: `flags` 0x00 + a recorded client stream (`protocol/tests/fixtures/*.c2s.bin`), or 0x80
-//! + frames. Needs the `session` feature: `cargo fuzz run --features session --sanitizer none
-//! session`.
+//! + frames. Run from `proxy/fuzz`: `cargo fuzz run --sanitizer none session`.
 #![no_main]
 
 use std::net::SocketAddr;
