@@ -1,5 +1,5 @@
 //! Benchmarks for pgsteer. Criterion and counting benches live in `benches/benches/`; the pgbench
 //! comparison harness (`benches/run` → `src/bin/compare.rs`) is the [`compare`] module.
-#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+#![cfg_attr(not(test), deny(clippy::too_many_lines))]
 
 pub mod compare;

@@ -10,7 +10,7 @@
 //! [`Cluster::start`] in the same base directory stops them and removes their directory.
 //!
 //! Used by `pgsteer demo`, the integration tests and the benchmark harness.
-#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+#![cfg_attr(not(test), deny(clippy::too_many_lines))]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 

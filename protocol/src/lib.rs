@@ -8,7 +8,7 @@
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic),
-    warn(clippy::too_many_lines)
+    deny(clippy::too_many_lines)
 )]
 
 pub mod backend;

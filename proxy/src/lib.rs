@@ -7,7 +7,7 @@
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used),
-    warn(clippy::too_many_lines)
+    deny(clippy::too_many_lines)
 )]
 
 pub mod admin;

@@ -1,7 +1,7 @@
 //! The `pgsteer` command: parse the command line, set up logging and the
 //! runtime, turn signals into shutdown tokens, run. Exit codes: 0 ok,
 //! 1 runtime failure, 64 bad configuration.
-#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+#![cfg_attr(not(test), deny(clippy::too_many_lines))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

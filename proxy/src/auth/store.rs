@@ -103,7 +103,7 @@ impl AuthStore {
         target: Option<&Target>,
         tls: &ServerSide,
     ) -> Option<Secret> {
-        if let Some(s) = self.from_file(user) {
+        if let Some(s) = self.in_file(user) {
             return Some(s);
         }
         let q = self.query.as_ref()?;
@@ -126,7 +126,7 @@ impl AuthStore {
         }
     }
 
-    fn from_file(&self, user: &str) -> Option<Secret> {
+    fn in_file(&self, user: &str) -> Option<Secret> {
         let file = self.file.as_ref()?;
         let list = file.lock().unwrap_or_else(|e| e.into_inner()).current();
         list.get(user).cloned()
@@ -144,7 +144,7 @@ impl AuthStore {
         target: &Target,
         tls: &ServerSide,
     ) -> Result<Option<Secret>, String> {
-        let credentials = match (&q.password, self.from_file(&q.user)) {
+        let credentials = match (&q.password, self.in_file(&q.user)) {
             (Some(p), _) => Credentials::Password(p.clone()),
             (None, Some(Secret::Plain(p))) => Credentials::Password(p),
             (None, Some(Secret::Md5(h))) => Credentials::Md5(h),

@@ -215,7 +215,7 @@ fn answer(
             Ok(s)
         }
         (Authentication::Sasl { mechanisms }, Sasl::None) => {
-            let names: Vec<String> = mechanisms.iter().map(|m| text(m)).collect();
+            let names: Vec<String> = mechanisms.iter().map(text).collect();
             let end_point = stream.server_end_point();
             let binding = ClientBinding::negotiate(names.iter().map(String::as_str), end_point)?;
             let nonce = crate::auth::scram::new_nonce()

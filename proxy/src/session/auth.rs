@@ -75,33 +75,8 @@ pub async fn authenticate(
     let result = loop {
         tokio::select! {
             r = server.read_buf(&mut sbuf) => {
-                let n = match r {
-                    Ok(n) => n,
-                    Err(e) if !ex.relayed => break Err(SessionError::unavailable(format!(
-                        "pgsteer: {} failed before authentication: {e}", target.member
-                    ))),
-                    Err(e) => break Err(SessionError::io(Side::Server, e)),
-                };
-                if n == 0 {
-                    let why = format!("pgsteer: {} closed the connection during authentication", target.member);
-                    if !ex.relayed {
-                        break Err(SessionError::unavailable(why));
-                    }
-                    break Err(SessionError::fatal(Side::Server, SqlState::CONNECTION_FAILURE, why));
-                }
-                match ex.relay_frames(&mut sbuf, &mut out) {
-                    Ok(Step::More) => {}
-                    Ok(Step::Ready(tx)) => {
-                        if !sbuf.is_empty() {
-                            break Err(SessionError::server_protocol(
-                                "backend sent data after ReadyForQuery before any query".into(),
-                            ));
-                        }
-                        break Ok(tx);
-                    }
-                    Ok(Step::Failed(why)) => break Err(SessionError::quiet(Side::Server, why)),
-                    Ok(Step::Unavailable(why)) => break Err(SessionError::unavailable(why)),
-                    Err(e) => break Err(e),
+                if let Some(done) = ex.server_read(r, &mut sbuf, &mut out) {
+                    break done;
                 }
                 if !out.is_empty() {
                     ex.relayed = true;
@@ -110,25 +85,14 @@ pub async fn authenticate(
                 }
             }
             r = client.read_buf(&mut cbuf) => {
-                let n = r.map_err(|e| SessionError::io(Side::Client, e))?;
-                if n == 0 {
-                    break Err(SessionError::quiet(Side::Client, "client closed during authentication"));
-                }
-                if cbuf.len() > AUTH_CLIENT_LIMIT {
-                    break Err(SessionError::client_protocol(
-                        "too much data from the client during authentication".into(),
-                    ));
-                }
-                if ex.sasl_offered && server.is_tls() {
-                    // The SASLInitialResponse decides whether SCRAM can succeed.
-                    match sasl_initial_flag(&cbuf) {
-                        None => continue,
-                        Some(Some(b'y')) => break Err(binding_downgrade()),
-                        Some(_) => ex.sasl_offered = false,
+                match ex.client_read(r, &cbuf, server.is_tls()) {
+                    Ok(true) => {
+                        send(server, &cbuf).await.map_err(|e| SessionError::io(Side::Server, e))?;
+                        cbuf.clear();
                     }
+                    Ok(false) => {}
+                    Err(e) => break Err(e),
                 }
-                send(server, &cbuf).await.map_err(|e| SessionError::io(Side::Server, e))?;
-                cbuf.clear();
             }
         }
     };
@@ -214,8 +178,94 @@ struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
+    /// What the server's bytes just read mean: `Some` ends the exchange.
+    fn server_read(
+        &mut self,
+        read: std::io::Result<usize>,
+        sbuf: &mut BytesMut,
+        out: &mut BytesMut,
+    ) -> Option<Result<TxStatus, SessionError>> {
+        let member = &self.target.member;
+        let n = match read {
+            Ok(n) => n,
+            Err(e) if !self.relayed => {
+                return Some(Err(SessionError::unavailable(format!(
+                    "pgsteer: {member} failed before authentication: {e}"
+                ))));
+            }
+            Err(e) => return Some(Err(SessionError::io(Side::Server, e))),
+        };
+        if n == 0 {
+            let why = format!("pgsteer: {member} closed the connection during authentication");
+            return Some(Err(if self.relayed {
+                SessionError::fatal(Side::Server, SqlState::CONNECTION_FAILURE, why)
+            } else {
+                SessionError::unavailable(why)
+            }));
+        }
+        match self.relay_frames(sbuf, out) {
+            Ok(Step::More) => None,
+            Ok(Step::Ready(_)) if !sbuf.is_empty() => Some(Err(SessionError::server_protocol(
+                "backend sent data after ReadyForQuery before any query".into(),
+            ))),
+            Ok(Step::Ready(tx)) => Some(Ok(tx)),
+            Ok(Step::Failed(why)) => Some(Err(SessionError::quiet(Side::Server, why))),
+            Ok(Step::Unavailable(why)) => Some(Err(SessionError::unavailable(why))),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// What the client's bytes just read mean: `Ok(true)` forwards them now, `Ok(false)`
+    /// waits for more (a SASLInitialResponse whose gs2 flag decides).
+    fn client_read(
+        &mut self,
+        read: std::io::Result<usize>,
+        cbuf: &[u8],
+        server_tls: bool,
+    ) -> Result<bool, SessionError> {
+        let n = read.map_err(|e| SessionError::io(Side::Client, e))?;
+        if n == 0 {
+            return Err(SessionError::quiet(
+                Side::Client,
+                "client closed during authentication",
+            ));
+        }
+        if cbuf.len() > AUTH_CLIENT_LIMIT {
+            return Err(SessionError::client_protocol(
+                "too much data from the client during authentication".into(),
+            ));
+        }
+        if self.sasl_offered && server_tls {
+            // The SASLInitialResponse decides whether SCRAM can succeed.
+            match sasl_initial_flag(cbuf) {
+                None => return Ok(false),
+                Some(Some(b'y')) => return Err(binding_downgrade()),
+                Some(_) => self.sasl_offered = false,
+            }
+        }
+        Ok(true)
+    }
+
     /// Relays every whole backend frame in `sbuf` into `out`, rewriting the
     /// few that need it.
+    /// Registers the backend's cancel key and gives the client one of pgsteer's instead.
+    fn own_key(&mut self, pid: i32, key: &[u8], out: &mut BytesMut) {
+        let key_len = if self.minor >= 2 { 32 } else { 4 };
+        let (own, own_key) = self.cancels.register(
+            CancelTarget {
+                member: self.target.member.clone(),
+                address: self.target.address.clone(),
+                pid,
+                key: key.to_vec(),
+            },
+            key_len,
+        );
+        if let Some(old) = self.cancel_pid.replace(own) {
+            self.cancels.unregister(old);
+        }
+        encode::backend_key_data(out, own, &own_key);
+    }
+
     fn relay_frames(
         &mut self,
         sbuf: &mut BytesMut,
@@ -249,22 +299,7 @@ impl Exchange<'_> {
                 self.npv_sent = true;
             }
             match msg {
-                BackendMessage::BackendKeyData(k) => {
-                    let key_len = if self.minor >= 2 { 32 } else { 4 };
-                    let (pid, key) = self.cancels.register(
-                        CancelTarget {
-                            member: self.target.member.clone(),
-                            address: self.target.address.clone(),
-                            pid: k.pid,
-                            key: k.key.to_vec(),
-                        },
-                        key_len,
-                    );
-                    if let Some(old) = self.cancel_pid.replace(pid) {
-                        self.cancels.unregister(old);
-                    }
-                    encode::backend_key_data(out, pid, &key);
-                }
+                BackendMessage::BackendKeyData(k) => self.own_key(k.pid, k.key, out),
                 BackendMessage::Authentication(Authentication::Sasl { mechanisms })
                     if mechanisms.iter().any(|m| is_channel_binding(&m)) =>
                 {

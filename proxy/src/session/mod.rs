@@ -144,7 +144,7 @@ async fn run(
         .await?
     {
         Opened::Done => return Ok(()),
-        Opened::Passthrough(session) => session,
+        Opened::Passthrough(session) => *session,
         Opened::Pooled(p) => {
             let PooledStart {
                 request,
@@ -213,7 +213,7 @@ enum Opened<'a> {
     /// A cancel request, now served.
     Done,
     /// A passthrough session, authenticated by its backend.
-    Passthrough(Established<'a>),
+    Passthrough(Box<Established<'a>>),
     /// A pooled session, to be authenticated by pgsteer.
     Pooled(Box<PooledStart>),
 }
@@ -279,9 +279,9 @@ async fn establish<'a>(
     };
     drop(hold);
     span.record("pod", target.member.as_str());
-    Ok(Opened::Passthrough(bind(
+    Ok(Opened::Passthrough(Box::new(bind(
         shared, listener, &request, server, target, authed,
-    )))
+    ))))
 }
 
 /// Reads the connection's opening packets within `startup_timeout`.

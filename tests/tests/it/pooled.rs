@@ -144,19 +144,30 @@ async fn a_set_follows_the_client_to_its_next_connection_and_does_not_leak_to_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pgbench_runs_simple_extended_and_prepared_with_many_clients_on_a_small_pool() {
-    let p = Pooled::start(0, |c| c.pool.size = 5).await;
+async fn pgbench_runs_simple_extended_and_prepared_tpcb_with_200_clients_on_a_pool_of_10() {
+    let p = Pooled::start(0, |c| c.pool.size = 10).await;
     let addr = p.rw();
-    let init = pgbench(addr, &["-i", "-s", "1", "-q"]).await;
+    let init = pgbench(addr, &["-i", "-s", "2", "-q"]).await;
     assert!(init.0, "pgbench -i: {}", init.1);
-    for mode in ["simple", "extended", "prepared"] {
-        let (ok, out) = pgbench(addr, &["-M", mode, "-c", "40", "-j", "2", "-t", "50"]).await;
+    // pgbench prepares its statements synchronously per client (PQprepare): with several
+    // clients per thread and fewer server connections than clients, a thread blocked in one
+    // client's prepare holds its other clients' transactions open. One thread per client.
+    for (mode, threads) in [("simple", "4"), ("extended", "4"), ("prepared", "200")] {
+        let args = ["-M", mode, "-c", "200", "-j", threads, "-t", "20"];
+        let (ok, out) = pgbench(addr, &args).await;
         assert!(ok, "pgbench -M {mode}: {out}");
         assert!(
-            out.contains("number of transactions actually processed: 2000/2000"),
+            out.contains("number of transactions actually processed: 4000/4000"),
             "pgbench -M {mode}: {out}"
         );
         assert!(out.contains("number of failed transactions: 0"), "{out}");
+    }
+    let body = crate::routing::http_get(p.env.admin(), "/pools").await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let pools = v["pools"].as_array().expect("pools");
+    assert!(!pools.is_empty());
+    for pool in pools {
+        assert!(pool["open"].as_u64().unwrap() <= 10, "{pool}");
     }
 }
 

@@ -57,11 +57,17 @@ struct Session<'a> {
     state: ClientState,
     cancel: Arc<LentSlot>,
     cancel_pid: i32,
+    /// The pool of the client's first transaction, which counts it as a client.
+    counted: Option<Arc<Pool>>,
 }
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
         self.shared.cancels.unregister(self.cancel_pid);
+        if let Some(pool) = &self.counted {
+            pool.clients
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -199,6 +205,7 @@ async fn log_in<'a>(
         state,
         cancel,
         cancel_pid,
+        counted: None,
     };
     let first = session.lend(client, true).await?;
     session.welcome(client, &first, &key).await?;
@@ -243,7 +250,7 @@ impl<'a> Session<'a> {
             Ok(l) => {
                 for (name, value) in &l.conn.reported {
                     if self.state.seen.get(name) != Some(value) {
-                        encode::parameter_status(relay.to_client(), name, value);
+                        encode::parameter_status(relay.client_inject(), name, value);
                     }
                 }
                 self.state.seen.clone_from(&l.conn.reported);
@@ -296,9 +303,12 @@ impl<'a> Session<'a> {
                 }
             }
             shared.pools.count_lent(&target.member, 1);
-            lent.pool
-                .clients
-                .fetch_add(usize::from(login), std::sync::atomic::Ordering::Relaxed);
+            if login {
+                lent.pool
+                    .clients
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.counted = Some(lent.pool.clone());
+            }
             self.state.pool = Some(lent.pool.clone());
             return Ok(lent);
         }
@@ -575,12 +585,13 @@ fn settings_error(e: QueryError, login: bool) -> SessionError {
         QueryError::Failed { message, .. } => (SqlState::INVALID_PARAMETER_VALUE, message.clone()),
         QueryError::Broken(b) => (SqlState::CONNECTION_FAILURE, b.to_string()),
     };
-    let message = format!("pgsteer: cannot apply the session's settings: {message}");
-    if login {
-        SessionError::fatal(Side::Server, code, message)
-    } else {
-        SessionError::fatal(Side::Server, code, message)
-    }
+    // At login the client is refused (FATAL); later its request fails (ERROR) and it stays.
+    let _ = login;
+    SessionError::fatal(
+        Side::Server,
+        code,
+        format!("pgsteer: cannot apply the session's settings: {message}"),
+    )
 }
 
 /// The client's error when pgsteer cannot log in as its user.

@@ -30,26 +30,27 @@
 //! or one that runs a query now and then, holds none.
 
 mod control;
+mod half;
 mod owner;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use pgsteer_protocol::backend::{TxStatus, tag as btag};
 use pgsteer_protocol::frame::{HEADER_LEN, Header};
 use pgsteer_protocol::frontend::tag as ftag;
 use pgsteer_protocol::{Flow, Scanner, TagSet};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::buffer::{BUF_SIZE, Window};
+use super::buffer::BUF_SIZE;
 use super::stream::Stream;
 use super::{SessionError, Side};
 use crate::drain::{Closing, DrainOrder, DrainState, Step};
 use crate::metrics::PodTally;
 pub use control::Signals;
 use control::{Control, Wait};
+use half::{Half, poll_fill, poll_flush};
 pub use owner::{Owner, Passthrough};
 
 /// Why the relay stopped.
@@ -138,49 +139,6 @@ impl State {
                 tally.transaction_seconds.observe((now - t).as_secs_f64());
             }
         }
-    }
-}
-
-struct Half {
-    win: Window,
-    scanner: Scanner,
-    /// Bytes the owner put in place of a held message; written before `win`'s.
-    inject: BytesMut,
-    /// The scan stopped before a message the owner holds (at the start of the unscanned bytes).
-    held: bool,
-    eof: bool,
-    /// The last read in this poll came back empty: its waker is registered,
-    /// so reading again before the task is woken would only retake the IO
-    /// driver's lock. Cleared at the start of every poll.
-    blocked: bool,
-    /// Bytes were written to a TLS stream that has not been flushed since.
-    unflushed: bool,
-}
-
-/// Injection buffers larger than this are freed once written.
-const INJECT_KEEP: usize = 8 * 1024;
-
-impl Half {
-    fn new(scanner: Scanner) -> Half {
-        Half {
-            win: Window::default(),
-            scanner,
-            inject: BytesMut::new(),
-            held: false,
-            eof: false,
-            blocked: false,
-            unflushed: false,
-        }
-    }
-
-    /// Everything read has been written out (and flushed).
-    fn delivered(&self) -> bool {
-        self.win.approved().is_empty() && self.inject.is_empty() && !self.unflushed
-    }
-
-    /// Nothing read, held or waiting to be written.
-    fn empty(&self) -> bool {
-        self.win.is_empty() && self.inject.is_empty() && !self.held && self.scanner.at_boundary()
     }
 }
 
@@ -309,7 +267,7 @@ impl<'a> Relay<'a> {
 
     /// Bytes to send the client before anything the server sends next
     /// (ParameterStatus changes of a newly lent connection).
-    pub fn to_client(&mut self) -> &mut BytesMut {
+    pub fn client_inject(&mut self) -> &mut BytesMut {
         &mut self.s2c.inject
     }
 
@@ -719,105 +677,4 @@ fn ending(step: Step) -> Option<EndKind> {
         Step::Terminate => Some(EndKind::Terminated),
         Step::Continue | Step::StartGrace(_) => None,
     }
-}
-
-/// Reads what is available into a half's window. `Ok(None)`: nothing read
-/// (not ready, blocked earlier in this poll, no room, or closed);
-/// `Ok(Some(0))`: end of stream just seen. While `keep` is set (the session
-/// is busy) the buffer stays with the window when the socket has nothing;
-/// otherwise it goes back to the pool, so idle sessions hold none.
-fn poll_fill(
-    half: &mut Half,
-    from: &mut Stream,
-    cx: &mut Context<'_>,
-    side: Side,
-    short_read_drains: bool,
-    keep: bool,
-) -> Result<Option<usize>, SessionError> {
-    if half.eof || half.blocked || !half.win.has_room() {
-        return Ok(None);
-    }
-    let spare = half.win.spare();
-    let room = spare.len();
-    let mut rb = ReadBuf::new(spare);
-    match Pin::new(&mut *from).poll_read(cx, &mut rb) {
-        Poll::Pending => {
-            if !keep {
-                half.win.release();
-            }
-            half.blocked = true;
-            Ok(None)
-        }
-        Poll::Ready(Ok(())) => {
-            let n = rb.filled().len();
-            if n == 0 {
-                half.eof = true;
-                half.win.release();
-            } else {
-                half.win.filled(n);
-                if short_read_drains && n < room {
-                    from.mark_drained();
-                }
-            }
-            Ok(Some(n))
-        }
-        Poll::Ready(Err(e)) => Err(SessionError::io(side, e)),
-    }
-}
-
-/// Writes a half's injected bytes, then its approved bytes, to the other
-/// side (and flushes a TLS stream).
-fn poll_flush(
-    half: &mut Half,
-    to: &mut Stream,
-    cx: &mut Context<'_>,
-    side: Side,
-    bytes: &mut u64,
-    keep: bool,
-) -> Result<bool, SessionError> {
-    let mut progress = false;
-    loop {
-        let injected = !half.inject.is_empty();
-        let out = if injected {
-            &half.inject[..]
-        } else {
-            half.win.approved()
-        };
-        if out.is_empty() {
-            break;
-        }
-        let n = match Pin::new(&mut *to).poll_write(cx, out) {
-            Poll::Pending => break,
-            Poll::Ready(Ok(0)) => {
-                return Err(SessionError::io(side, std::io::ErrorKind::WriteZero.into()));
-            }
-            Poll::Ready(Ok(n)) => n,
-            Poll::Ready(Err(e)) => return Err(SessionError::io(side, e)),
-        };
-        if injected {
-            half.inject.advance(n);
-            if half.inject.is_empty() && half.inject.capacity() > INJECT_KEEP {
-                half.inject = BytesMut::new();
-            }
-        } else {
-            half.win.consume(n);
-            if !keep {
-                half.win.release();
-            }
-        }
-        *bytes += n as u64;
-        progress = true;
-        half.unflushed = to.buffers_writes();
-    }
-    if half.unflushed {
-        match Pin::new(&mut *to).poll_flush(cx) {
-            Poll::Ready(Ok(())) => {
-                half.unflushed = false;
-                progress = true;
-            }
-            Poll::Pending => {}
-            Poll::Ready(Err(e)) => return Err(SessionError::io(side, e)),
-        }
-    }
-    Ok(progress)
 }
