@@ -1,5 +1,6 @@
 //! The cluster's files and processes on disk: its directory, ports, configuration text, logs, postmaster pids.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
@@ -394,6 +395,16 @@ fn stop_postmasters_in(dir: &Path) {
 
 fn io_error(verb: &str, path: &Path, e: &std::io::Error) -> Error {
     Error::new(format!("cannot {verb} {}: {e}", path.display()))
+}
+
+/// The `tags:` block: Patroni's four tags, `false` unless `tags` sets them.
+pub(crate) fn patroni_tags(tags: &BTreeMap<String, bool>) -> String {
+    let mut all: BTreeMap<&str, bool> = ["nofailover", "noloadbalance", "clonefrom", "nosync"]
+        .into_iter()
+        .map(|t| (t, false))
+        .collect();
+    all.extend(tags.iter().map(|(k, v)| (k.as_str(), *v)));
+    all.iter().map(|(k, v)| format!("  {k}: {v}\n")).collect()
 }
 
 #[cfg(test)]

@@ -473,7 +473,7 @@ impl PatroniCluster {
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
             .map(|l| format!("    - {}\n", q(l)))
             .collect();
-        let tags = tags_yaml(tags);
+        let tags = files::patroni_tags(tags);
         let bin_dir = self.bin_dir();
         format!(
             "# written by pgsteer-cluster\n\
@@ -727,16 +727,6 @@ fn reap_orphans(base: &Path) {
             exec::signal(pid, "KILL");
         }
     }
-}
-
-/// The `tags:` block: Patroni's four tags, `false` unless `tags` sets them.
-fn tags_yaml(tags: &BTreeMap<String, bool>) -> String {
-    let mut all: BTreeMap<&str, bool> = ["nofailover", "noloadbalance", "clonefrom", "nosync"]
-        .into_iter()
-        .map(|t| (t, false))
-        .collect();
-    all.extend(tags.iter().map(|(k, v)| (k.as_str(), *v)));
-    all.iter().map(|(k, v)| format!("  {k}: {v}\n")).collect()
 }
 
 #[cfg(test)]
