@@ -24,6 +24,8 @@ impl SqlState {
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     /// `25006 read_only_sql_transaction`.
     pub const READ_ONLY_SQL_TRANSACTION: SqlState = SqlState("25006");
+    /// `idle_in_transaction_session_timeout`.
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
     /// `28000 invalid_authorization_specification`.
     pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
     /// `28P01 invalid_password`.

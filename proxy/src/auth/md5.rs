@@ -111,6 +111,11 @@ pub fn client_response(
                 "only SCRAM keys are known, but the server asks for md5",
             ));
         }
+        Credentials::None => {
+            return Err(LoginError::Unusable(
+                "no password is known (auth method trust), but the server asks for one",
+            ));
+        }
     };
     Ok(salted_response(&hash, salt))
 }

@@ -74,6 +74,8 @@ pub enum Credentials {
     /// The ClientKey a client proved against a SCRAM verifier: logs in only
     /// where the server asks for SCRAM with the verifier's salt and iterations.
     Scram(ScramKeys),
+    /// Nothing (`[auth] method = "trust"`): logs in only where the server asks for nothing.
+    None,
 }
 
 /// Why a client's authentication failed; for the log, never for the client,

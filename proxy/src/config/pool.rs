@@ -126,6 +126,9 @@ pub enum AuthMethod {
     /// The password in clear, only over TLS (for LDAP-style setups); plaintext clients
     /// are refused.
     Password,
+    /// No password asked, none sent to the servers (whose `pg_hba.conf` must trust pgsteer):
+    /// for benchmarks and closed test networks only. Needs no `auth_file`.
+    Trust,
 }
 
 /// `[auth]`: where pooled mode finds user secrets.
@@ -187,7 +190,8 @@ impl Auth {
         if !pooled {
             return Ok(());
         }
-        if self.auth_file.is_none() && self.auth_query.is_none() {
+        if self.method != AuthMethod::Trust && self.auth_file.is_none() && self.auth_query.is_none()
+        {
             return Err(err(
                 "pooled mode authenticates clients itself: set auth.auth_file or auth.auth_query",
             ));

@@ -190,6 +190,10 @@ impl Pool {
         while let Some(c) = inner.idle.pop() {
             let age = c.created.elapsed();
             match lifecycle::on_checkout(age, settings.server_lifetime, inner.retired) {
+                None if !c.looks_alive() => {
+                    inner.open -= 1;
+                    close(c, CloseReason::Broken);
+                }
                 None => return Some(Acquired::Idle(c)),
                 Some(why) => {
                     inner.open -= 1;

@@ -327,6 +327,18 @@ pub enum QueryError {
 }
 
 impl ServerConn {
+    /// Whether an idle connection still looks usable: the server has closed nothing and said
+    /// nothing since it went idle (a terminated backend sends FATAL, then closes).
+    pub fn looks_alive(&self) -> bool {
+        let Some(tcp) = self.stream.tcp() else {
+            return false;
+        };
+        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+        let mut byte = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        tcp.poll_peek(&mut cx, &mut buf).is_pending()
+    }
+
     /// Runs a simple query of pgsteer's own to its ReadyForQuery and gives back the text
     /// of each row's columns. ParameterStatus messages update [`ServerConn::reported`].
     pub async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, QueryError> {

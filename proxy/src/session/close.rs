@@ -50,6 +50,7 @@ pub async fn close(
     shut(server).await;
     match end.kind {
         EndKind::ClientClosed => debug!("client closed the session"),
+        EndKind::IdleInTransaction => shut(client).await,
         EndKind::ServerClosed if end.client_terminated || end.last_server_tag == b'E' => {
             debug!("server closed the session");
             shut(client).await;

@@ -193,3 +193,114 @@ async fn pgbench(addr: SocketAddr, args: &[&str]) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_binding_required_works_end_to_end_over_client_tls() {
+    let pki = crate::tls::Pki::new();
+    let leaf = crate::tls::proxy_leaf(&pki);
+    let p = Pooled::start(0, |c| {
+        crate::tls::client_tls(c, &pki, &leaf, pgsteer::config::ClientTlsMode::Allow)
+    })
+    .await;
+    let port = p.rw().port();
+    let conn = crate::tls::libpq("127.0.0.1", port, "sslmode=require channel_binding=require");
+    let (ok, out, err) = crate::tls::psql_conn(&conn, "SELECT current_user").await;
+    assert!(ok, "psql with channel_binding=require: {err}");
+    assert_eq!(out, APP_USER);
+    // A wrong password over TLS with binding is refused like any other.
+    let bad = conn.replace(APP_PASSWORD, "wrong");
+    let (ok, _, err) = crate::tls::psql_conn(&bad, "SELECT 1").await;
+    assert!(!ok);
+    assert!(err.contains("password authentication failed"), "{err}");
+    // Cleartext-in-TLS is not offered: a plaintext client gets SCRAM without binding.
+    let plain = crate::tls::libpq("127.0.0.1", port, "sslmode=disable");
+    let (ok, out, err) = crate::tls::psql_conn(&plain, "SELECT 1").await;
+    assert!(ok && out == "1", "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_finds_users_missing_from_auth_file_and_refuses_wrong_passwords() {
+    let cluster = harness::cluster(Spec {
+        replicas: 0,
+        ..Spec::default()
+    })
+    .await;
+    tokio::task::block_in_place(|| {
+        cluster
+            .psql(
+                "pg-0",
+                "CREATE ROLE pgsteer_auth LOGIN PASSWORD 'auth-secret'",
+            )
+            .unwrap();
+        let sql = include_str!("../../../deploy/sql/auth_query.sql");
+        cluster.psql("pg-0", sql).unwrap();
+    });
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "pgsteer-auth-query-{}-{}",
+        std::process::id(),
+        cluster.nodes()[0].port
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let password_file = dir.0.join("auth-password");
+    std::fs::write(&password_file, "auth-secret\n").unwrap();
+    let mut config = config_for(&cluster);
+    config.pool.mode = pgsteer::config::PoolMode::Transaction;
+    config.auth.auth_user = Some("pgsteer_auth".into());
+    config.auth.auth_password_file = Some(password_file);
+    config.auth.auth_query = Some("SELECT uname, phash FROM pgsteer.user_lookup($1)".into());
+    let env = Env::start_on(cluster, config, 0).await;
+    let c = connect(env.rw(), None).await;
+    let who: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, APP_USER);
+    for (user, password) in [(APP_USER, "wrong"), ("nobody", "x"), ("postgres", "x")] {
+        let e = try_connect(env.rw(), user, password, None)
+            .await
+            .unwrap_err();
+        let code = e.as_db_error().map(|d| d.code().code().to_owned());
+        assert_eq!(code.as_deref(), Some("28P01"), "{user}: {e}");
+    }
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_is_asked_only_where_configured_and_logs_in_with_the_stored_hash() {
+    use pgsteer_cluster::{MD5_PASSWORD, MD5_USER};
+    let cluster = harness::cluster(Spec {
+        replicas: 0,
+        ..Spec::default()
+    })
+    .await;
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "pgsteer-md5-{}-{}",
+        std::process::id(),
+        cluster.nodes()[0].port
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let md5 = verifier(&cluster, MD5_USER);
+    assert!(md5.starts_with("md5"), "{md5}");
+    let path = dir.0.join("userlist.txt");
+    std::fs::write(&path, format!("\"{MD5_USER}\" \"{md5}\"\n")).unwrap();
+    let mut config = config_for(&cluster);
+    config.pool.mode = pgsteer::config::PoolMode::Transaction;
+    config.auth.auth_file = Some(path);
+    config.auth.method = pgsteer::config::AuthMethod::Md5;
+    let env = Env::start_on(cluster, config, 0).await;
+    let c = try_connect(env.rw(), MD5_USER, MD5_PASSWORD, None)
+        .await
+        .expect("md5 login through the pool");
+    let who: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, MD5_USER);
+    let e = try_connect(env.rw(), MD5_USER, "wrong", None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
+    drop(dir);
+}

@@ -29,14 +29,14 @@ use tokio_rustls::TlsConnector;
 use crate::harness::*;
 
 /// A throwaway CA and the files made from it, removed on drop.
-struct Pki {
+pub struct Pki {
     dir: PathBuf,
     ca_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
 /// A leaf certificate and its key.
-struct Leaf {
+pub struct Leaf {
     cert_pem: String,
     key_pem: String,
     der: CertificateDer<'static>,
@@ -45,7 +45,7 @@ struct Leaf {
 static PKI_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Pki {
-    fn new() -> Pki {
+    pub fn new() -> Pki {
         let n = PKI_COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("pgsteer-tls-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -145,12 +145,12 @@ impl Drop for Pki {
 }
 
 /// A proxy certificate for 127.0.0.1 and localhost.
-fn proxy_leaf(pki: &Pki) -> Leaf {
+pub fn proxy_leaf(pki: &Pki) -> Leaf {
     pki.leaf(&["localhost", "127.0.0.1"], 1)
 }
 
 /// Client-side TLS with `leaf`.
-fn client_tls(config: &mut Config, pki: &Pki, leaf: &Leaf, mode: ClientTlsMode) {
+pub fn client_tls(config: &mut Config, pki: &Pki, leaf: &Leaf, mode: ClientTlsMode) {
     let (cert, key) = pki.write("proxy", leaf);
     config.tls.cert_file = Some(cert);
     config.tls.key_file = Some(key);
@@ -190,7 +190,7 @@ fn primary_only() -> Spec {
 }
 
 /// A libpq connection string to `host:port` as the SCRAM app user, plus `extra`.
-fn libpq(host: &str, port: u16, extra: &str) -> String {
+pub fn libpq(host: &str, port: u16, extra: &str) -> String {
     format!(
         "host={host} port={port} user={APP_USER} password='{APP_PASSWORD}' dbname={DATABASE} \
          connect_timeout=20 {extra}"
@@ -198,7 +198,7 @@ fn libpq(host: &str, port: u16, extra: &str) -> String {
 }
 
 /// Runs `psql -XAtc sql` with a connection string: (success, stdout, stderr).
-async fn psql_conn(conn: &str, sql: &str) -> (bool, String, String) {
+pub async fn psql_conn(conn: &str, sql: &str) -> (bool, String, String) {
     let out = tokio::process::Command::new("psql")
         .args([conn, "-XAtc", sql])
         .output()

@@ -134,6 +134,11 @@ impl ScramClient {
         nonce: &str,
         sasl_user: &str,
     ) -> Result<ScramClient, LoginError> {
+        if matches!(credentials, Credentials::None) {
+            return Err(LoginError::Unusable(
+                "no password is known (auth method trust), but the server asks for SCRAM",
+            ));
+        }
         if matches!(credentials, Credentials::Md5(_)) {
             return Err(LoginError::Unusable(
                 "only an md5 hash is known, but the server asks for SCRAM",
@@ -191,6 +196,7 @@ impl ScramClient {
             }
             Credentials::Scram(_) => return Err(LoginError::VerifierChanged),
             Credentials::Md5(_) => return Err(LoginError::Unusable("md5 hash for SCRAM")),
+            Credentials::None => return Err(LoginError::Unusable("no password for SCRAM")),
         };
         let gs2_and_data = [self.binding.gs2_header().as_bytes(), self.binding.data()].concat();
         let without_proof = format!("c={},r={}", BASE64.encode(gs2_and_data), first.nonce);

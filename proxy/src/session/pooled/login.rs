@@ -39,6 +39,7 @@ pub async fn authenticate(
         buf: BytesMut::with_capacity(256),
     };
     let result = match (store.method, crate::auth::choose_method(secret, true)) {
+        (AuthMethod::Trust, _) => Ok(Credentials::None),
         (AuthMethod::Password, _) => {
             if !io.client.is_tls() {
                 return Err(SessionError::fatal(

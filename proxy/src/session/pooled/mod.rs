@@ -88,6 +88,7 @@ pub async fn serve(
     let limit = shared.config.limits.max_message_bytes;
     let tally = PodTally::new(shared.metrics.pod(&first.target.member));
     let mut relay = Relay::new::<Pooled<'_>>(limit, TxStatus::Idle, session.idle_signals(), tally);
+    relay.set_idle_transaction_timeout(shared.config.pool.idle_transaction_timeout);
     let mut lent = Some(first);
     if session.state.lends()
         && let Some(l) = lent.take()
@@ -493,6 +494,10 @@ impl<'a> Session<'a> {
             return;
         };
         match (end.kind, end.closing) {
+            (EndKind::IdleInTransaction, _) => {
+                let msg = "terminating connection due to idle-in-transaction timeout";
+                close::send_fatal(client, SqlState::IDLE_IN_TRANSACTION_TIMEOUT, msg).await;
+            }
             (EndKind::ServerClosed, _) if end.server_at_boundary => {
                 close::send_fatal(
                     client,

@@ -53,6 +53,7 @@ pub(super) struct ControlEvents {
     pub order: Option<DrainOrder>,
     pub deadline: bool,
     pub flush: bool,
+    pub idle_in_transaction: bool,
 }
 
 /// The futures that stop or pace the relay, and their own waker.
@@ -63,6 +64,9 @@ pub(super) struct Control<'a> {
     /// Fires when the tally is due to be flushed (armed while it is dirty).
     flush: Option<Pin<Box<Sleep>>>,
     flush_armed: bool,
+    /// Fires when a client has sat idle in a transaction too long (pooled sessions).
+    idle_tx: Option<Pin<Box<Sleep>>>,
+    idle_tx_armed: bool,
     /// A drain order was received: its future is done.
     ordered: bool,
     wake: Arc<ControlWake>,
@@ -79,6 +83,8 @@ impl<'a> Control<'a> {
             deadline: None,
             flush: None,
             flush_armed: false,
+            idle_tx: None,
+            idle_tx_armed: false,
             ordered: false,
             waker: Waker::from(wake.clone()),
             wake,
@@ -107,6 +113,13 @@ impl<'a> Control<'a> {
         if let Some(d) = &mut self.deadline {
             ev.deadline = d.as_mut().poll(&mut cx).is_ready();
         }
+        if self.idle_tx_armed
+            && let Some(t) = &mut self.idle_tx
+            && t.as_mut().poll(&mut cx).is_ready()
+        {
+            self.idle_tx_armed = false;
+            ev.idle_in_transaction = true;
+        }
         if self.flush_armed
             && let Some(f) = &mut self.flush
             && f.as_mut().poll(&mut cx).is_ready()
@@ -134,6 +147,28 @@ impl<'a> Control<'a> {
             self.waker.wake_by_ref();
         }
         self.deadline = Some(sleep);
+    }
+
+    /// Starts (`Some`) or stops (`None`) the idle-in-transaction clock; a running clock is
+    /// left running.
+    pub fn idle_in_transaction(&mut self, limit: Option<std::time::Duration>) {
+        let Some(limit) = limit else {
+            self.idle_tx_armed = false;
+            return;
+        };
+        if self.idle_tx_armed {
+            return;
+        }
+        let at = Instant::now() + limit;
+        let sleep = self
+            .idle_tx
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        sleep.as_mut().reset(at);
+        let mut cx = Context::from_waker(&self.waker);
+        if sleep.as_mut().poll(&mut cx).is_ready() {
+            self.waker.wake_by_ref();
+        }
+        self.idle_tx_armed = true;
     }
 
     /// Makes sure a flush happens within [`FLUSH_INTERVAL`].

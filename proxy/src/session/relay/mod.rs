@@ -64,6 +64,8 @@ pub enum EndKind {
     Drained,
     /// The hard deadline fired: closed wherever the session was.
     Terminated,
+    /// The client sat idle inside a transaction longer than `idle_transaction_timeout`.
+    IdleInTransaction,
 }
 
 /// How the relay ended, with what the caller needs to close both sides cleanly.
@@ -163,6 +165,8 @@ pub struct Relay<'a> {
     reads: u32,
     /// A request the session could not serve is being discarded (see [`Relay::reject`]).
     rejecting: Option<Rejecting>,
+    /// `idle_transaction_timeout` (pooled sessions).
+    idle_tx_limit: Option<std::time::Duration>,
 }
 
 /// Discarding a refused request up to its end.
@@ -221,6 +225,7 @@ impl<'a> Relay<'a> {
             hot: false,
             reads: 0,
             rejecting: None,
+            idle_tx_limit: None,
             short_read_drains: tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         }
@@ -252,6 +257,11 @@ impl<'a> Relay<'a> {
         self.control.set_drain(drain);
         self.drain = DrainState::default();
         self.tally = tally;
+    }
+
+    /// Ends the session when its client sits idle inside a transaction for `limit`.
+    pub fn set_idle_transaction_timeout(&mut self, limit: std::time::Duration) {
+        self.idle_tx_limit = (!limit.is_zero()).then_some(limit);
     }
 
     /// The transaction status the client last saw.
@@ -323,7 +333,7 @@ impl<'a> Relay<'a> {
         let closing = match kind {
             EndKind::Drained => Some(self.drain.closing(Step::Drain)),
             EndKind::Terminated => Some(self.drain.closing(Step::Terminate)),
-            EndKind::ClientClosed | EndKind::ServerClosed => None,
+            EndKind::ClientClosed | EndKind::ServerClosed | EndKind::IdleInTransaction => None,
         };
         End {
             kind,
@@ -434,6 +444,13 @@ impl<'a> Relay<'a> {
         if self.keeps_buffers() || self.tally.is_dirty() {
             self.control.arm_flush();
         }
+        if self.idle_tx_limit.is_some() {
+            let waiting = self.state.pending == 0
+                && self.state.tx != TxStatus::Idle
+                && self.c2s.win.is_empty();
+            self.control
+                .idle_in_transaction(self.idle_tx_limit.filter(|_| waiting));
+        }
     }
 
     /// Whether buffers stay with the session between reads.
@@ -469,6 +486,13 @@ impl<'a> Relay<'a> {
         }
         if ev.deadline {
             return ending(self.drain.deadline(self.idle()));
+        }
+        if ev.idle_in_transaction
+            && self.state.pending == 0
+            && self.state.tx != TxStatus::Idle
+            && self.c2s.win.is_empty()
+        {
+            return Some(EndKind::IdleInTransaction);
         }
         None
     }
