@@ -128,6 +128,9 @@ pub struct Pool {
     next_waiter: AtomicU64,
     /// Client sessions using this pool's credentials (for `/pools`).
     pub clients: AtomicUsize,
+    /// The parameters a fresh connection reports, learnt from the first one opened: what a
+    /// new client is shown at login without waiting for a connection.
+    defaults: Mutex<Option<server::Settings>>,
 }
 
 impl Pool {
@@ -263,6 +266,22 @@ impl Pool {
         self.give_back(None, false);
     }
 
+    /// What a fresh connection of this pool reports, once one was opened.
+    pub fn defaults(&self) -> Option<server::Settings> {
+        self.defaults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Learns the parameters of a freshly opened connection.
+    pub fn remember_defaults(&self, reported: &server::Settings) {
+        let mut d = self.defaults.lock().unwrap_or_else(|e| e.into_inner());
+        if d.is_none() {
+            *d = Some(reported.clone());
+        }
+    }
+
     /// Counts a lent connection as pinned to its client.
     pub fn pin(&self) {
         self.lock().pinned += 1;
@@ -379,6 +398,7 @@ impl Pools {
             inner: Mutex::new(Inner::default()),
             next_waiter: AtomicU64::new(0),
             clients: AtomicUsize::new(0),
+            defaults: Mutex::new(None),
         });
         pools.insert(db_user.to_owned(), pool.clone());
         pool

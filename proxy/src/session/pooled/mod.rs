@@ -86,10 +86,10 @@ pub async fn serve(
         .instrument(span.clone())
         .await?;
     let limit = shared.config.limits.max_message_bytes;
-    let tally = PodTally::new(shared.metrics.pod(&first.target.member));
+    let tally = session.tally(first.as_ref().map(|l| &l.target));
     let mut relay = Relay::new::<Pooled<'_>>(limit, TxStatus::Idle, session.idle_signals(), tally);
     relay.set_idle_transaction_timeout(shared.config.pool.idle_transaction_timeout);
-    let mut lent = Some(first);
+    let mut lent = first;
     if session.state.lends()
         && let Some(l) = lent.take()
     {
@@ -150,7 +150,7 @@ async fn log_in<'a>(
     request: Request,
     message: StartupMessage,
     negotiation: &Negotiation,
-) -> Result<(Session<'a>, Lent), SessionError> {
+) -> Result<(Session<'a>, Option<Lent>), SessionError> {
     if message.get("replication").is_some() {
         return Err(SessionError::fatal(
             Side::Client,
@@ -208,8 +208,8 @@ async fn log_in<'a>(
         cancel_pid,
         counted: None,
     };
-    let first = session.lend(client, true).await?;
-    session.welcome(client, &first, &key).await?;
+    let (parameters, first) = session.first_parameters(client).await?;
+    session.welcome(client, parameters, &key).await?;
     Ok((session, first))
 }
 
@@ -223,18 +223,44 @@ async fn write(client: &mut Stream, bytes: &[u8]) -> Result<(), SessionError> {
 
 impl<'a> Session<'a> {
     /// AuthenticationOk, the connection's parameters, pgsteer's cancel key, ReadyForQuery.
+    /// The parameters the client is shown at login: those of a fresh connection of its pool
+    /// with its own settings in place, as the pool learnt them from its first connection. A
+    /// pool that has not opened one yet opens it now (and it may be the client's first).
+    async fn first_parameters(
+        &mut self,
+        client: &Stream,
+    ) -> Result<(server::Settings, Option<Lent>), SessionError> {
+        let shared = self.shared;
+        let mut hold = Hold::new(shared.backends());
+        let target = Routing::new(shared.backends())
+            .next(client, &self.request, &mut hold)
+            .await?;
+        drop(hold);
+        let pool = shared
+            .pools
+            .get(&target.member, &target.address, &self.db_user);
+        pool.clients
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counted = Some(pool.clone());
+        if let Some(defaults) = pool.defaults() {
+            return Ok((overlay(defaults, &self.state.desired), None));
+        }
+        let first = self.lend(client).await?;
+        Ok((first.conn.reported.clone(), Some(first)))
+    }
+
     async fn welcome(
         &mut self,
         client: &mut Stream,
-        first: &Lent,
+        parameters: server::Settings,
         key: &[u8],
     ) -> Result<(), SessionError> {
         let mut out = BytesMut::with_capacity(512);
         encode::authentication_ok(&mut out);
-        for (name, value) in &first.conn.reported {
+        for (name, value) in &parameters {
             encode::parameter_status(&mut out, name, value);
         }
-        self.state.seen = first.conn.reported.clone();
+        self.state.seen = parameters;
         encode::backend_key_data(&mut out, self.cancel_pid, key);
         encode::ready_for_query(&mut out, TxStatus::Idle);
         write(client, &out).await
@@ -247,7 +273,7 @@ impl<'a> Session<'a> {
         client: &mut Stream,
         relay: &mut Relay<'a>,
     ) -> Result<Option<Lent>, SessionError> {
-        match self.lend(client, false).await {
+        match self.lend(client).await {
             Ok(l) => {
                 for (name, value) in &l.conn.reported {
                     if self.state.seen.get(name) != Some(value) {
@@ -274,7 +300,7 @@ impl<'a> Session<'a> {
 
     /// Routes the client (holding while no member fits) and takes a connection from the
     /// member's pool, with the client's settings applied.
-    async fn lend(&mut self, client: &Stream, login: bool) -> Result<Lent, SessionError> {
+    async fn lend(&mut self, client: &Stream) -> Result<Lent, SessionError> {
         let shared = self.shared;
         let mut hold = Hold::new(shared.backends());
         let mut routing = Routing::new(shared.backends());
@@ -299,17 +325,11 @@ impl<'a> Session<'a> {
                     Err(e) => {
                         let broken = matches!(e, QueryError::Broken(_));
                         self.return_conn(lent, broken);
-                        return Err(settings_error(e, login));
+                        return Err(settings_error(e));
                     }
                 }
             }
             shared.pools.count_lent(&target.member, 1);
-            if login {
-                lent.pool
-                    .clients
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.counted = Some(lent.pool.clone());
-            }
             self.state.pool = Some(lent.pool.clone());
             return Ok(lent);
         }
@@ -342,7 +362,10 @@ impl<'a> Session<'a> {
         let conn = match acquired {
             Acquired::Idle(c) => c,
             Acquired::Open => match self.open(target).await {
-                Ok(c) => c,
+                Ok(c) => {
+                    pool.remember_defaults(&c.reported);
+                    c
+                }
                 Err(e) => {
                     pool.forget();
                     return Err(e);
@@ -439,6 +462,10 @@ impl<'a> Session<'a> {
     /// Gives a lent connection back to its pool (or closes it).
     fn give_back(&mut self, l: Lent, tx: TxStatus, clean: bool) {
         *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let reprepared = std::mem::take(&mut self.state.reprepared);
+        if reprepared > 0 {
+            self.shared.metrics.pool_reprepares.inc_by(reprepared);
+        }
         self.shared.pools.count_lent(&l.target.member, -1);
         let pinned = self.state.pinned.is_some();
         let facts = Returned {
@@ -584,14 +611,23 @@ impl<'a> Session<'a> {
     }
 }
 
+/// A fresh connection's parameters with the client's own settings in their place (names
+/// compared as Postgres does, without case).
+fn overlay(mut defaults: server::Settings, desired: &server::Settings) -> server::Settings {
+    for (name, value) in defaults.iter_mut() {
+        if let Some(v) = desired.get(&name.to_ascii_lowercase()) {
+            value.clone_from(v);
+        }
+    }
+    defaults
+}
+
 /// The client's error when its settings cannot be applied on a connection.
-fn settings_error(e: QueryError, login: bool) -> SessionError {
+fn settings_error(e: QueryError) -> SessionError {
     let (code, message) = match &e {
         QueryError::Failed { message, .. } => (SqlState::INVALID_PARAMETER_VALUE, message.clone()),
         QueryError::Broken(b) => (SqlState::CONNECTION_FAILURE, b.to_string()),
     };
-    // At login the client is refused (FATAL); later its request fails (ERROR) and it stays.
-    let _ = login;
     SessionError::fatal(
         Side::Server,
         code,

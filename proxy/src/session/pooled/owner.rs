@@ -87,6 +87,8 @@ impl Owner for Pooled<'_> {
                 self.sent.push_back(Sent::Sync);
                 Flow::Continue
             }
+            // The client leaves; the pooled connection stays: its Terminate is dropped.
+            ftag::TERMINATE => Flow::Hold,
             ftag::PARSE => self.parse(f.body),
             ftag::BIND => match f.body {
                 // Large Binds are held too: their names come first.
@@ -157,6 +159,7 @@ impl Owner for Pooled<'_> {
             ftag::PARSE => Ok(self.rewrite_parse(body, body_len, out)),
             ftag::BIND => self.rewrite_bind(body, body_len, out),
             DESCRIBE | CLOSE => Ok(Some(self.rewrite_target(tag, body, body_len, out))),
+            ftag::TERMINATE => Ok(Some(body_len)),
             _ => {
                 frame_header(out, tag, body_len);
                 Ok(Some(0))
