@@ -334,3 +334,57 @@ async fn a_client_idle_in_a_transaction_past_the_timeout_is_closed_and_frees_its
     let one: i32 = next.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1, "the one connection is free again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_keeps_one_connection_per_client_and_resets_it_when_the_client_leaves() {
+    let p = Pooled::start(0, |c| {
+        c.pool.mode = pgsteer::config::PoolMode::Session;
+        c.pool.size = 1;
+    })
+    .await;
+    let a = connect(p.rw(), None).await;
+    let pid = backend_pid(&a).await;
+    a.batch_execute("SET work_mem = '7MB'; PREPARE q AS SELECT 1")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(backend_pid(&a).await, pid, "session mode moved the client");
+    }
+    drop(a);
+    let b = connect(p.rw(), None).await;
+    assert_eq!(
+        backend_pid(&b).await,
+        pid,
+        "the one pooled connection is reused"
+    );
+    let work_mem: String = b
+        .query_one("SELECT current_setting('work_mem')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(work_mem, "4MB", "the reset query ran between the clients");
+    let e = b.batch_execute("EXECUTE q").await.unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("26000"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_ro_listener_lends_replica_connections() {
+    let p = Pooled::start(1, |_| {}).await;
+    let c = connect(p.env.ro(), None).await;
+    for _ in 0..3 {
+        let row = c
+            .query_one("SELECT pg_is_in_recovery(), inet_server_port()", &[])
+            .await
+            .unwrap();
+        assert!(
+            row.get::<_, bool>(0),
+            "a read-only pooled transaction ran on the primary"
+        );
+        assert_eq!(row.get::<_, i32>(1) as u16, p.env.port_of("pg-1"));
+    }
+    assert!(pool(&p, "pg-1").await.is_some());
+}
