@@ -336,27 +336,12 @@ impl Closing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::topo;
 
     const G: Graces = Graces {
         grace: Duration::from_secs(30),
         demoted_primary: Duration::ZERO,
     };
-
-    fn topo(members: &[(&str, Role)]) -> Topology {
-        let mut t = Topology::default();
-        t.replace_members(
-            members
-                .iter()
-                .map(|&(n, r)| {
-                    let mut m = Member::new(n, "127.0.0.1:1");
-                    m.role = r;
-                    m.routable = r == Role::Primary || r == Role::Replica;
-                    (n.to_owned(), m)
-                })
-                .collect(),
-        );
-        t
-    }
 
     fn primary_binding() -> Binding {
         Binding::new("pg-0", Role::Primary, Route::Primary, false, false)

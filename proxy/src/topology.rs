@@ -210,27 +210,31 @@ fn roles(t: &Topology) -> String {
         .join(" ")
 }
 
+/// A topology of members at `127.0.0.1:1` with these roles, routable when primary or
+/// replica, for table tests.
+#[cfg(test)]
+pub(crate) fn topo(members: &[(&str, pgsteer_discovery::Role)]) -> Topology {
+    use pgsteer_discovery::Role;
+    let mut t = Topology::default();
+    t.replace_members(
+        members
+            .iter()
+            .map(|&(n, r)| {
+                let mut m = Member::new(n, "127.0.0.1:1");
+                m.role = r;
+                m.routable = r == Role::Primary || r == Role::Replica;
+                (n.to_owned(), m)
+            })
+            .collect(),
+    );
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use pgsteer_discovery::Role;
 
     use super::*;
-
-    fn topo(members: &[(&str, Role)]) -> Topology {
-        let mut t = Topology::default();
-        t.replace_members(
-            members
-                .iter()
-                .map(|&(n, r)| {
-                    let mut m = Member::new(n, "127.0.0.1:1");
-                    m.role = r;
-                    m.routable = true;
-                    (n.to_owned(), m)
-                })
-                .collect(),
-        );
-        t
-    }
 
     #[test]
     fn an_operator_drain_marks_the_member_and_moves_the_generation() {

@@ -2,7 +2,8 @@
 
 use crate::harness::*;
 
-async fn pgbench(args: &[&str], conn: &str) -> (bool, String) {
+/// Runs pgbench with `args` against the libpq connection string `conn`: (success, output).
+pub async fn pgbench(args: &[&str], conn: &str) -> (bool, String) {
     let out = tokio::process::Command::new("pgbench")
         .args(args)
         .arg(conn)

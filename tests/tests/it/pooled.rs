@@ -171,27 +171,12 @@ async fn pgbench_runs_simple_extended_and_prepared_tpcb_with_200_clients_on_a_po
     }
 }
 
-/// Runs pgbench through `addr` as the app user.
+/// Runs pgbench through `addr` as the app user, within a generous deadline.
 async fn pgbench(addr: SocketAddr, args: &[&str]) -> (bool, String) {
-    let out = tokio::time::timeout(
-        DEADLINE * 4,
-        tokio::process::Command::new("pgbench")
-            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
-            .args(["-U", APP_USER])
-            .args(args)
-            .arg(pgsteer_cluster::DATABASE)
-            .env("PGPASSWORD", APP_PASSWORD)
-            .output(),
-    )
-    .await
-    .expect("pgbench finished in time")
-    .expect("pgbench runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let conn = harness::conn_str(addr, APP_USER, APP_PASSWORD, None);
+    tokio::time::timeout(DEADLINE * 4, crate::pgbench::pgbench(args, &conn))
+        .await
+        .expect("pgbench finished in time")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -419,16 +419,21 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Whether `target` is still where the client's request goes.
-    fn still_fits(&self, target: &Target) -> bool {
-        let t = self.shared.topology.current();
-        let b = Binding::new(
+    /// What a connection to `target` was lent for.
+    fn binding(&self, target: &Target) -> Binding {
+        Binding::new(
             &target.member,
             target.role,
             self.request.route,
             self.request.explicit_route,
             self.request.pin.is_some(),
-        );
+        )
+    }
+
+    /// Whether `target` is still where the client's request goes.
+    fn still_fits(&self, target: &Target) -> bool {
+        let t = self.shared.topology.current();
+        let b = self.binding(target);
         drain::check(&t, &b, Graces::from(&self.shared.config.drain)).is_none()
             && t.member(&target.member)
                 .is_some_and(|m| m.address == target.address)
@@ -580,13 +585,7 @@ impl<'a> Session<'a> {
         &self,
         target: &Target,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = DrainOrder> + Send + 'a>> {
-        let binding = Binding::new(
-            &target.member,
-            target.role,
-            self.request.route,
-            self.request.explicit_route,
-            self.request.pin.is_some(),
-        );
+        let binding = self.binding(target);
         Box::pin(drain::watch(
             self.shared.topology.subscribe(),
             binding,

@@ -529,19 +529,28 @@ impl<'a> Relay<'a> {
         if self.held_by_pause(cx) {
             return Ok(false);
         }
+        let n = self.fill(Side::Client, client, cx)?;
+        Ok(n.is_some())
+    }
+
+    /// Reads what `from` (the client or the server side) has into its half, counting the
+    /// read towards the session's busyness.
+    fn fill(
+        &mut self,
+        side: Side,
+        from: &mut Stream,
+        cx: &mut Context<'_>,
+    ) -> Result<Option<usize>, SessionError> {
         let keep = self.keeps_buffers();
-        let n = poll_fill(
-            &mut self.c2s,
-            client,
-            cx,
-            Side::Client,
-            self.short_read_drains,
-            keep,
-        )?;
+        let half = match side {
+            Side::Client => &mut self.c2s,
+            _ => &mut self.s2c,
+        };
+        let n = poll_fill(half, from, cx, side, self.short_read_drains, keep)?;
         if n.is_some_and(|n| n > 0) {
             self.reads += 1;
         }
-        Ok(n.is_some())
+        Ok(n)
     }
 
     /// Scans what the client sent into approval for the server, up to a
@@ -632,18 +641,7 @@ impl<'a> Relay<'a> {
             // Closing at the drain's idle point once what was approved is written.
             return Ok(false);
         }
-        let keep = self.keeps_buffers();
-        let n = poll_fill(
-            &mut self.s2c,
-            server,
-            cx,
-            Side::Server,
-            self.short_read_drains,
-            keep,
-        )?;
-        if n.is_some_and(|n| n > 0) {
-            self.reads += 1;
-        }
+        let n = self.fill(Side::Server, server, cx)?;
         let scanned = self.scan_server(owner)?;
         Ok(n.is_some() || scanned)
     }
