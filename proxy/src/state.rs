@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::session::Backends;
 use crate::topology::TopologyHub;
 
 /// How the process is asked to stop; only `main` (or a test) cancels these.
@@ -109,19 +108,5 @@ impl Shared {
     /// Ready for traffic: discovery ran once and no shutdown is under way.
     pub fn ready(&self) -> bool {
         self.topology.ready() && !self.shutdown.drain.is_cancelled()
-    }
-
-    /// What finding and opening a backend needs.
-    pub fn backends(&self) -> Backends<'_> {
-        Backends {
-            routing: &self.config.routing,
-            topology: &self.topology,
-            sessions: &self.sessions,
-            paused: &self.paused,
-            shutdown: &self.shutdown.drain,
-            tls: &self.tls.server,
-            reprobe: &self.reprobe,
-            metrics: &self.metrics,
-        }
     }
 }

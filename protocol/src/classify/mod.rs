@@ -19,15 +19,17 @@
 //! calls (`set_config`, temporary tables, advisory locks in a PL/pgSQL function), and
 //! `currval`/`lastval`, which read the session's last `nextval`.
 
+mod effect;
 pub mod lexer;
 mod name;
 mod session;
 mod set;
 pub mod split;
 
+pub use effect::{Discard, Effect, Reason, Tx};
 pub use lexer::{Lexer, Syntax, Token, TokenKind};
 pub use name::{Name, NameBytes, Value};
-pub use session::{Discard, Effect, Effects, Reason, Tx, session_effects, session_effects_with};
+pub use session::{Effects, session_effects, session_effects_with};
 pub use split::{Statement, StatementTokens, Statements, statements};
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! `SET` and `RESET` in all their forms (`gram.y`: `VariableSetStmt`, `VariableResetStmt`).
 
+use super::effect::{Effect, Reason, Word};
 use super::lexer::{Token, TokenKind};
 use super::name::{Name, Value};
-use super::session::{Effect, Reason, Word};
 use super::split::StatementTokens;
 
 /// Settings that only ever last until the end of the transaction.

@@ -40,6 +40,22 @@ pub struct Backends<'a> {
     pub metrics: &'a Metrics,
 }
 
+impl<'a> Backends<'a> {
+    /// What finding and opening a backend needs, out of the proxy's shared state.
+    pub fn of(shared: &'a crate::state::Shared) -> Backends<'a> {
+        Backends {
+            routing: &shared.config.routing,
+            topology: &shared.topology,
+            sessions: &shared.sessions,
+            paused: &shared.paused,
+            shutdown: &shared.shutdown.drain,
+            tls: &shared.tls.server,
+            reprobe: &shared.reprobe,
+            metrics: &shared.metrics,
+        }
+    }
+}
+
 /// One connection's wait for a backend: the deadline, the members that just
 /// failed it, and the held-connection metrics from the first wait until it
 /// is released.

@@ -254,10 +254,10 @@ async fn establish<'a>(
             negotiation,
         })));
     }
-    let mut hold = Hold::new(shared.backends());
+    let mut hold = Hold::new(Backends::of(shared));
     let (server, target, authed) = loop {
         let (mut server, target) =
-            hold::route_and_connect(shared.backends(), client, &request, &mut hold).await?;
+            hold::route_and_connect(Backends::of(shared), client, &request, &mut hold).await?;
         let authed = auth::authenticate(
             client,
             &mut server,

@@ -22,7 +22,7 @@ use pgsteer_protocol::startup::{Negotiation, StartupMessage};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
-use super::hold::{self, Hold, Refused, Routing};
+use super::hold::{self, Backends, Hold, Refused, Routing};
 use super::relay::{End, EndKind, Event, Passthrough, Relay, Signals};
 use super::stream::Stream;
 use super::{ListenerKind, SessionError, Side, close};
@@ -231,8 +231,8 @@ impl<'a> Session<'a> {
         client: &Stream,
     ) -> Result<(server::Settings, Option<Lent>), SessionError> {
         let shared = self.shared;
-        let mut hold = Hold::new(shared.backends());
-        let target = Routing::new(shared.backends())
+        let mut hold = Hold::new(Backends::of(shared));
+        let target = Routing::new(Backends::of(shared))
             .next(client, &self.request, &mut hold)
             .await?;
         drop(hold);
@@ -302,8 +302,8 @@ impl<'a> Session<'a> {
     /// member's pool, with the client's settings applied.
     async fn lend(&mut self, client: &Stream) -> Result<Lent, SessionError> {
         let shared = self.shared;
-        let mut hold = Hold::new(shared.backends());
-        let mut routing = Routing::new(shared.backends());
+        let mut hold = Hold::new(Backends::of(shared));
+        let mut routing = Routing::new(Backends::of(shared));
         loop {
             let target = routing.next(client, &self.request, &mut hold).await?;
             let mut lent = match self.take(&target).await {
@@ -399,12 +399,12 @@ impl<'a> Session<'a> {
                 Ok(c)
             }
             Err(OpenError::Unreachable(e)) => Err(hold::refused(
-                shared.backends(),
+                Backends::of(shared),
                 target,
                 super::upstream::UpstreamError::Unreachable(e),
             )),
             Err(OpenError::Tls(e)) => Err(hold::refused(
-                shared.backends(),
+                Backends::of(shared),
                 target,
                 super::upstream::UpstreamError::Tls(e),
             )),
