@@ -59,6 +59,8 @@ struct Session<'a> {
     cancel_pid: i32,
     /// The pool of the client's first transaction, which counts it as a client.
     counted: Option<Arc<Pool>>,
+    /// The pod the relay's counters are for.
+    tally_pod: String,
 }
 
 impl Drop for Session<'_> {
@@ -86,7 +88,7 @@ pub async fn serve(
         .instrument(span.clone())
         .await?;
     let limit = shared.config.limits.max_message_bytes;
-    let tally = session.tally(first.as_ref().map(|l| &l.target));
+    let tally = PodTally::new(shared.metrics.pod(&session.tally_pod));
     let mut relay = Relay::new::<Pooled<'_>>(limit, TxStatus::Idle, session.idle_signals(), tally);
     relay.set_idle_transaction_timeout(shared.config.pool.idle_transaction_timeout);
     let mut lent = first;
@@ -133,7 +135,7 @@ pub async fn serve(
                 if let Some(l) = lent.take() {
                     session.finish_transaction(l).await;
                 }
-                relay.rebind(Box::pin(session.idle_drain()), session.tally(None));
+                relay.rebind(Box::pin(session.idle_drain()), None);
             }
             Ok(Event::End(end)) => break Some(end),
         }
@@ -207,6 +209,7 @@ async fn log_in<'a>(
         cancel,
         cancel_pid,
         counted: None,
+        tally_pod: String::new(),
     };
     let (parameters, first) = session.first_parameters(client).await?;
     session.welcome(client, parameters, &key).await?;
@@ -236,6 +239,7 @@ impl<'a> Session<'a> {
             .next(client, &self.request, &mut hold)
             .await?;
         drop(hold);
+        self.tally_pod.clone_from(&target.member);
         let pool = shared
             .pools
             .get(&target.member, &target.address, &self.db_user);
@@ -281,7 +285,8 @@ impl<'a> Session<'a> {
                     }
                 }
                 self.state.seen.clone_from(&l.conn.reported);
-                relay.rebind(self.lent_drain(&l.target), self.tally(Some(&l.target)));
+                let tally = self.tally(&l.target);
+                relay.rebind(self.lent_drain(&l.target), tally);
                 *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(l.conn.cancel.clone());
                 Ok(Some(l))
@@ -603,10 +608,13 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Counters for the member of the connection lent now.
-    fn tally(&self, target: Option<&Target>) -> PodTally {
-        let pod = target.map_or("", |t| t.member.as_str());
-        PodTally::new(self.shared.metrics.pod(pod))
+    /// Counters for `target`'s pod, if they are not the ones in use already.
+    fn tally(&mut self, target: &Target) -> Option<PodTally> {
+        if self.tally_pod == target.member {
+            return None;
+        }
+        self.tally_pod.clone_from(&target.member);
+        Some(PodTally::new(self.shared.metrics.pod(&target.member)))
     }
 }
 

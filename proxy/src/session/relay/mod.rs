@@ -247,16 +247,20 @@ impl<'a> Relay<'a> {
         std::future::poll_fn(|cx| self.poll(cx, &mut sides)).await
     }
 
-    /// A new server connection is attached to a pooled session: its drain
-    /// order and its pod's counters replace the previous ones.
+    /// A new server connection is attached to a pooled session (or it was given back):
+    /// its drain order replaces the previous one, and its pod's counters too when the pod
+    /// changed (`None`: same pod; the counts so far are flushed first).
     pub fn rebind(
         &mut self,
         drain: Pin<Box<dyn std::future::Future<Output = DrainOrder> + Send + 'a>>,
-        tally: PodTally,
+        tally: Option<PodTally>,
     ) {
         self.control.set_drain(drain);
         self.drain = DrainState::default();
-        self.tally = tally;
+        if let Some(tally) = tally {
+            self.tally.flush();
+            self.tally = tally;
+        }
     }
 
     /// Ends the session when its client sits idle inside a transaction for `limit`.
