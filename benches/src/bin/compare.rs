@@ -1,6 +1,6 @@
-//! `compare`: pgsteer against direct Postgres, PgBouncer and HAProxy with pgbench, and the
-//! proxy's memory per idle or parked client. Run it through `benches/run`, which raises the
-//! open-file limit, builds in release mode and installs the peers.
+//! `compare`: pgsteer against direct Postgres, PgBouncer and HAProxy with pgbench (passthrough
+//! and pooled), and the proxy's memory per idle or parked client. Run it through `benches/run`,
+//! which raises the open-file limit, builds in release mode and installs the peers.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,8 +28,8 @@ struct Cli {
     /// Only these workloads (comma-separated ids, e.g. select-simple-8,tpcb-8).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
-    /// Only these targets (direct, pgsteer-rw, pgsteer-base, pgbouncer, haproxy, direct-replica,
-    /// pgsteer-ro).
+    /// Only these targets (direct, pgsteer-rw, pgsteer-base, pgsteer-pooled, pgbouncer,
+    /// pgbouncer-tx, haproxy, direct-replica, pgsteer-ro).
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
     /// The pgsteer binary (default: `pgsteer` next to this one).
@@ -39,6 +39,10 @@ struct Cli {
     /// (its rw listener), compared with pgsteer-rw in the same run.
     #[arg(long, value_name = "PATH")]
     baseline_pgsteer: Option<PathBuf>,
+    /// Server connections of the pooled targets: `[pool] size` of pgsteer-pooled and
+    /// `default_pool_size` of pgbouncer-tx.
+    #[arg(long, default_value_t = 20)]
+    pool_size: usize,
     /// Where results go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     out: PathBuf,
@@ -135,6 +139,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 pgsteer,
                 baseline_pgsteer: cli.baseline_pgsteer,
                 out_dir: cli.out,
+                pool_size: cli.pool_size.max(1),
             })
         }
     }

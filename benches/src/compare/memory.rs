@@ -239,6 +239,7 @@ impl IdleRun {
                 members,
                 hold_timeout: "10s",
                 max_clients,
+                pool_size: None,
             },
         )?;
         let pid = proxy.proc.pid();
@@ -337,6 +338,7 @@ impl ParkedRun {
                 members: replicas,
                 hold_timeout: "1h",
                 max_clients,
+                pool_size: None,
             },
         )?;
         let pid = proxy.proc.pid();

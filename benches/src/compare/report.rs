@@ -94,54 +94,73 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
-/// The comparison table: per workload, one row per target.
+/// The peers a target's tps is compared with, and their column headings.
+const PEERS: [(Target, &str); 3] = [
+    (Target::Pgbouncer, "x bncr"),
+    (Target::PgbouncerTx, "x bntx"),
+    (Target::Haproxy, "x hapx"),
+];
+
+/// The comparison table: per workload, one row per target, a ratio column per peer that runs
+/// the workload.
 pub fn table(workloads: &[Workload], results: &Results) -> String {
     let mut out = String::new();
     for w in workloads {
+        let peers: Vec<(Target, &str)> = PEERS
+            .into_iter()
+            .filter(|(t, _)| w.targets.contains(t))
+            .collect();
         let _ = writeln!(out, "\n{} — {}", w.id, w.describe());
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "  {:<15} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>12}",
-            "target",
-            "tps",
-            "avg ms",
-            "p99 ms",
-            "x base",
-            "x bncr",
-            "x hapx",
-            "CPU us/tx",
-            "CPU s/10k tx"
+            "  {:<15} {:>9} {:>8} {:>8} {:>8}",
+            "target", "tps", "avg ms", "p99 ms", "x base"
         );
+        for (_, heading) in &peers {
+            let _ = write!(out, " {heading:>8}");
+        }
+        let _ = writeln!(out, " {:>10} {:>12}", "CPU us/tx", "CPU s/10k tx");
         for &t in &w.targets {
-            let Some(p) = results.point(&w.id, t) else {
-                let _ = writeln!(out, "  {:<15} (no successful run)", t.name());
-                continue;
-            };
-            let ratio = |other: Target| {
-                (other != t)
-                    .then(|| results.point(&w.id, other))
-                    .flatten()
-                    .map(|o| p.tps / o.tps)
-            };
-            let _ = writeln!(
-                out,
-                "  {:<15} {:>9.0} {:>8.3} {:>8} {:>8} {:>8} {:>8} {:>10} {:>12}",
-                t.name(),
-                p.tps,
-                p.latency_avg_ms,
-                opt(p.latency_p99_ms, 3),
-                opt(ratio(t.baseline()), 3),
-                opt(ratio(Target::Pgbouncer), 3),
-                opt(ratio(Target::Haproxy), 3),
-                opt(p.cpu_us_per_tx, 1),
-                opt(p.cpu_us_per_tx.map(|us| us / 100.0), 3),
-            );
+            out.push_str(&row(&w.id, t, &peers, results));
         }
     }
     out.push_str(
-        "\nx base: tps / direct (pgsteer-ro and direct-replica: / direct-replica); x bncr, x hapx:\n\
-         tps / PgBouncer's, / HAProxy's in the same workload. CPU: utime+stime of the proxy process\n\
-         over the run / transactions processed. Medians over the rounds.\n",
+        "\nx base: tps / direct (pgsteer-ro and direct-replica: / direct-replica); x bncr,\n\
+         x bntx, x hapx: tps / PgBouncer's (session mode), / PgBouncer's in transaction mode\n\
+         (pgbouncer-tx), / HAProxy's in the same workload. CPU: utime+stime of the proxy\n\
+         process over the run / transactions processed. Medians over the rounds.\n",
+    );
+    out
+}
+
+/// One row of the table: `t`'s medians in `workload`, and its tps over the baseline's and over
+/// each peer's.
+fn row(workload: &str, t: Target, peers: &[(Target, &str)], results: &Results) -> String {
+    let Some(p) = results.point(workload, t) else {
+        return format!("  {:<15} (no successful run)\n", t.name());
+    };
+    let ratio = |other: Target| {
+        (other != t)
+            .then(|| results.point(workload, other))
+            .flatten()
+            .map(|o| p.tps / o.tps)
+    };
+    let mut out = format!(
+        "  {:<15} {:>9.0} {:>8.3} {:>8} {:>8}",
+        t.name(),
+        p.tps,
+        p.latency_avg_ms,
+        opt(p.latency_p99_ms, 3),
+        opt(ratio(t.baseline()), 3),
+    );
+    for &(peer, _) in peers {
+        let _ = write!(out, " {:>8}", opt(ratio(peer), 3));
+    }
+    let _ = writeln!(
+        out,
+        " {:>10} {:>12}",
+        opt(p.cpu_us_per_tx, 1),
+        opt(p.cpu_us_per_tx.map(|us| us / 100.0), 3),
     );
     out
 }
@@ -253,12 +272,59 @@ pub fn checks(results: &Results) -> Vec<Check> {
             met: Some(ratio >= 0.95),
         });
     }
+    out.extend(pooled_checks(results));
+    out
+}
+
+/// The pooled-mode issue's throughput targets for pgsteer-pooled: CPU per transaction at or below
+/// PgBouncer's transaction mode, `-C` at least 3 × direct, p99 at 1,000 clients no worse than
+/// PgBouncer's transaction mode.
+pub fn pooled_checks(results: &Results) -> Vec<Check> {
+    let mut out = Vec::new();
+    let get = |w: &str, t| results.point(w, t);
+    for w in ["select-simple-8", "select-simple-32", "select-simple-1000"] {
+        let Some(pooled) = get(w, Target::PgsteerPooled) else {
+            continue;
+        };
+        let bouncer = get(w, Target::PgbouncerTx);
+        let cpu = bouncer
+            .as_ref()
+            .and_then(|b| Some((pooled.cpu_us_per_tx?, b.cpu_us_per_tx?)));
+        out.push(Check {
+            what: format!("{w}: pgsteer-pooled CPU/tx at or below pgbouncer-tx's"),
+            measured: cpu.map_or("-".into(), |(a, b)| format!("{a:.1} vs {b:.1} us")),
+            met: cpu.map(|(a, b)| a <= b),
+        });
+        if w == "select-simple-1000" {
+            let p99 = bouncer
+                .as_ref()
+                .and_then(|b| Some((pooled.latency_p99_ms?, b.latency_p99_ms?)));
+            out.push(Check {
+                what: format!("{w}: pgsteer-pooled p99 no worse than pgbouncer-tx's"),
+                measured: p99.map_or("-".into(), |(a, b)| format!("{a:.3} vs {b:.3} ms")),
+                met: p99.map(|(a, b)| a <= b),
+            });
+        }
+    }
+    let w = "connect-select-8";
+    if let Some(pooled) = get(w, Target::PgsteerPooled) {
+        let direct = get(w, Target::Direct);
+        out.push(Check {
+            what: format!("{w}: pgsteer-pooled tps >= 3 x direct"),
+            measured: direct
+                .as_ref()
+                .map_or("-".into(), |d| format!("{:.3}", pooled.tps / d.tps)),
+            met: direct.map(|d| pooled.tps >= 3.0 * d.tps),
+        });
+    }
     out
 }
 
 /// The checks as text.
 pub fn checks_text(checks: &[Check]) -> String {
-    let mut out = String::from("\nTargets (issue 9), on the medians:\n");
+    let mut out = String::from(
+        "\nTargets (issue 9 for pgsteer-rw, \"Pooled mode\" for pgsteer-pooled), on the medians:\n",
+    );
     for c in checks {
         let verdict = match c.met {
             Some(true) => "met",
@@ -348,10 +414,12 @@ mod tests {
 
     /// One select-simple-8 sample of `t`.
     fn put(r: &mut Results, t: Target, tps: f64, cpu: Option<f64>) {
-        r.samples
-            .entry(("select-simple-8".to_owned(), t))
-            .or_default()
-            .push(sample(0, tps, cpu));
+        put_in(r, "select-simple-8", t, sample(0, tps, cpu));
+    }
+
+    /// One sample of `t` in workload `w`.
+    fn put_in(r: &mut Results, w: &str, t: Target, s: Sample) {
+        r.samples.entry((w.to_owned(), t)).or_default().push(s);
     }
 
     #[test]
@@ -399,6 +467,71 @@ mod tests {
             text.contains("CPU/tx rw 11.9 vs base 13.1 us (\u{2212}9 %)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn pooled_mode_is_checked_against_pgbouncer_in_transaction_mode_and_direct() {
+        let mut r = Results::default();
+        put(&mut r, Target::PgsteerPooled, 9_000.0, Some(0.81));
+        put(&mut r, Target::PgbouncerTx, 9_000.0, Some(0.9));
+        let many = "select-simple-1000";
+        let p99 = |ms, cpu| Sample {
+            latency_p99_ms: Some(ms),
+            ..sample(0, 5_000.0, Some(cpu))
+        };
+        put_in(&mut r, many, Target::PgsteerPooled, p99(80.0, 0.5));
+        put_in(&mut r, many, Target::PgbouncerTx, p99(70.0, 0.6));
+        let connect = "connect-select-8";
+        put_in(&mut r, connect, Target::Direct, sample(0, 400.0, None));
+        put_in(
+            &mut r,
+            connect,
+            Target::PgsteerPooled,
+            sample(0, 4_000.0, Some(1.0)),
+        );
+        let c = pooled_checks(&r);
+        let find = |what: &str| {
+            let c = c.iter().find(|c| c.what.contains(what)).unwrap();
+            (c.met, c.measured.clone())
+        };
+        assert_eq!(
+            find("select-simple-8: pgsteer-pooled CPU/tx"),
+            (Some(true), "9.0 vs 10.0 us".into())
+        );
+        assert_eq!(
+            find("select-simple-1000: pgsteer-pooled CPU/tx").0,
+            Some(true)
+        );
+        assert_eq!(
+            find("p99 no worse"),
+            (Some(false), "80.000 vs 70.000 ms".into())
+        );
+        assert_eq!(find("3 x direct"), (Some(true), "10.000".into()));
+        assert!(
+            !c.iter().any(|c| c.what.contains("select-simple-32")),
+            "no pooled run, no check: {c:?}"
+        );
+        assert!(checks(&r).iter().any(|c| c.what.contains("3 x direct")));
+    }
+
+    #[test]
+    fn the_table_has_a_column_for_each_peer_in_the_workload() {
+        let mut r = Results::default();
+        put(&mut r, Target::Direct, 10_000.0, None);
+        put(&mut r, Target::PgsteerPooled, 9_000.0, Some(0.9));
+        put(&mut r, Target::PgbouncerTx, 7_500.0, Some(1.0));
+        let mut w = crate::compare::workloads::standard().swap_remove(1);
+        w.targets = vec![Target::Direct, Target::PgsteerPooled, Target::PgbouncerTx];
+        let text = table(std::slice::from_ref(&w), &r);
+        let header = text.lines().find(|l| l.contains("target")).unwrap();
+        assert!(header.contains("x bntx"), "{text}");
+        assert!(
+            !header.contains("x bncr") && !header.contains("x hapx"),
+            "{text}"
+        );
+        let row = text.lines().find(|l| l.contains("pgsteer-pooled")).unwrap();
+        assert!(row.contains("0.900"), "x base: {text}");
+        assert!(row.contains("1.200"), "x bntx: {text}");
     }
 
     #[test]

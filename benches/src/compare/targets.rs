@@ -1,6 +1,6 @@
-//! The processes under test: the release `pgsteer` binary, PgBouncer (session mode) and HAProxy
-//! (`mode tcp`), each a child process with its config and log in the run directory, killed when
-//! dropped.
+//! The processes under test: the release `pgsteer` binary (passthrough rw/ro, and a pooled
+//! listener), PgBouncer (session or transaction mode) and HAProxy (`mode tcp`), each a child
+//! process with its config and log in the run directory, killed when dropped.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -89,6 +89,21 @@ pub struct Pgsteer {
     pub ro: u16,
     /// Admin HTTP port.
     pub admin: u16,
+    /// Pooled (transaction mode) listener port, if the spec asked for one.
+    pub pooled: Option<u16>,
+}
+
+/// The ports a pgsteer instance listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// Read-write listener (passthrough).
+    pub rw: u16,
+    /// Read-only listener (passthrough).
+    pub ro: u16,
+    /// Admin HTTP.
+    pub admin: u16,
+    /// The extra listener `pooled` (transaction mode, route primary), if any.
+    pub pooled: Option<u16>,
 }
 
 /// What a pgsteer instance is configured with.
@@ -102,10 +117,16 @@ pub struct PgsteerSpec<'a> {
     pub hold_timeout: &'a str,
     /// `limits.max_client_connections`.
     pub max_clients: usize,
+    /// `[pool] size` of an extra listener `pooled` in transaction mode (clients trusted:
+    /// `[auth] method = "trust"`); `None`: no pooled listener (a baseline build may not have
+    /// pooled mode).
+    pub pool_size: Option<usize>,
 }
 
-/// The TOML config of a pgsteer instance.
-pub fn pgsteer_config(spec: &PgsteerSpec<'_>, rw: u16, ro: u16, admin: u16) -> String {
+/// The TOML config of a pgsteer instance: rw and ro stay passthrough; a pooled listener is an
+/// extra one.
+pub fn pgsteer_config(spec: &PgsteerSpec<'_>, ports: Ports) -> String {
+    let Ports { rw, ro, admin, .. } = ports;
     let mut text = format!(
         "# written by the pgsteer comparison harness\n\
          [listen]\nrw = \"127.0.0.1:{rw}\"\nro = \"127.0.0.1:{ro}\"\nadmin = \"127.0.0.1:{admin}\"\n\n\
@@ -118,6 +139,14 @@ pub fn pgsteer_config(spec: &PgsteerSpec<'_>, rw: u16, ro: u16, admin: u16) -> S
         spec.hold_timeout,
         spec.max_clients,
     );
+    if let (Some(port), Some(size)) = (ports.pooled, spec.pool_size) {
+        let _ = write!(
+            text,
+            "\n[pool]\nsize = {size}\n\n[auth]\nmethod = \"trust\"\n\n\
+             [[listen.extra]]\nname = \"pooled\"\naddress = \"127.0.0.1:{port}\"\n\
+             route = \"primary\"\npool_mode = \"transaction\"\n"
+        );
+    }
     for (name, address) in &spec.members {
         let _ = write!(
             text,
@@ -130,9 +159,14 @@ pub fn pgsteer_config(spec: &PgsteerSpec<'_>, rw: u16, ro: u16, admin: u16) -> S
 impl Pgsteer {
     /// Writes the config into `dir`, starts `bin run --config …` and waits for `/readyz`.
     pub fn start(bin: &Path, dir: &Path, spec: &PgsteerSpec<'_>) -> Result<Pgsteer, String> {
-        let (rw, ro, admin) = (free_port()?, free_port()?, free_port()?);
+        let ports = Ports {
+            rw: free_port()?,
+            ro: free_port()?,
+            admin: free_port()?,
+            pooled: spec.pool_size.map(|_| free_port()).transpose()?,
+        };
         let config = dir.join(format!("{}.toml", spec.name));
-        fs::write(&config, pgsteer_config(spec, rw, ro, admin))
+        fs::write(&config, pgsteer_config(spec, ports))
             .map_err(|e| format!("{}: {e}", config.display()))?;
         let mut cmd = Command::new(bin);
         cmd.arg("run")
@@ -143,7 +177,7 @@ impl Pgsteer {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             proc.check_alive()?;
-            if let Ok((200, _)) = http_get(admin, "/readyz") {
+            if let Ok((200, _)) = http_get(ports.admin, "/readyz") {
                 break;
             }
             if Instant::now() > deadline {
@@ -153,38 +187,71 @@ impl Pgsteer {
         }
         Ok(Pgsteer {
             proc,
-            rw,
-            ro,
-            admin,
+            rw: ports.rw,
+            ro: ports.ro,
+            admin: ports.admin,
+            pooled: ports.pooled,
         })
     }
 }
 
-/// PgBouncer in session mode in front of `127.0.0.1:backend`, trusting `user` (who must be
-/// trusted by Postgres too). Returns the process and its port.
+/// What a PgBouncer instance is configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgbouncerSpec<'a> {
+    /// Instance name (its directory under the scratch directory, its process name).
+    pub name: &'a str,
+    /// The primary's port on 127.0.0.1.
+    pub backend: u16,
+    /// The one database it serves.
+    pub database: &'a str,
+    /// `pool_mode`: `session` or `transaction`.
+    pub pool_mode: &'a str,
+    /// `default_pool_size`.
+    pub pool_size: usize,
+}
+
+/// `pgbouncer.ini` for `spec` on `port`: `auth_type = trust` with `auth_file`, connection
+/// logging off.
+pub fn pgbouncer_config(
+    spec: &PgbouncerSpec<'_>,
+    port: u16,
+    auth_file: &Path,
+    log: &Path,
+) -> String {
+    let PgbouncerSpec {
+        backend,
+        database,
+        pool_mode,
+        pool_size,
+        ..
+    } = *spec;
+    format!(
+        "[databases]\n{database} = host=127.0.0.1 port={backend} dbname={database}\n\n\
+         [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+         auth_type = trust\nauth_file = {}\npool_mode = {pool_mode}\n\
+         max_client_conn = 4000\ndefault_pool_size = {pool_size}\n\
+         log_connections = 0\nlog_disconnections = 0\nstats_period = 60\n\
+         logfile = {}\nignore_startup_parameters = extra_float_digits\n",
+        auth_file.display(),
+        log.display(),
+    )
+}
+
+/// PgBouncer as `spec` says, trusting `user` (who must be trusted by Postgres too). Returns the
+/// process and its port.
 pub fn start_pgbouncer(
     bin: &Path,
     dir: &Path,
-    backend: u16,
-    database: &str,
+    spec: &PgbouncerSpec<'_>,
     user: &str,
 ) -> Result<(Proc, u16), String> {
-    let dir = dir.join("pgbouncer");
+    let dir = dir.join(spec.name);
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let port = free_port()?;
     let auth_file = dir.join("userlist.txt");
     fs::write(&auth_file, format!("\"{user}\" \"\"\n")).map_err(|e| e.to_string())?;
     let config = dir.join("pgbouncer.ini");
-    let text = format!(
-        "[databases]\n{database} = host=127.0.0.1 port={backend} dbname={database}\n\n\
-         [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
-         auth_type = trust\nauth_file = {}\npool_mode = session\n\
-         max_client_conn = 4000\ndefault_pool_size = 100\n\
-         log_connections = 0\nlog_disconnections = 0\nstats_period = 60\n\
-         logfile = {}\nignore_startup_parameters = extra_float_digits\n",
-        auth_file.display(),
-        dir.join("pgbouncer.log").display(),
-    );
+    let text = pgbouncer_config(spec, port, &auth_file, &dir.join("pgbouncer.log"));
     fs::write(&config, text).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(bin);
     if is_root() {
@@ -196,7 +263,7 @@ pub fn start_pgbouncer(
         cmd.args(["-u", "postgres"]);
     }
     cmd.arg(&config);
-    let mut proc = Proc::spawn("pgbouncer", cmd, &dir.join("stderr.log"))?;
+    let mut proc = Proc::spawn(spec.name, cmd, &dir.join("stderr.log"))?;
     wait_port(port, START_TIMEOUT)?;
     proc.check_alive()?;
     Ok((proc, port))
@@ -219,4 +286,79 @@ pub fn start_haproxy(bin: &Path, dir: &Path, backend: u16) -> Result<(Proc, u16)
     wait_port(port, START_TIMEOUT)?;
     proc.check_alive()?;
     Ok((proc, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(pool_size: Option<usize>) -> PgsteerSpec<'static> {
+        PgsteerSpec {
+            name: "pgsteer",
+            members: vec![("pg-0".into(), "127.0.0.1:5432".into())],
+            hold_timeout: "10s",
+            max_clients: 10_000,
+            pool_size,
+        }
+    }
+
+    const PORTS: Ports = Ports {
+        rw: 6432,
+        ro: 6433,
+        admin: 6434,
+        pooled: Some(6435),
+    };
+
+    #[test]
+    fn a_pooled_listener_is_an_extra_one_that_pgsteer_accepts() {
+        let text = pgsteer_config(&spec(Some(20)), PORTS);
+        let config = pgsteer::Config::parse(&text, []).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(config.pooled(), "{text}");
+        assert_eq!(config.pool.size, 20);
+        assert_eq!(
+            config.pool.mode,
+            pgsteer::config::PoolMode::Passthrough,
+            "rw and ro stay passthrough"
+        );
+        let extra = &config.listen.extra[0];
+        assert_eq!(extra.address.port(), 6435);
+        assert_eq!(extra.route, "primary");
+        assert_eq!(
+            extra.pool_mode,
+            Some(pgsteer::config::PoolMode::Transaction)
+        );
+    }
+
+    #[test]
+    fn without_a_pool_size_the_config_has_no_pooled_section() {
+        let text = pgsteer_config(&spec(None), PORTS);
+        assert!(
+            !text.contains("[pool]") && !text.contains("[auth]"),
+            "{text}"
+        );
+        let config = pgsteer::Config::parse(&text, []).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(!config.pooled());
+    }
+
+    #[test]
+    fn pgbouncer_gets_its_pool_mode_and_size() {
+        let spec = PgbouncerSpec {
+            name: "pgbouncer-tx",
+            backend: 5432,
+            database: "app",
+            pool_mode: "transaction",
+            pool_size: 20,
+        };
+        let text = pgbouncer_config(&spec, 6400, Path::new("/u.txt"), Path::new("/b.log"));
+        for line in [
+            "app = host=127.0.0.1 port=5432 dbname=app",
+            "listen_port = 6400",
+            "pool_mode = transaction",
+            "default_pool_size = 20",
+            "auth_type = trust",
+            "auth_file = /u.txt",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}: {text}");
+        }
+    }
 }

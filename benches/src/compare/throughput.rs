@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use super::pgbench::Run;
 use super::procfs;
 use super::report::{self, Results, Sample};
-use super::targets::{Pgsteer, PgsteerSpec, Proc, find_program, start_haproxy, start_pgbouncer};
+use super::targets::{
+    PgbouncerSpec, Pgsteer, PgsteerSpec, Proc, find_program, start_haproxy, start_pgbouncer,
+};
 use super::workloads::{Target, Workload};
 
 /// pgbench scale (`-i -s`).
@@ -33,6 +35,9 @@ pub struct Options {
     pub baseline_pgsteer: Option<PathBuf>,
     /// Where results go (`benches/results`).
     pub out_dir: PathBuf,
+    /// Server connections of the pooled targets (`[pool] size` of pgsteer-pooled,
+    /// `default_pool_size` of pgbouncer-tx).
+    pub pool_size: usize,
 }
 
 /// Everything started for a comparison; dropping it stops the proxies, then the cluster.
@@ -42,6 +47,7 @@ pub struct Bench {
     /// The baseline pgsteer instance (`--baseline-pgsteer`).
     pub baseline: Option<Pgsteer>,
     pgbouncer: Option<(Proc, u16)>,
+    pgbouncer_tx: Option<(Proc, u16)>,
     haproxy: Option<(Proc, u16)>,
     /// Scratch directory (pgbench logs, PgBouncer's files), removed on drop.
     scratch: PathBuf,
@@ -90,24 +96,26 @@ impl Bench {
     /// Starts the cluster, loads the pgbench tables, starts pgsteer and the peers that are installed.
     pub fn start(opts: &Options, log_dir: &Path) -> Result<Bench, String> {
         let cluster = start_cluster()?;
-        let primary = cluster.nodes()[0].port;
         init_pgbench(&cluster)?;
         let scratch = scratch_dir("bench")?;
+        let wanted = |t| opts.targets.is_empty() || opts.targets.contains(&t);
         let spec = PgsteerSpec {
             name: "pgsteer",
             members: members(&cluster),
             hold_timeout: "10s",
             max_clients: 10_000,
+            pool_size: wanted(Target::PgsteerPooled).then_some(opts.pool_size),
         };
         let pgsteer = Pgsteer::start(&opts.pgsteer, log_dir, &spec)?;
-        let wanted = |t| opts.targets.is_empty() || opts.targets.contains(&t);
         let baseline = match &opts.baseline_pgsteer {
             Some(bin) if wanted(Target::PgsteerBase) => {
-                // Same config shape, its own ports and its own directory for config and log.
+                // Same config shape without the pooled listener (an older build may not have
+                // pooled mode), its own ports and its own directory for config and log.
                 let dir = log_dir.join("pgsteer-base");
                 std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 let spec = PgsteerSpec {
                     name: "pgsteer-base",
+                    pool_size: None,
                     ..spec
                 };
                 let started = Pgsteer::start(bin, &dir, &spec)
@@ -116,16 +124,8 @@ impl Bench {
             }
             _ => None,
         };
-        let pgbouncer = match find_program("pgbouncer") {
-            Some(bin) if wanted(Target::Pgbouncer) => Some(start_pgbouncer(
-                &bin, &scratch, primary, DATABASE, TRUST_USER,
-            )?),
-            Some(_) => None,
-            None => {
-                eprintln!("compare: pgbouncer is not installed: skipped (benches/run installs it)");
-                None
-            }
-        };
+        let primary = cluster.nodes()[0].port;
+        let [pgbouncer, pgbouncer_tx] = start_pgbouncers(opts, &scratch, primary)?;
         let haproxy = match find_program("haproxy") {
             Some(bin) if wanted(Target::Haproxy) => Some(start_haproxy(&bin, log_dir, primary)?),
             Some(_) => None,
@@ -138,6 +138,7 @@ impl Bench {
             pgsteer,
             baseline,
             pgbouncer,
+            pgbouncer_tx,
             haproxy,
             scratch,
             cluster,
@@ -153,14 +154,12 @@ impl Bench {
             Target::PgsteerRw => Some((self.pgsteer.rw, Some(self.pgsteer.proc.pid()))),
             Target::PgsteerRo => Some((self.pgsteer.ro, Some(self.pgsteer.proc.pid()))),
             Target::PgsteerBase => self.baseline.as_ref().map(|b| (b.rw, Some(b.proc.pid()))),
-            Target::Pgbouncer => self
-                .pgbouncer
-                .as_ref()
-                .map(|(p, port)| (*port, Some(p.pid()))),
-            Target::Haproxy => self
-                .haproxy
-                .as_ref()
-                .map(|(p, port)| (*port, Some(p.pid()))),
+            Target::PgsteerPooled => {
+                (self.pgsteer.pooled).map(|p| (p, Some(self.pgsteer.proc.pid())))
+            }
+            Target::Pgbouncer => peer(self.pgbouncer.as_ref()),
+            Target::PgbouncerTx => peer(self.pgbouncer_tx.as_ref()),
+            Target::Haproxy => peer(self.haproxy.as_ref()),
         }
     }
 
@@ -170,7 +169,12 @@ impl Bench {
         if let Some(b) = &mut self.baseline {
             b.proc.check_alive()?;
         }
-        for (p, _) in self.pgbouncer.iter_mut().chain(self.haproxy.iter_mut()) {
+        let peers = [
+            &mut self.pgbouncer,
+            &mut self.pgbouncer_tx,
+            &mut self.haproxy,
+        ];
+        for (p, _) in peers.into_iter().flatten() {
             p.check_alive()?;
         }
         Ok(())
@@ -222,6 +226,41 @@ impl Bench {
                 .map(|(b, a)| a.saturating_sub(b) as f64 / tick),
         })
     }
+}
+
+/// Port and pid of a peer process, if it runs.
+fn peer(p: Option<&(Proc, u16)>) -> Option<(u16, Option<u32>)> {
+    p.map(|(p, port)| (*port, Some(p.pid())))
+}
+
+/// PgBouncer in session mode (pool size 100) and in transaction mode (`opts.pool_size`), each if
+/// wanted and installed.
+fn start_pgbouncers(
+    opts: &Options,
+    scratch: &Path,
+    primary: u16,
+) -> Result<[Option<(Proc, u16)>; 2], String> {
+    let Some(bin) = find_program("pgbouncer") else {
+        eprintln!("compare: pgbouncer is not installed: skipped (benches/run installs it)");
+        return Ok([None, None]);
+    };
+    let wanted = |t| opts.targets.is_empty() || opts.targets.contains(&t);
+    let start = |t, pool_mode, pool_size| {
+        let spec = PgbouncerSpec {
+            name: Target::name(t),
+            backend: primary,
+            database: DATABASE,
+            pool_mode,
+            pool_size,
+        };
+        wanted(t)
+            .then(|| start_pgbouncer(&bin, scratch, &spec, TRUST_USER))
+            .transpose()
+    };
+    Ok([
+        start(Target::Pgbouncer, "session", 100)?,
+        start(Target::PgbouncerTx, "transaction", opts.pool_size)?,
+    ])
 }
 
 /// `pgbench -i -s 10` as the trusted role, readable and writable by the SCRAM role too; waits

@@ -12,8 +12,12 @@ pub enum Target {
     /// The read-write listener of a second pgsteer from an older build (`--baseline-pgsteer`),
     /// for before/after figures measured in the same run.
     PgsteerBase,
+    /// pgsteer's pooled listener (transaction mode, `[auth] method = "trust"`) to the primary.
+    PgsteerPooled,
     /// PgBouncer (session mode) in front of the primary.
     Pgbouncer,
+    /// A second PgBouncer, in transaction mode, in front of the primary.
+    PgbouncerTx,
     /// HAProxy (`mode tcp`) in front of the primary.
     Haproxy,
     /// A replica itself.
@@ -24,11 +28,13 @@ pub enum Target {
 
 impl Target {
     /// Every target, in table order.
-    pub const ALL: [Target; 7] = [
+    pub const ALL: [Target; 9] = [
         Target::Direct,
         Target::PgsteerRw,
         Target::PgsteerBase,
+        Target::PgsteerPooled,
         Target::Pgbouncer,
+        Target::PgbouncerTx,
         Target::Haproxy,
         Target::DirectReplica,
         Target::PgsteerRo,
@@ -40,7 +46,9 @@ impl Target {
             Target::Direct => "direct",
             Target::PgsteerRw => "pgsteer-rw",
             Target::PgsteerBase => "pgsteer-base",
+            Target::PgsteerPooled => "pgsteer-pooled",
             Target::Pgbouncer => "pgbouncer",
+            Target::PgbouncerTx => "pgbouncer-tx",
             Target::Haproxy => "haproxy",
             Target::DirectReplica => "direct-replica",
             Target::PgsteerRo => "pgsteer-ro",
@@ -53,6 +61,11 @@ impl Target {
             Target::DirectReplica | Target::PgsteerRo => Target::DirectReplica,
             _ => Target::Direct,
         }
+    }
+
+    /// A pooled mode (transaction pooling), where clients share a few server connections.
+    pub fn is_pooled(self) -> bool {
+        matches!(self, Target::PgsteerPooled | Target::PgbouncerTx)
     }
 
     /// A proxy process whose CPU time is measured.
@@ -126,10 +139,14 @@ impl Workload {
 }
 
 /// The standard set: select-only simple and extended at 1, 8, 32 clients; TPC-B-like at 8;
-/// connection per transaction at 8 (trusted role through everything, SCRAM direct vs pgsteer).
-/// `pgsteer-base` is in every set; the harness drops it unless a baseline binary is given.
+/// connection per transaction at 8 (trusted role through everything, SCRAM direct vs pgsteer);
+/// 1,000 select-only clients on the pooled targets (20 server connections) against direct.
+/// The pooled targets also run select-only simple at 8 and 32 clients and `-C`.
+/// `pgsteer-base` is in every set pgsteer-rw is in; the harness drops it unless a baseline binary
+/// is given.
 pub fn standard() -> Vec<Workload> {
-    let reads = Target::ALL;
+    let everything = Target::ALL;
+    let unpooled: Vec<Target> = everything.into_iter().filter(|t| !t.is_pooled()).collect();
     let writes = [
         Target::Direct,
         Target::PgsteerRw,
@@ -140,15 +157,25 @@ pub fn standard() -> Vec<Workload> {
     let mut all = Vec::new();
     for mode in ["select-simple", "select-extended"] {
         for clients in [1, 8, 32] {
-            all.push(Workload::new(mode, clients, &reads));
+            let pooled = mode == "select-simple" && clients > 1;
+            all.push(Workload::new(
+                mode,
+                clients,
+                if pooled { &everything } else { &unpooled },
+            ));
         }
     }
     all.push(Workload::new("tpcb", 8, &writes));
-    all.push(Workload::new("connect-select", 8, &reads));
+    all.push(Workload::new("connect-select", 8, &everything));
     all.push(Workload::new(
         "connect-select-scram",
         8,
         &[Target::Direct, Target::PgsteerRw, Target::PgsteerBase],
+    ));
+    all.push(Workload::new(
+        "select-simple",
+        1000,
+        &[Target::Direct, Target::PgsteerPooled, Target::PgbouncerTx],
     ));
     all
 }
@@ -171,7 +198,8 @@ mod tests {
                 "select-extended-32",
                 "tpcb-8",
                 "connect-select-8",
-                "connect-select-scram-8"
+                "connect-select-scram-8",
+                "select-simple-1000"
             ]
         );
         let w = &standard()[7];
@@ -181,8 +209,36 @@ mod tests {
         assert!(
             standard()
                 .iter()
+                .filter(|w| w.targets.contains(&Target::PgsteerRw))
                 .all(|w| w.targets.contains(&Target::PgsteerBase)),
             "pgsteer-base can be compared with pgsteer-rw everywhere"
+        );
+    }
+
+    #[test]
+    fn pooled_targets_run_what_the_pooled_mode_issue_asks() {
+        let with = |t: Target| -> Vec<String> {
+            standard()
+                .into_iter()
+                .filter(|w| w.targets.contains(&t))
+                .map(|w| w.id)
+                .collect()
+        };
+        let asked = [
+            "select-simple-8",
+            "select-simple-32",
+            "connect-select-8",
+            "select-simple-1000",
+        ];
+        assert_eq!(with(Target::PgsteerPooled), asked);
+        assert_eq!(with(Target::PgbouncerTx), asked);
+        let many = standard().pop().unwrap();
+        assert_eq!(many.clients, 1000);
+        assert!(many.select_only && !many.extended && !many.connect_per_tx);
+        assert_eq!(
+            many.targets,
+            [Target::Direct, Target::PgsteerPooled, Target::PgbouncerTx],
+            "pooled modes and direct; a session pool of 100 would starve 900 clients"
         );
     }
 }
