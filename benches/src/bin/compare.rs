@@ -1,6 +1,6 @@
 //! `compare`: pgsteer against direct Postgres, PgBouncer and HAProxy with pgbench (passthrough
-//! and pooled), and the proxy's memory per idle or parked client. Run it through `benches/run`,
-//! which raises the open-file limit, builds in release mode and installs the peers.
+//! and pooled), and the proxy's memory per idle, parked or idle pooled client. Run it through
+//! `benches/run`, which raises the open-file limit, builds in release mode and installs the peers.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,7 +40,7 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     baseline_pgsteer: Option<PathBuf>,
     /// Server connections of the pooled targets: `[pool] size` of pgsteer-pooled and
-    /// `default_pool_size` of pgbouncer-tx.
+    /// `default_pool_size` of pgbouncer-tx (and of the pooled listener in `memory`).
     #[arg(long, default_value_t = 20)]
     pool_size: usize,
     /// Where results go.
@@ -54,7 +54,7 @@ struct Cli {
 enum Command {
     /// The pgbench comparison (the default).
     Throughput,
-    /// Proxy RSS and descriptors per idle session and per parked client.
+    /// Proxy RSS and descriptors per idle session, per parked client and per idle pooled client.
     Memory {
         /// Idle sessions through rw.
         #[arg(long, default_value_t = 1000)]
@@ -62,6 +62,9 @@ enum Command {
         /// Clients parked on the hold path.
         #[arg(long, default_value_t = 10_000)]
         parked: usize,
+        /// Idle clients logged in through a pooled (transaction mode) listener.
+        #[arg(long, default_value_t = 1000)]
+        pooled: usize,
     },
 }
 
@@ -99,11 +102,17 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     std::fs::create_dir_all(&cli.out).map_err(|e| format!("{}: {e}", cli.out.display()))?;
     match cli.command.unwrap_or(Command::Throughput) {
-        Command::Memory { sessions, parked } => memory::run(&memory::Options {
+        Command::Memory {
+            sessions,
+            parked,
+            pooled,
+        } => memory::run(&memory::Options {
             pgsteer,
             out_dir: cli.out,
             sessions,
             parked,
+            pooled,
+            pool_size: cli.pool_size.max(1),
         }),
         Command::Throughput => {
             let mut all = workloads::standard();

@@ -6,6 +6,10 @@
 //! 2. 10,000 clients parked on the hold path of an instance whose rw route has no primary (its
 //!    members are only the replicas; `hold_timeout` 1 h): raw TCP, a valid StartupMessage, then
 //!    nothing → KiB per parked client (target ≤ 8).
+//! 3. 1,000 clients through the pooled (transaction mode, trusted) listener of a third instance:
+//!    logged in by pgsteer, one `SELECT 1` each, then idle and holding no server connection (its
+//!    pool was filled to `--pool-size` beforehand, so no server connection is counted as theirs)
+//!    → KiB per idle pooled client (target ≤ 8).
 //!
 //! After each, the clients leave and the proxy's descriptor count must come back to its baseline;
 //! a second wave of parked clients shows whether RSS keeps growing (it should reuse what the first
@@ -35,6 +39,10 @@ pub struct Options {
     pub sessions: usize,
     /// Parked clients (default 10,000).
     pub parked: usize,
+    /// Idle clients through the pooled listener (default 1,000).
+    pub pooled: usize,
+    /// `[pool] size` of the pooled listener.
+    pub pool_size: usize,
 }
 
 /// RSS, anonymous RSS and descriptors of a process at one moment.
@@ -140,6 +148,88 @@ fn open_sessions(port: u16, n: usize) -> Result<Vec<Session>, String> {
     })
 }
 
+/// Opens every server connection of a pool of `size` through the pooled listener on `port`:
+/// `size` clients each inside a transaction at once, then done. The pool then stays at `size`
+/// open connections, so the clients measured later add no server connection of their own.
+fn fill_pool(port: u16, size: usize) -> Result<(), String> {
+    let mut held = Vec::with_capacity(size);
+    for i in 0..size {
+        let mut s =
+            Session::open(port, TRUST_USER, DATABASE).map_err(|e| format!("filler {i}: {e}"))?;
+        s.query("BEGIN").map_err(|e| format!("filler {i}: {e}"))?;
+        held.push(s);
+    }
+    for mut s in held {
+        s.query("COMMIT")?;
+    }
+    Ok(())
+}
+
+/// What `GET /pools` says, summed over the pools.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PoolFigures {
+    clients: u64,
+    active: u64,
+    pinned: u64,
+    idle: u64,
+    open: u64,
+}
+
+impl PoolFigures {
+    /// Sums the pools of a `/pools` body (`{"pools": [{"clients": …, "active": …}, …]}`).
+    fn parse(body: &str) -> Option<PoolFigures> {
+        let v: Value = serde_json::from_str(body).ok()?;
+        let mut sum = PoolFigures::default();
+        for p in v.get("pools")?.as_array()? {
+            let n = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
+            sum.clients += n("clients");
+            sum.active += n("active");
+            sum.pinned += n("pinned");
+            sum.idle += n("idle");
+            sum.open += n("open");
+        }
+        Some(sum)
+    }
+
+    fn text(self) -> String {
+        format!(
+            "{} clients, {} active, {} pinned, {} idle, {} open server connections",
+            self.clients, self.active, self.pinned, self.idle, self.open
+        )
+    }
+
+    fn json(self) -> Value {
+        json!({
+            "clients": self.clients, "active": self.active, "pinned": self.pinned,
+            "idle": self.idle, "open": self.open,
+        })
+    }
+}
+
+/// Waits (bounded) until `/pools` shows at least `clients` clients and none of them holding a
+/// server connection (no active, no pinned); returns what it showed.
+fn wait_pools_idle(admin: u16, clients: usize, timeout: Duration) -> Result<PoolFigures, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let figures = http_get(admin, "/pools")
+            .ok()
+            .and_then(|(_, body)| PoolFigures::parse(&body));
+        if let Some(f) = figures
+            && f.clients >= clients as u64
+            && f.active + f.pinned == 0
+        {
+            return Ok(f);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "/pools: {} after {timeout:?}, wanted {clients} idle clients holding nothing",
+                figures.map_or("unreadable".into(), PoolFigures::text)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn park(port: u16, n: usize) -> Result<Vec<TcpStream>, String> {
     let packet = startup_packet(TRUST_USER, DATABASE);
     in_parallel(n, |i| {
@@ -151,25 +241,37 @@ fn park(port: u16, n: usize) -> Result<Vec<TcpStream>, String> {
     })
 }
 
-/// Runs both measurements and writes `memory-<stamp>.{json,txt}` into `opts.out_dir`.
+/// Runs the three measurements and writes `memory-<stamp>.{json,txt}` into `opts.out_dir`.
 pub fn run(opts: &Options) -> Result<(), String> {
-    check_fd_limit(opts.parked)?;
+    check_fd_limit(opts.parked.max(opts.pooled).max(opts.sessions))?;
     let stamp = stamp();
     let log_dir = opts.out_dir.join(format!("memory-{stamp}"));
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
     let cluster = start_cluster()?;
-    let max_clients = opts.parked.max(opts.sessions) + 1000;
+    let max_clients = opts.parked.max(opts.sessions).max(opts.pooled) + 1000;
     let mut text = format!("pgsteer memory {stamp}\n");
-    let idle = IdleRun::measure(opts, &log_dir, members(&cluster), max_clients)?;
+    let idle = IdleRun::measure(opts, &log_dir, members(&cluster), max_clients, Listener::Rw)?;
     text.push_str(&idle.text());
     // An instance that knows only the replicas has no primary for rw.
     let replicas: Vec<(String, String)> = members(&cluster).into_iter().skip(1).collect();
     let parked = ParkedRun::measure(opts, &log_dir, replicas, max_clients)?;
     text.push_str(&parked.text());
+    let pooled = IdleRun::measure(
+        opts,
+        &log_dir,
+        members(&cluster),
+        max_clients,
+        Listener::Pooled,
+    )?;
+    text.push_str(&pooled.text());
     drop(cluster);
     println!("{text}");
-    let record =
-        json!({"stamp": stamp, "idle_sessions": idle.json(), "parked_clients": parked.json()});
+    let record = json!({
+        "stamp": stamp,
+        "idle_sessions": idle.json(),
+        "parked_clients": parked.json(),
+        "idle_pooled_clients": pooled.json(),
+    });
     let (json_path, txt_path) =
         write_record(&opts.out_dir, &format!("memory-{stamp}"), &record, &text)?;
     eprintln!(
@@ -180,13 +282,13 @@ pub fn run(opts: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// Fails early if this process may not open enough files for `parked` clients.
-fn check_fd_limit(parked: usize) -> Result<(), String> {
-    let need = parked + 64;
+/// Fails early if this process may not open enough files for `clients` clients at once.
+fn check_fd_limit(clients: usize) -> Result<(), String> {
+    let need = clients + 64;
     if let Some(limit) = fd_limit().filter(|&l| l < need) {
         return Err(format!(
-            "{parked} parked clients need {need} open files here, the limit is {limit}: \
-             run through benches/run (which raises ulimit -n) or lower --parked"
+            "{clients} clients need {need} open files here, the limit is {limit}: \
+             run through benches/run (which raises ulimit -n) or lower --parked and --pooled"
         ));
     }
     Ok(())
@@ -213,43 +315,91 @@ fn fds_verdict(fds_after: usize, base: Snapshot) -> &'static str {
     }
 }
 
-/// Measurement 1: idle sessions through rw.
+/// Which listener idle clients come through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// rw, passthrough: each idle session keeps its server connection.
+    Rw,
+    /// The pooled listener (transaction mode): idle clients hold no server connection.
+    Pooled,
+}
+
+impl Listener {
+    /// The proxy instance's name (config and log file).
+    fn instance(self) -> &'static str {
+        match self {
+            Listener::Rw => "pgsteer-idle",
+            Listener::Pooled => "pgsteer-pooled-idle",
+        }
+    }
+
+    /// The target, KiB per client.
+    fn target_kib(self) -> f64 {
+        match self {
+            Listener::Rw => 16.0,
+            Listener::Pooled => 8.0,
+        }
+    }
+}
+
+/// Measurement 1 (rw) or 3 (pooled): idle clients.
 struct IdleRun {
+    listener: Listener,
     sessions: usize,
     opened_in: Duration,
     base: Snapshot,
     loaded: Snapshot,
     after: Snapshot,
     fds_after: usize,
+    /// `/pools` while the pooled clients were idle.
+    pools: Option<PoolFigures>,
 }
 
 impl IdleRun {
-    /// Starts a proxy on `members`, opens `opts.sessions` sessions, lets them go, with snapshots.
+    /// Starts a proxy on `members`, opens idle clients through `listener`, lets them go, with
+    /// snapshots.
     fn measure(
         opts: &Options,
         log_dir: &Path,
         members: Vec<(String, String)>,
         max_clients: usize,
+        listener: Listener,
     ) -> Result<IdleRun, String> {
+        let pooled = listener == Listener::Pooled;
         let proxy = Pgsteer::start(
             &opts.pgsteer,
             log_dir,
             &PgsteerSpec {
-                name: "pgsteer-idle",
+                name: listener.instance(),
                 members,
                 hold_timeout: "10s",
                 max_clients,
-                pool_size: None,
+                pool_size: pooled.then_some(opts.pool_size),
             },
         )?;
         let pid = proxy.proc.pid();
-        drop(open_sessions(proxy.rw, 20)?);
+        let (port, n) = match proxy.pooled {
+            Some(port) if pooled => {
+                fill_pool(port, opts.pool_size)?;
+                (port, opts.pooled)
+            }
+            _ => (proxy.rw, opts.sessions),
+        };
+        drop(open_sessions(port, 20)?);
         settle();
         let base = Snapshot::of(pid)?;
-        eprintln!("memory: opening {} sessions through rw", opts.sessions);
+        eprintln!(
+            "memory: opening {n} idle clients through {}",
+            listener.instance()
+        );
         let started = Instant::now();
-        let sessions = open_sessions(proxy.rw, opts.sessions)?;
+        let sessions = open_sessions(port, n)?;
         let opened_in = started.elapsed();
+        let pools = if pooled {
+            Some(wait_pools_idle(proxy.admin, n, Duration::from_secs(30))?)
+        } else {
+            None
+        };
         settle();
         let loaded = Snapshot::of(pid)?;
         drop(sessions);
@@ -257,28 +407,42 @@ impl IdleRun {
         settle();
         let after = Snapshot::of(pid)?;
         Ok(IdleRun {
-            sessions: opts.sessions,
+            listener,
+            sessions: n,
             opened_in,
             base,
             loaded,
             after,
             fds_after,
+            pools,
         })
     }
 
     /// The section of the text report.
     fn text(&self) -> String {
         let (per, per_anon) = kib_per_client(self.base, self.loaded, self.sessions);
+        let (what, unit) = match self.listener {
+            Listener::Rw => ("idle sessions through rw".to_owned(), "session"),
+            Listener::Pooled => (
+                "idle pooled clients (transaction mode, no server connection held)".to_owned(),
+                "idle pooled client",
+            ),
+        };
+        let target = self.listener.target_kib();
+        let pools = self.pools.map_or(String::new(), |p| {
+            format!("\x20 /pools while idle: {}\n", p.text())
+        });
         format!(
-            "\nidle sessions through rw: {} (opened in {:.1?})\n\
-             \x20 RSS {} -> {} KiB: {per:.2} KiB per session (anonymous {per_anon:.2}); target <= 16: {}\n\
+            "\n{what}: {} (opened in {:.1?})\n\
+             \x20 RSS {} -> {} KiB: {per:.2} KiB per {unit} (anonymous {per_anon:.2}); target <= {target}: {}\n\
+             {pools}\
              \x20 fds {} -> {} -> {} after they left: {}\n\
              \x20 RSS after they left: {} KiB\n",
             self.sessions,
             self.opened_in,
             self.base.rss_kib,
             self.loaded.rss_kib,
-            met(per <= 16.0),
+            met(per <= target),
             self.base.fds,
             self.loaded.fds,
             self.fds_after,
@@ -290,16 +454,30 @@ impl IdleRun {
     /// The object in the JSON record.
     fn json(&self) -> Value {
         let (per, per_anon) = kib_per_client(self.base, self.loaded, self.sessions);
-        json!({
-            "sessions": self.sessions,
+        let mut v = json!({
             "baseline": self.base.json(),
             "loaded": self.loaded.json(),
             "after": self.after.json(),
             "fds_after": self.fds_after,
-            "kib_per_session": per,
-            "anon_kib_per_session": per_anon,
-            "target_kib": 16,
-        })
+            "target_kib": self.listener.target_kib(),
+        });
+        let fields = match self.listener {
+            Listener::Rw => json!({
+                "sessions": self.sessions,
+                "kib_per_session": per,
+                "anon_kib_per_session": per_anon,
+            }),
+            Listener::Pooled => json!({
+                "clients": self.sessions,
+                "kib_per_client": per,
+                "anon_kib_per_client": per_anon,
+                "pools": self.pools.map(|p| p.json()),
+            }),
+        };
+        if let (Some(v), Value::Object(fields)) = (v.as_object_mut(), fields) {
+            v.extend(fields);
+        }
+        v
     }
 }
 
@@ -430,4 +608,44 @@ fn first_wave(proxy: &Pgsteer, n: usize, base: Snapshot) -> Result<Wave, String>
         after,
         fds_after,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_figures_are_summed_over_the_pools() {
+        let body = r#"{"pools": [
+            {"member": "pg-0", "database": "app", "user": "app_trust", "clients": 1000,
+             "waiting": 0, "longest_wait_seconds": 0.0, "active": 0, "pinned": 0,
+             "idle": 20, "open": 20, "size": 20},
+            {"member": "pg-1", "database": "app", "user": "app", "clients": 3,
+             "waiting": 0, "longest_wait_seconds": 0.0, "active": 1, "pinned": 1,
+             "idle": 0, "open": 2, "size": 20}
+        ]}"#;
+        let f = PoolFigures::parse(body).unwrap();
+        assert_eq!(
+            f,
+            PoolFigures {
+                clients: 1003,
+                active: 1,
+                pinned: 1,
+                idle: 20,
+                open: 22
+            }
+        );
+        assert_eq!(
+            PoolFigures::parse(r#"{"pools": []}"#),
+            Some(PoolFigures::default())
+        );
+        assert_eq!(PoolFigures::parse("not json"), None);
+    }
+
+    #[test]
+    fn pooled_clients_are_held_to_eight_kib_and_sessions_to_sixteen() {
+        assert_eq!(Listener::Pooled.target_kib(), 8.0);
+        assert_eq!(Listener::Rw.target_kib(), 16.0);
+        assert_ne!(Listener::Pooled.instance(), Listener::Rw.instance());
+    }
 }
