@@ -186,6 +186,69 @@ pub async fn watch(
     }
 }
 
+/// The binding of the server connection a pooled session has now (none between its
+/// transactions), watched by the session's one drain future ([`watch_lent`]).
+#[derive(Default)]
+pub struct Lent {
+    binding: std::sync::Mutex<Option<Binding>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Lent {
+    /// A connection bound by `binding` was lent (`None`: given back). Setting the binding
+    /// the session had already costs one lock and wakes nothing.
+    pub fn set(&self, binding: Option<Binding>) {
+        let mut current = self.binding.lock().unwrap_or_else(|e| e.into_inner());
+        if *current == binding {
+            return;
+        }
+        let lent = binding.is_some();
+        *current = binding;
+        drop(current);
+        if lent {
+            // A new binding is checked against the topology now, not at its next change.
+            self.changed.notify_one();
+        }
+    }
+
+    /// Whether the binding of the connection lent now matches `member` and `role`.
+    pub fn is(&self, member: &str, role: Option<Role>) -> bool {
+        let current = self.binding.lock().unwrap_or_else(|e| e.into_inner());
+        current
+            .as_ref()
+            .is_some_and(|b| b.member == member && b.role == role)
+    }
+
+    fn order(&self, t: &Topology, g: Graces) -> Option<DrainOrder> {
+        let current = self.binding.lock().unwrap_or_else(|e| e.into_inner());
+        check(t, current.as_ref()?, g)
+    }
+}
+
+/// Resolves with the first reason the connection a pooled session has lent must drain, or
+/// shutdown: one future for the session's whole life, not one per transaction.
+pub async fn watch_lent(
+    mut rx: watch::Receiver<Topology>,
+    lent: std::sync::Arc<Lent>,
+    g: Graces,
+    shutdown: CancellationToken,
+) -> DrainOrder {
+    loop {
+        if let Some(order) = lent.order(&rx.borrow_and_update(), g) {
+            return order;
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return std::future::pending().await },
+            _ = lent.changed.notified() => {}
+            _ = shutdown.cancelled() => return DrainOrder {
+                reason: SHUTTING_DOWN.into(),
+                grace: None,
+                demoted_primary: false,
+            },
+        }
+    }
+}
+
 /// Reason given when the proxy shuts down.
 pub const SHUTTING_DOWN: &str = "the proxy is shutting down";
 

@@ -72,6 +72,8 @@ pub struct PoolKey {
 }
 
 /// What a client got from [`Pool::acquire`].
+// A connection is moved a few times per checkout, never copied in bulk: not worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Acquired {
     /// An idle connection.
     Idle(ServerConn),
@@ -91,6 +93,7 @@ pub struct Exhausted {
 }
 
 /// What a waiter is handed.
+#[allow(clippy::large_enum_variant)]
 enum Grant {
     Conn(ServerConn),
     Open,
@@ -128,6 +131,8 @@ pub struct Pool {
     next_waiter: AtomicU64,
     /// Client sessions using this pool's credentials (for `/pools`).
     pub clients: AtomicUsize,
+    /// Connections lent on this pool's member, all its pools together.
+    pub member_lent: Arc<AtomicUsize>,
     /// The parameters a fresh connection reports, learnt from the first one opened: what a
     /// new client is shown at login without waiting for a connection.
     defaults: Mutex<Option<server::Settings>>,
@@ -357,8 +362,9 @@ pub struct Pools {
     pub statements: Arc<Registry>,
     /// member → "database\0user" → pool.
     by_member: Mutex<HashMap<String, HashMap<String, Arc<Pool>>>>,
-    /// Lent connections per member, for least-loaded routing.
-    lent: Mutex<HashMap<String, usize>>,
+    /// Lent connections per member, for least-loaded routing; each pool of the member
+    /// counts into the same counter without a lock.
+    lent: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 impl Pools {
@@ -387,6 +393,10 @@ impl Pools {
             return p.clone();
         }
         let (database, user) = db_user.split_once('\0').unwrap_or((db_user, ""));
+        let lent = {
+            let mut lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
+            lent.entry(member.to_owned()).or_default().clone()
+        };
         let pool = Arc::new(Pool {
             key: PoolKey {
                 member: member.to_owned(),
@@ -398,28 +408,17 @@ impl Pools {
             inner: Mutex::new(Inner::default()),
             next_waiter: AtomicU64::new(0),
             clients: AtomicUsize::new(0),
+            member_lent: lent,
             defaults: Mutex::new(None),
         });
         pools.insert(db_user.to_owned(), pool.clone());
         pool
     }
 
-    /// Lent connections on `member` now.
+    /// Lent connections on `member` now, for least-loaded routing.
     pub fn lent_on(&self, member: &str) -> usize {
         let lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
-        lent.get(member).copied().unwrap_or(0)
-    }
-
-    /// Counts a connection lent on (`+1`) or given back from (`-1`) `member`.
-    pub fn count_lent(&self, member: &str, delta: isize) {
-        let mut lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
-        match lent.get_mut(member) {
-            Some(n) => *n = n.saturating_add_signed(delta),
-            None if delta > 0 => {
-                lent.insert(member.to_owned(), delta as usize);
-            }
-            None => {}
-        }
+        lent.get(member).map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     /// Retires the pools of members that are gone or whose role or address changed between

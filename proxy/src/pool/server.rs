@@ -42,8 +42,12 @@ pub struct ServerConn {
     pub idle_since: Instant,
     /// Session settings pgsteer applied on it.
     pub applied: Settings,
+    /// [`fingerprint`] of `applied`: a client with the same settings needs no sync.
+    pub applied_fingerprint: u64,
     /// ParameterStatus values the server last reported.
     pub reported: Settings,
+    /// [`fingerprint`] of `reported`: a client shown these needs no ParameterStatus.
+    pub reported_fingerprint: u64,
     /// Prepared statements it has.
     pub statements: ServerStatements,
     /// Where a client's cancel request for it goes.
@@ -124,6 +128,8 @@ pub async fn open(target: &Target, login: Login<'_>) -> Result<ServerConn, OpenE
         created: now,
         idle_since: now,
         applied: Settings::new(),
+        applied_fingerprint: fingerprint(&Settings::new()),
+        reported_fingerprint: fingerprint(&greeting.reported),
         reported: greeting.reported,
         statements: ServerStatements::default(),
         cancel: Arc::new(CancelTarget {
@@ -343,6 +349,7 @@ impl ServerConn {
     /// of each row's columns. ParameterStatus messages update [`ServerConn::reported`].
     pub async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, QueryError> {
         let result = self.exchange(sql).await;
+        self.reported_fingerprint = fingerprint(&self.reported);
         if let Err(QueryError::Broken(_)) = &result {
             self.broken = true;
         }
@@ -398,6 +405,14 @@ impl ServerConn {
             }
         }
     }
+}
+
+/// A 64-bit digest of a settings map (SipHash with fixed keys: equal maps, equal digests).
+pub fn fingerprint(settings: &Settings) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    settings.hash(&mut h);
+    h.finish()
 }
 
 /// The columns of a DataRow body, as text (`None` for NULL).

@@ -38,6 +38,8 @@ pub struct Backends<'a> {
     pub reprobe: &'a ProbeHandle,
     /// Connect and hold metrics.
     pub metrics: &'a Metrics,
+    /// Pooled connections lent per member (least-loaded routing counts them too).
+    pub pools: &'a crate::pool::Pools,
 }
 
 impl<'a> Backends<'a> {
@@ -52,6 +54,7 @@ impl<'a> Backends<'a> {
             tls: &shared.tls.server,
             reprobe: &shared.reprobe,
             metrics: &shared.metrics,
+            pools: &shared.pools,
         }
     }
 }
@@ -80,6 +83,11 @@ impl<'a> Hold<'a> {
             generation: b.topology.current().generation,
             client_quiet: false,
         }
+    }
+
+    /// The topology generation of the last routing decision.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Skips `member` until the topology changes (it refused this connection).
@@ -252,7 +260,8 @@ fn decide(
         hold.generation = t.generation;
         hold.exclude.clear();
     }
-    match router::decide(&t, request, policy, |m| b.sessions.get(m), &hold.exclude) {
+    let load = |m: &str| b.sessions.get(m) + b.pools.lent_on(m);
+    match router::decide(&t, request, policy, load, &hold.exclude) {
         Decision::Refuse(why) => Err(SessionError::fatal(
             Side::Internal,
             SqlState::UNABLE_TO_CONNECT,

@@ -61,6 +61,10 @@ struct Session<'a> {
     counted: Option<Arc<Pool>>,
     /// The pod the relay's counters are for.
     tally_pod: String,
+    /// The binding of the connection lent now, watched by the session's drain order.
+    lent_binding: Arc<drain::Lent>,
+    /// The pool of the last connection, reused while it is current.
+    last_pool: Option<Arc<Pool>>,
 }
 
 impl Drop for Session<'_> {
@@ -105,12 +109,14 @@ pub async fn serve(
                     stream,
                     statements,
                     reported,
+                    reported_fingerprint,
                     ..
                 } = &mut l.conn;
                 let mut owner = Pooled {
                     client: &mut session.state,
                     statements,
                     reported,
+                    reported_fingerprint,
                     sent: &mut sent,
                     cap: shared.pools.settings.max_prepared_statements,
                 };
@@ -135,7 +141,18 @@ pub async fn serve(
                 if let Some(l) = lent.take() {
                     session.finish_transaction(l).await;
                 }
-                relay.rebind(Box::pin(session.idle_drain()), None);
+            }
+            // The member of the lent connection lost its role and the client reached an idle
+            // point: the connection goes (its pool is retired), the client stays.
+            Ok(Event::End(end))
+                if end.kind == EndKind::Drained && !shared.shutdown.drain.is_cancelled() =>
+            {
+                if let Some(l) = lent.take() {
+                    session.give_back(l, relay.tx(), true);
+                }
+                // The binding that drained is forgotten, or the new order would fire at once.
+                session.lent_binding.set(None);
+                relay.rebind(session.drain_order(), None);
             }
             Ok(Event::End(end)) => break Some(end),
         }
@@ -210,6 +227,8 @@ async fn log_in<'a>(
         cancel_pid,
         counted: None,
         tally_pod: String::new(),
+        lent_binding: Arc::default(),
+        last_pool: None,
     };
     let (parameters, first) = session.first_parameters(client).await?;
     session.welcome(client, parameters, &key).await?;
@@ -279,14 +298,22 @@ impl<'a> Session<'a> {
     ) -> Result<Option<Lent>, SessionError> {
         match self.lend(client).await {
             Ok(l) => {
-                for (name, value) in &l.conn.reported {
-                    if self.state.seen.get(name) != Some(value) {
-                        encode::parameter_status(relay.client_inject(), name, value);
+                if self.state.seen_fingerprint != l.conn.reported_fingerprint {
+                    for (name, value) in &l.conn.reported {
+                        if self.state.seen.get(name) != Some(value) {
+                            encode::parameter_status(relay.client_inject(), name, value);
+                            self.state.seen.insert(name.clone(), value.clone());
+                        }
                     }
+                    self.state.seen_fingerprint = l.conn.reported_fingerprint;
                 }
-                self.state.seen.clone_from(&l.conn.reported);
-                let tally = self.tally(&l.target);
-                relay.rebind(self.lent_drain(&l.target), tally);
+                if let Some(tally) = self.tally(&l.target) {
+                    relay.retally(tally);
+                }
+                let binding = self.binding(&l.target);
+                if !self.lent_binding.is(&binding.member, binding.role) {
+                    self.lent_binding.set(Some(binding));
+                }
                 *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(l.conn.cancel.clone());
                 Ok(Some(l))
@@ -311,41 +338,65 @@ impl<'a> Session<'a> {
         let mut routing = Routing::new(Backends::of(shared));
         loop {
             let target = routing.next(client, &self.request, &mut hold).await?;
-            let mut lent = match self.take(&target).await {
+            let decided = hold.generation();
+            let mut lent = match self.take(target).await {
                 Ok(l) => l,
-                Err(refused) => {
+                Err((refused, target)) => {
                     routing.refused(&self.request, &mut hold, target, refused)?;
                     continue;
                 }
             };
-            if !self.still_fits(&target) {
+            if !self.still_fits(&lent.target, decided) {
                 // The topology moved while the connection was taken: route again.
-                self.return_conn(lent, true);
+                self.return_conn(lent, false);
                 continue;
             }
-            let sql = sync_sql(&self.state.desired, &lent.conn.applied);
-            if !sql.is_empty() {
-                match lent.conn.query(&sql).await {
-                    Ok(_) => lent.conn.applied.clone_from(&self.state.desired),
-                    Err(e) => {
-                        let broken = matches!(e, QueryError::Broken(_));
-                        self.return_conn(lent, broken);
-                        return Err(settings_error(e));
-                    }
+            if lent.conn.applied_fingerprint != self.state.desired_fingerprint {
+                let sql = sync_sql(&self.state.desired, &lent.conn.applied);
+                if let Err(e) = lent.conn.query(&sql).await {
+                    let broken = matches!(e, QueryError::Broken(_));
+                    self.return_conn(lent, broken);
+                    return Err(settings_error(e));
                 }
+                lent.conn.applied.clone_from(&self.state.desired);
+                lent.conn.applied_fingerprint = self.state.desired_fingerprint;
             }
-            shared.pools.count_lent(&target.member, 1);
+            lent.pool
+                .member_lent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.state.pool = Some(lent.pool.clone());
             return Ok(lent);
         }
     }
 
     /// A connection from `target`'s pool: an idle one or a new one.
-    async fn take(&self, target: &Target) -> Result<Lent, Refused> {
-        let shared = self.shared;
-        let pool = shared
+    async fn take(&mut self, target: Target) -> Result<Lent, (Refused, Target)> {
+        match self.take_from(&target).await {
+            Ok((conn, pool)) => Ok(Lent { conn, pool, target }),
+            Err(refused) => Err((refused, target)),
+        }
+    }
+
+    /// The pool of `target` for this client: the last one used while it is current.
+    fn pool_of(&mut self, target: &Target) -> Arc<Pool> {
+        if let Some(p) = &self.last_pool
+            && p.key.member == target.member
+            && p.address == target.address
+            && !p.retired()
+        {
+            return p.clone();
+        }
+        let p = self
+            .shared
             .pools
             .get(&target.member, &target.address, &self.db_user);
+        self.last_pool = Some(p.clone());
+        p
+    }
+
+    async fn take_from(&mut self, target: &Target) -> Result<(ServerConn, Arc<Pool>), Refused> {
+        let shared = self.shared;
+        let pool = self.pool_of(target);
         let settings = &shared.pools.settings;
         let acquired = pool
             .acquire(settings, &shared.metrics)
@@ -377,11 +428,7 @@ impl<'a> Session<'a> {
                 }
             },
         };
-        Ok(Lent {
-            conn,
-            pool,
-            target: target.clone(),
-        })
+        Ok((conn, pool))
     }
 
     async fn open(&self, target: &Target) -> Result<ServerConn, Refused> {
@@ -435,9 +482,13 @@ impl<'a> Session<'a> {
         )
     }
 
-    /// Whether `target` is still where the client's request goes.
-    fn still_fits(&self, target: &Target) -> bool {
+    /// Whether `target`, chosen at topology generation `decided`, is still where the
+    /// client's request goes.
+    fn still_fits(&self, target: &Target, decided: u64) -> bool {
         let t = self.shared.topology.current();
+        if t.generation == decided {
+            return true;
+        }
         let b = self.binding(target);
         drain::check(&t, &b, Graces::from(&self.shared.config.drain)).is_none()
             && t.member(&target.member)
@@ -457,8 +508,9 @@ impl<'a> Session<'a> {
                             Some((it.next()??, it.next()??))
                         })
                         .collect();
-                    self.state.desired.clone_from(&settings);
-                    l.conn.applied = settings;
+                    l.conn.applied_fingerprint = crate::pool::server::fingerprint(&settings);
+                    l.conn.applied.clone_from(&settings);
+                    self.state.set_desired(settings);
                 }
                 Err(e) => {
                     warn!(error = %e, "could not read back a client's settings; closing its connection");
@@ -476,14 +528,17 @@ impl<'a> Session<'a> {
         if reprepared > 0 {
             self.shared.metrics.pool_reprepares.inc_by(reprepared);
         }
-        self.shared.pools.count_lent(&l.target.member, -1);
+        l.pool
+            .member_lent
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let pinned = self.state.pinned.is_some();
         let facts = Returned {
             tx,
             clean,
             broken: l.conn.broken,
             dirty: false,
-            retired: l.pool.retired(),
+            // A retired pool closes what it gets back.
+            retired: false,
             age: l.conn.created.elapsed(),
         };
         match lifecycle::on_return(facts, self.shared.pools.settings.server_lifetime) {
@@ -572,28 +627,14 @@ impl<'a> Session<'a> {
         l.conn.applied.clear();
     }
 
-    /// The drain order while no connection is lent: only shutdown.
-    fn idle_drain(&self) -> impl std::future::Future<Output = DrainOrder> + Send + 'a {
-        let shutdown = self.shared.shutdown.drain.clone();
-        async move {
-            shutdown.cancelled().await;
-            DrainOrder {
-                reason: drain::SHUTTING_DOWN.into(),
-                grace: None,
-                demoted_primary: false,
-            }
-        }
-    }
-
-    /// The drain order of a lent connection: its member lost the role, or shutdown.
-    fn lent_drain(
+    /// The session's drain order: the member of the connection lent now lost its role, or
+    /// the proxy shuts down. One future for many transactions.
+    fn drain_order(
         &self,
-        target: &Target,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = DrainOrder> + Send + 'a>> {
-        let binding = self.binding(target);
-        Box::pin(drain::watch(
+        Box::pin(drain::watch_lent(
             self.shared.topology.subscribe(),
-            binding,
+            self.lent_binding.clone(),
             Graces::from(&self.shared.config.drain),
             self.shared.shutdown.drain.clone(),
         ))
@@ -602,7 +643,7 @@ impl<'a> Session<'a> {
     /// Signals of a session with no connection lent.
     fn idle_signals(&self) -> Signals<'a> {
         Signals {
-            drain: Box::pin(self.idle_drain()),
+            drain: self.drain_order(),
             hard: Box::pin(self.shared.shutdown.now.cancelled()),
             paused: self.shared.paused.subscribe(),
         }

@@ -57,6 +57,8 @@ pub struct Pooled<'s> {
     pub statements: &'s mut ServerStatements,
     /// The parameters it reported.
     pub reported: &'s mut Settings,
+    /// Their fingerprint.
+    pub reported_fingerprint: &'s mut u64,
     /// Answers still to match.
     pub sent: &'s mut VecDeque<Sent>,
     /// Prepared statements per connection.
@@ -141,6 +143,8 @@ impl Owner for Pooled<'_> {
                 if let Some((name, value)) = f.body.and_then(two_strings) {
                     self.reported.insert(name.clone(), value.clone());
                     self.client.seen.insert(name, value);
+                    *self.reported_fingerprint = crate::pool::server::fingerprint(self.reported);
+                    self.client.seen_fingerprint = *self.reported_fingerprint;
                 }
                 Flow::Continue
             }

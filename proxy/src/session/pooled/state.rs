@@ -23,8 +23,12 @@ pub struct ClientState {
     pub mode: PoolMode,
     /// Settings its server connection must have (startup parameters, then what it `SET`).
     pub desired: Settings,
+    /// `fingerprint(desired)`, kept in step by [`ClientState::set_desired`].
+    pub desired_fingerprint: u64,
     /// ParameterStatus values it has been shown.
     pub seen: Settings,
+    /// The `reported_fingerprint` of a connection whose parameters `seen` agrees with.
+    pub seen_fingerprint: u64,
     /// Its named prepared statements.
     pub statements: ClientStatements,
     /// Statements shared across sessions.
@@ -62,8 +66,10 @@ impl ClientState {
         }
         Ok(ClientState {
             mode,
+            desired_fingerprint: crate::pool::server::fingerprint(&desired),
             desired,
             seen: Settings::new(),
+            seen_fingerprint: 0,
             statements: ClientStatements::default(),
             registry,
             pinned: None,
@@ -72,6 +78,12 @@ impl ClientState {
             pool: None,
             pins,
         })
+    }
+
+    /// Replaces the settings the client's connections must have.
+    pub fn set_desired(&mut self, settings: Settings) {
+        self.desired_fingerprint = crate::pool::server::fingerprint(&settings);
+        self.desired = settings;
     }
 
     /// Pins the client to its server connection for the rest of its session.

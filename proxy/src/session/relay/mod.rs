@@ -263,6 +263,12 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// Counts what follows on another pod's counters (the counts so far are flushed).
+    pub fn retally(&mut self, tally: PodTally) {
+        self.tally.flush();
+        self.tally = tally;
+    }
+
     /// Ends the session when its client sits idle inside a transaction for `limit`.
     pub fn set_idle_transaction_timeout(&mut self, limit: std::time::Duration) {
         self.idle_tx_limit = (!limit.is_zero()).then_some(limit);
