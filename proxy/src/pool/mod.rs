@@ -354,12 +354,44 @@ pub struct PoolSnapshot {
     pub size: usize,
 }
 
+/// Settings maps shared by the sessions that have equal ones (most clients of an
+/// application send the same startup parameters and see the same ParameterStatus values):
+/// one copy each instead of one per client.
+#[derive(Default)]
+pub struct SettingsCache {
+    by_fingerprint: Mutex<HashMap<u64, std::sync::Weak<server::Settings>>>,
+}
+
+impl SettingsCache {
+    /// The shared copy of `settings`.
+    pub fn intern(&self, settings: server::Settings) -> Arc<server::Settings> {
+        let key = server::fingerprint(&settings);
+        let mut map = self
+            .by_fingerprint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(&key).and_then(std::sync::Weak::upgrade)
+            && *s == settings
+        {
+            return s;
+        }
+        if map.len() >= 1024 {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let s = Arc::new(settings);
+        map.insert(key, Arc::downgrade(&s));
+        s
+    }
+}
+
 /// Every pool of the proxy.
 pub struct Pools {
     /// Sizes and timeouts.
     pub settings: PoolSettings,
     /// Prepared statements across sessions.
     pub statements: Arc<Registry>,
+    /// Settings maps shared across sessions.
+    pub settings_cache: SettingsCache,
     /// member → "database\0user" → pool.
     by_member: Mutex<HashMap<String, HashMap<String, Arc<Pool>>>>,
     /// Lent connections per member, for least-loaded routing; each pool of the member
@@ -373,6 +405,7 @@ impl Pools {
         Pools {
             settings,
             statements: Arc::new(Registry::default()),
+            settings_cache: SettingsCache::default(),
             by_member: Mutex::new(HashMap::new()),
             lent: Mutex::new(HashMap::new()),
         }
@@ -546,4 +579,29 @@ pub async fn maintain(
 /// The key of a client's pools on every member: its database and user.
 pub fn db_user(database: &str, user: &str) -> String {
     format!("{database}\0{user}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> server::Settings {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn equal_settings_share_one_copy_while_someone_holds_it() {
+        let cache = SettingsCache::default();
+        let a = cache.intern(settings(&[("application_name", "app")]));
+        let b = cache.intern(settings(&[("application_name", "app")]));
+        let c = cache.intern(settings(&[("application_name", "other")]));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        let weak = Arc::downgrade(&a);
+        drop((a, b));
+        assert!(weak.upgrade().is_none(), "the cache holds no copy itself");
+    }
 }

@@ -40,8 +40,8 @@ pub struct ServerConn {
     pub created: Instant,
     /// When it last went back to the idle list.
     pub idle_since: Instant,
-    /// Session settings pgsteer applied on it.
-    pub applied: Settings,
+    /// Session settings pgsteer applied on it (shared with the clients that have them).
+    pub applied: Arc<Settings>,
     /// [`fingerprint`] of `applied`: a client with the same settings needs no sync.
     pub applied_fingerprint: u64,
     /// ParameterStatus values the server last reported.
@@ -127,7 +127,7 @@ pub async fn open(target: &Target, login: Login<'_>) -> Result<ServerConn, OpenE
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         created: now,
         idle_since: now,
-        applied: Settings::new(),
+        applied: Arc::default(),
         applied_fingerprint: fingerprint(&Settings::new()),
         reported_fingerprint: fingerprint(&greeting.reported),
         reported: greeting.reported,

@@ -209,6 +209,7 @@ async fn log_in<'a>(
     let state = ClientState::new(
         listener.mode,
         &message,
+        &shared.pools.settings_cache,
         shared.pools.statements.clone(),
         shared.metrics.pool_pins.clone(),
     )
@@ -283,7 +284,7 @@ impl<'a> Session<'a> {
         for (name, value) in &parameters {
             encode::parameter_status(&mut out, name, value);
         }
-        self.state.seen = parameters;
+        self.state.seen = self.shared.pools.settings_cache.intern(parameters);
         encode::backend_key_data(&mut out, self.cancel_pid, key);
         encode::ready_for_query(&mut out, TxStatus::Idle);
         write(client, &out).await
@@ -302,7 +303,7 @@ impl<'a> Session<'a> {
                     for (name, value) in &l.conn.reported {
                         if self.state.seen.get(name) != Some(value) {
                             encode::parameter_status(relay.client_inject(), name, value);
-                            self.state.seen.insert(name.clone(), value.clone());
+                            Arc::make_mut(&mut self.state.seen).insert(name.clone(), value.clone());
                         }
                     }
                     self.state.seen_fingerprint = l.conn.reported_fingerprint;
@@ -358,7 +359,7 @@ impl<'a> Session<'a> {
                     self.return_conn(lent, broken);
                     return Err(settings_error(e));
                 }
-                lent.conn.applied.clone_from(&self.state.desired);
+                lent.conn.applied = self.state.desired.clone();
                 lent.conn.applied_fingerprint = self.state.desired_fingerprint;
             }
             lent.pool
@@ -509,7 +510,8 @@ impl<'a> Session<'a> {
                         })
                         .collect();
                     l.conn.applied_fingerprint = crate::pool::server::fingerprint(&settings);
-                    l.conn.applied.clone_from(&settings);
+                    let settings = self.shared.pools.settings_cache.intern(settings);
+                    l.conn.applied = settings.clone();
                     self.state.set_desired(settings);
                 }
                 Err(e) => {
@@ -624,7 +626,8 @@ impl<'a> Session<'a> {
             l.conn.broken = true;
         }
         l.conn.statements.clear();
-        l.conn.applied.clear();
+        l.conn.applied = Arc::default();
+        l.conn.applied_fingerprint = server::fingerprint(&l.conn.applied);
     }
 
     /// The session's drain order: the member of the connection lent now lost its role, or

@@ -142,7 +142,7 @@ impl Owner for Pooled<'_> {
             btag::PARAMETER_STATUS => {
                 if let Some((name, value)) = f.body.and_then(two_strings) {
                     self.reported.insert(name.clone(), value.clone());
-                    self.client.seen.insert(name, value);
+                    Arc::make_mut(&mut self.client.seen).insert(name, value);
                     *self.reported_fingerprint = crate::pool::server::fingerprint(self.reported);
                     self.client.seen_fingerprint = *self.reported_fingerprint;
                 }

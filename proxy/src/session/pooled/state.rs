@@ -10,9 +10,9 @@ use prometheus::IntCounterVec;
 use tracing::debug;
 
 use crate::config::PoolMode;
-use crate::pool::Pool;
 use crate::pool::server::Settings;
 use crate::pool::statements::{ClientStatements, Registry};
+use crate::pool::{Pool, SettingsCache};
 
 /// Startup parameters that are not settings: they choose the connection, not its state.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
@@ -21,12 +21,13 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 pub struct ClientState {
     /// Transaction or session pooling.
     pub mode: PoolMode,
-    /// Settings its server connection must have (startup parameters, then what it `SET`).
-    pub desired: Settings,
+    /// Settings its server connection must have (startup parameters, then what it `SET`),
+    /// shared with the clients that have the same.
+    pub desired: Arc<Settings>,
     /// `fingerprint(desired)`, kept in step by [`ClientState::set_desired`].
     pub desired_fingerprint: u64,
-    /// ParameterStatus values it has been shown.
-    pub seen: Settings,
+    /// ParameterStatus values it has been shown (shared until they differ from others').
+    pub seen: Arc<Settings>,
     /// The `reported_fingerprint` of a connection whose parameters `seen` agrees with.
     pub seen_fingerprint: u64,
     /// Its named prepared statements.
@@ -49,6 +50,7 @@ impl ClientState {
     pub fn new(
         mode: PoolMode,
         message: &StartupMessage,
+        cache: &SettingsCache,
         registry: Arc<Registry>,
         pins: IntCounterVec,
     ) -> Result<ClientState, String> {
@@ -67,8 +69,8 @@ impl ClientState {
         Ok(ClientState {
             mode,
             desired_fingerprint: crate::pool::server::fingerprint(&desired),
-            desired,
-            seen: Settings::new(),
+            desired: cache.intern(desired),
+            seen: Arc::default(),
             seen_fingerprint: 0,
             statements: ClientStatements::default(),
             registry,
@@ -81,7 +83,7 @@ impl ClientState {
     }
 
     /// Replaces the settings the client's connections must have.
-    pub fn set_desired(&mut self, settings: Settings) {
+    pub fn set_desired(&mut self, settings: Arc<Settings>) {
         self.desired_fingerprint = crate::pool::server::fingerprint(&settings);
         self.desired = settings;
     }
@@ -189,12 +191,13 @@ mod tests {
         let c = ClientState::new(
             PoolMode::Transaction,
             &m,
+            &SettingsCache::default(),
             Arc::new(Registry::default()),
             IntCounterVec::new(prometheus::Opts::new("x", "x"), &["reason"]).unwrap(),
         )
         .unwrap();
         assert_eq!(
-            c.desired,
+            *c.desired,
             settings(&[
                 ("application_name", "psql"),
                 ("datestyle", "ISO, DMY"),
