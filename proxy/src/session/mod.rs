@@ -133,16 +133,18 @@ pub async fn serve(
 /// Sets the session up and closes it inside its span, but relays outside
 /// it: entering a span on every poll would cost on the hot path, and the
 /// relay does not log (its errors are logged by [`serve`], in the span).
+///
+/// Each phase is boxed: a task's future is as large as its largest state, so
+/// a parked client, a pooled client and a passthrough session each pay only
+/// for the phase they are in.
 async fn run(
     shared: &Shared,
     client: &mut Stream,
     listener: ListenerKind,
     span: &tracing::Span,
 ) -> Result<(), SessionError> {
-    let session = match establish(shared, client, listener)
-        .instrument(span.clone())
-        .await?
-    {
+    let opened = Box::pin(establish(shared, client, listener).instrument(span.clone())).await?;
+    let session = match opened {
         Opened::Done => return Ok(()),
         Opened::Passthrough(session) => *session,
         Opened::Pooled(p) => {
@@ -151,7 +153,7 @@ async fn run(
                 message,
                 negotiation,
             } = *p;
-            return pooled::serve(
+            return Box::pin(pooled::serve(
                 shared,
                 client,
                 listener,
@@ -159,10 +161,20 @@ async fn run(
                 message,
                 negotiation,
                 span,
-            )
+            ))
             .await;
         }
     };
+    Box::pin(relay(shared, client, session, span)).await
+}
+
+/// Relays an established passthrough session to its end and closes it.
+async fn relay(
+    shared: &Shared,
+    client: &mut Stream,
+    session: Established<'_>,
+    span: &tracing::Span,
+) -> Result<(), SessionError> {
     let Established {
         mut server,
         target,

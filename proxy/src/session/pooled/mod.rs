@@ -88,9 +88,18 @@ pub async fn serve(
     span: &tracing::Span,
 ) -> Result<(), SessionError> {
     use tracing::Instrument;
-    let (mut session, first) = log_in(shared, client, listener, request, message, &negotiation)
-        .instrument(span.clone())
-        .await?;
+    // Boxed here and below: the session's future stays as small as its relay phase (an
+    // idle pooled client holds it), and the rare phases allocate only while they run.
+    let (mut session, first) = Box::pin(log_in(
+        shared,
+        client,
+        listener,
+        request,
+        message,
+        &negotiation,
+    ))
+    .instrument(span.clone())
+    .await?;
     let limit = shared.config.limits.max_message_bytes;
     let tally = PodTally::new(shared.metrics.pod(&session.tally_pod));
     let mut relay = Relay::new::<Pooled<'_>>(limit, TxStatus::Idle, session.idle_signals(), tally);
@@ -157,7 +166,7 @@ pub async fn serve(
             Ok(Event::End(end)) => break Some(end),
         }
     };
-    session.close(client, lent, end, relay.tx()).await;
+    Box::pin(session.close(client, lent, end, relay.tx())).await;
     Ok(())
 }
 
@@ -354,7 +363,7 @@ impl<'a> Session<'a> {
             }
             if lent.conn.applied_fingerprint != self.state.desired_fingerprint {
                 let sql = sync_sql(&self.state.desired, &lent.conn.applied);
-                if let Err(e) = lent.conn.query(&sql).await {
+                if let Err(e) = Box::pin(lent.conn.query(&sql)).await {
                     let broken = matches!(e, QueryError::Broken(_));
                     self.return_conn(lent, broken);
                     return Err(settings_error(e));
@@ -418,7 +427,7 @@ impl<'a> Session<'a> {
             })?;
         let conn = match acquired {
             Acquired::Idle(c) => c,
-            Acquired::Open => match self.open(target).await {
+            Acquired::Open => match Box::pin(self.open(target)).await {
                 Ok(c) => {
                     pool.remember_defaults(&c.reported);
                     c
@@ -500,7 +509,7 @@ impl<'a> Session<'a> {
     /// and gives the connection back.
     async fn finish_transaction(&mut self, mut l: Lent) {
         if std::mem::take(&mut self.state.settings_changed) {
-            match l.conn.query(SESSION_SETTINGS_SQL).await {
+            match Box::pin(l.conn.query(SESSION_SETTINGS_SQL)).await {
                 Ok(rows) => {
                     let settings: server::Settings = rows
                         .into_iter()
@@ -620,7 +629,7 @@ impl<'a> Session<'a> {
     async fn reset(&mut self, l: &mut Lent) {
         let query = &self.shared.config.pool.reset_query;
         if !query.is_empty()
-            && let Err(e) = l.conn.query(query).await
+            && let Err(e) = Box::pin(l.conn.query(query)).await
         {
             debug!(error = %e, "reset query failed; closing the connection");
             l.conn.broken = true;
