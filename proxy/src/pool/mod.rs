@@ -9,6 +9,7 @@
 //! functions of [`lifecycle`]; [`Pools::retire`] closes what belongs to members that lost
 //! their role or address, and [`Pools::janitor`] closes idle and old ones.
 
+pub mod greeting;
 pub mod lifecycle;
 pub mod server;
 pub mod statements;
@@ -133,9 +134,8 @@ pub struct Pool {
     pub clients: AtomicUsize,
     /// Connections lent on this pool's member, all its pools together.
     pub member_lent: Arc<AtomicUsize>,
-    /// The parameters a fresh connection reports, learnt from the first one opened: what a
-    /// new client is shown at login without waiting for a connection.
-    defaults: Mutex<Option<server::Settings>>,
+    /// What a new client is shown at login without waiting for a connection.
+    greeting: Mutex<greeting::Greeting>,
 }
 
 impl Pool {
@@ -271,20 +271,9 @@ impl Pool {
         self.give_back(None, false);
     }
 
-    /// What a fresh connection of this pool reports, once one was opened.
-    pub fn defaults(&self) -> Option<server::Settings> {
-        self.defaults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Learns the parameters of a freshly opened connection.
-    pub fn remember_defaults(&self, reported: &server::Settings) {
-        let mut d = self.defaults.lock().unwrap_or_else(|e| e.into_inner());
-        if d.is_none() {
-            *d = Some(reported.clone());
-        }
+    /// The pool's knowledge of what its connections report ([`greeting::Greeting`]).
+    pub fn greeting(&self) -> MutexGuard<'_, greeting::Greeting> {
+        self.greeting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts a lent connection as pinned to its client.
@@ -442,7 +431,7 @@ impl Pools {
             next_waiter: AtomicU64::new(0),
             clients: AtomicUsize::new(0),
             member_lent: lent,
-            defaults: Mutex::new(None),
+            greeting: Mutex::default(),
         });
         pools.insert(db_user.to_owned(), pool.clone());
         pool

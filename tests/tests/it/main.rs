@@ -11,6 +11,7 @@ mod patroni;
 mod pgbench;
 mod pooled;
 mod pooled_auth;
+mod pooled_login;
 mod pooled_state;
 mod routing;
 mod shutdown;

@@ -71,6 +71,11 @@ impl Pooled {
     pub fn rw(&self) -> SocketAddr {
         self.env.rw()
     }
+
+    /// The auth_file pgsteer was started with.
+    pub fn auth_file(&self) -> PathBuf {
+        self._dir.0.join("userlist.txt")
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

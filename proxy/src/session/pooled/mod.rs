@@ -275,10 +275,12 @@ impl<'a> Session<'a> {
         pool.clients
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.counted = Some(pool.clone());
-        if let Some(defaults) = pool.defaults() {
-            return Ok((overlay(defaults, &self.state.desired), None));
+        if let Some(shown) = pool.greeting().shown(&self.state.desired) {
+            return Ok((shown, None));
         }
         let first = self.lend(client).await?;
+        pool.greeting()
+            .learn(&self.state.desired, &first.conn.reported);
         Ok((first.conn.reported.clone(), Some(first)))
     }
 
@@ -429,7 +431,7 @@ impl<'a> Session<'a> {
             Acquired::Idle(c) => c,
             Acquired::Open => match Box::pin(self.open(target)).await {
                 Ok(c) => {
-                    pool.remember_defaults(&c.reported);
+                    pool.greeting().remember_defaults(&c.reported);
                     c
                 }
                 Err(e) => {
@@ -669,17 +671,6 @@ impl<'a> Session<'a> {
         self.tally_pod.clone_from(&target.member);
         Some(PodTally::new(self.shared.metrics.pod(&target.member)))
     }
-}
-
-/// A fresh connection's parameters with the client's own settings in their place (names
-/// compared as Postgres does, without case).
-fn overlay(mut defaults: server::Settings, desired: &server::Settings) -> server::Settings {
-    for (name, value) in defaults.iter_mut() {
-        if let Some(v) = desired.get(&name.to_ascii_lowercase()) {
-            value.clone_from(v);
-        }
-    }
-    defaults
 }
 
 /// The client's error when its settings cannot be applied on a connection.
