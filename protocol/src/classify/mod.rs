@@ -6,6 +6,7 @@
 //!   `BEGIN ATOMIC … END` bodies).
 //! - [`session_effects`]: what each statement does to session state, for transaction pooling:
 //!   settings to replay, or a [`Reason`] to pin the client to its server connection.
+//! - [`read_verdict`]: whether a query string only reads, so its transaction may run on a replica.
 //!
 //! Nothing here allocates or panics, whatever the input: text that cannot be understood (an
 //! unterminated quote, an unknown `SET` form) is reported as [`Reason::Unsure`], and unsure means
@@ -22,6 +23,7 @@
 mod effect;
 pub mod lexer;
 mod name;
+mod read;
 mod session;
 mod set;
 pub mod split;
@@ -29,6 +31,7 @@ pub mod split;
 pub use effect::{Discard, Effect, Reason, Tx};
 pub use lexer::{Lexer, Syntax, Token, TokenKind};
 pub use name::{Name, NameBytes, Value};
+pub use read::{Verdict, Why, read_verdict};
 pub use session::{Effects, session_effects, session_effects_with};
 pub use split::{Statement, StatementTokens, Statements, statements};
 
