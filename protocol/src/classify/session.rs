@@ -166,22 +166,37 @@ fn deallocate<'a>(st: &mut StatementTokens<'a>) -> Effect<'a> {
 
 /// `BEGIN`/`START TRANSACTION` with its modes.
 fn begin<'a>(st: &mut StatementTokens<'a>) -> Effect<'a> {
-    let mut read_only = false;
-    let mut after_read = false;
-    for t in st {
-        if after_read && t.is_keyword(b"only") {
-            read_only = true;
-        } else if after_read && t.is_keyword(b"write") {
-            read_only = false;
+    let mut mode = AccessMode::default();
+    st.for_each(|t| mode.see(&t));
+    Effect::Transaction(Tx::Begin {
+        read_only: mode.read_only == Some(true),
+    })
+}
+
+/// The access mode among transaction modes (`BEGIN`, `START TRANSACTION`, `SET TRANSACTION`),
+/// fed one token at a time: the last `READ ONLY` or `READ WRITE` counts.
+#[derive(Debug, Default)]
+pub(super) struct AccessMode {
+    after_read: bool,
+    /// `Some(true)` for `READ ONLY`, `Some(false)` for `READ WRITE`, `None` if neither was given.
+    pub(super) read_only: Option<bool>,
+}
+
+impl AccessMode {
+    /// Takes the next token of the modes.
+    pub(super) fn see(&mut self, t: &Token<'_>) {
+        if self.after_read && t.is_keyword(b"only") {
+            self.read_only = Some(true);
+        } else if self.after_read && t.is_keyword(b"write") {
+            self.read_only = Some(false);
         }
-        after_read = t.is_keyword(b"read");
+        self.after_read = t.is_keyword(b"read");
     }
-    Effect::Transaction(Tx::Begin { read_only })
 }
 
 /// `COMMIT`, `END`, `ABORT`, `ROLLBACK [TO]`, `SAVEPOINT`, `RELEASE`; `COMMIT PREPARED` and
 /// `ROLLBACK PREPARED` finish another (prepared) transaction and are [`Effect::Other`].
-fn end<'a>(first: &Token<'a>, st: &mut StatementTokens<'a>) -> Effect<'a> {
+pub(super) fn end<'a>(first: &Token<'a>, st: &mut StatementTokens<'a>) -> Effect<'a> {
     let mut next = st.next();
     if next.is_some_and(|t| t.is_keyword(b"work") || t.is_keyword(b"transaction")) {
         next = st.next();
