@@ -82,6 +82,10 @@ pub struct Member {
     pub lag_seconds: Option<f64>,
     /// Last WAL position seen (current LSN on the primary, replay LSN on replicas).
     pub lsn: Option<u64>,
+    /// A replica past the proxy's lag bound: no new reads until it catches up (set by the
+    /// proxy's published view, never by discovery).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lagging: bool,
     /// Round-trip time in seconds of the last SQL probe query (`None` if not probed or the
     /// probe failed).
     pub probe_seconds: Option<f64>,
@@ -107,6 +111,7 @@ impl Member {
             lag_bytes: None,
             lag_seconds: None,
             lsn: None,
+            lagging: false,
             probe_seconds: None,
             probed: false,
             fence: None,

@@ -24,6 +24,8 @@ impl SqlState {
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     /// `25006 read_only_sql_transaction`.
     pub const READ_ONLY_SQL_TRANSACTION: SqlState = SqlState("25006");
+    /// `feature_not_supported`.
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     /// `idle_in_transaction_session_timeout`.
     pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
     /// `28000 invalid_authorization_specification`.

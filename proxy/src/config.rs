@@ -316,6 +316,17 @@ pub struct Routing {
     /// Bound on one TCP connect to a backend.
     #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
     pub connect_timeout: Duration,
+    /// A replica whose replay delay is over this gets no new reads (`ro` sessions, `auto`
+    /// transactions) until it is back under half of it; 0 = no bound.
+    #[serde(default, deserialize_with = "duration")]
+    pub max_replica_lag: Duration,
+    /// The same in bytes of WAL behind the primary; 0 = no bound.
+    #[serde(default)]
+    pub max_replica_lag_bytes: u64,
+    /// Functions (besides the built-in list) that only read, so `auto` may send a query that
+    /// calls them to a replica: lower-case names without schema.
+    #[serde(default)]
+    pub read_only_functions: Vec<String>,
 }
 
 fn default_hold_timeout() -> Duration {
@@ -332,6 +343,9 @@ impl Default for Routing {
             hold_timeout: default_hold_timeout(),
             replica_fallback: false,
             connect_timeout: default_connect_timeout(),
+            max_replica_lag: Duration::ZERO,
+            max_replica_lag_bytes: 0,
+            read_only_functions: Vec::new(),
         }
     }
 }
@@ -489,6 +503,12 @@ impl Config {
         }
         for x in &self.listen.extra {
             x.validate()?;
+            if x.route == "auto" && x.pool_mode.unwrap_or(self.pool.mode) != PoolMode::Transaction {
+                return Err(ConfigError::Pooling(format!(
+                    "listen.extra {}: route auto needs pool_mode = \"transaction\"",
+                    x.name
+                )));
+            }
         }
         self.pool.validate()?;
         self.auth.validate(self.pooled())?;

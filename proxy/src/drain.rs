@@ -40,8 +40,9 @@ impl Binding {
         pinned: bool,
     ) -> Binding {
         let role = match route {
-            Route::Primary | Route::Replica if pinned && !explicit_route => None,
-            Route::Primary => Some(Role::Primary),
+            Route::Primary | Route::Replica | Route::Auto if pinned && !explicit_route => None,
+            // An `auto` client's connections are bound by each transaction's own route.
+            Route::Primary | Route::Auto => Some(Role::Primary),
             Route::Replica => Some(role),
             Route::Any => None,
         };

@@ -18,6 +18,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod drain;
+pub mod lag;
 pub mod listener;
 pub mod load;
 pub mod metrics;
@@ -220,8 +221,12 @@ fn share(
     let (reprobe, discovery_task) =
         discovery::spawn(&config, discovered_tx, discovery_stop.clone())?;
     let metrics = Arc::new(metrics::Metrics::new().map_err(StartError::Metrics)?);
-    let topology =
-        topology::TopologyHub::start(discovered, metrics.clone(), discovery_stop.clone());
+    let topology = topology::TopologyHub::start(
+        discovered,
+        metrics.clone(),
+        lag::LagBound::of(&config.routing),
+        discovery_stop.clone(),
+    );
     let auth = match config.pooled() {
         true => Some(Arc::new(auth::store::AuthStore::load(&config.auth)?)),
         false => None,

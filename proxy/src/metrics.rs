@@ -8,8 +8,8 @@
 use pgsteer_discovery::{Role, Topology};
 use prometheus::local::LocalHistogram;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets from 100 µs to 30 s.
@@ -96,7 +96,21 @@ pub struct Metrics {
     pub pool_pins: IntCounterVec,
     /// Prepared statements prepared again on a connection that lacked them.
     pub pool_reprepares: IntCounter,
+    /// `auto` transactions by route decision.
+    pub auto_decisions: IntCounterVec,
+    /// Time spent classifying `auto` transactions.
+    pub classify_seconds: Counter,
+    /// Replicas kept from new reads by the lag bound.
+    pub replicas_lagging: IntGauge,
 }
+
+/// The route decisions of `auto` transactions (`pgsteer_auto_transactions_total`).
+pub const AUTO_DECISIONS: [&str; 4] = [
+    "replica",
+    "primary_classifier",
+    "primary_freshness",
+    "primary_no_replica",
+];
 
 /// Name, help text and labels of one metric family.
 struct Family {
@@ -133,6 +147,15 @@ families! {
         &["reason"];
     POOL_REPREPARES = "pgsteer_pool_reprepares_total",
         "Prepared statements prepared again on a server connection that lacked them",
+        &[];
+    AUTO_DECISIONS_TOTAL = "pgsteer_auto_transactions_total",
+        "Transactions of route auto by decision (replica, primary by classifier, by freshness, for want of a replica)",
+        &["decision"];
+    CLASSIFY_SECONDS = "pgsteer_classify_seconds_total",
+        "Time spent classifying the first messages of route auto transactions",
+        &[];
+    REPLICAS_LAGGING = "pgsteer_replicas_lagging",
+        "Replicas over the lag bound, taking no new reads",
         &[];
     CLIENT_CONNECTIONS = "pgsteer_client_connections",
         "Open client connections",
@@ -250,6 +273,10 @@ impl Reg {
         self.add(HistogramVec::new(Reg::hopts(f), f.labels)?)
     }
 
+    fn float_counter(&self, f: &Family) -> prometheus::Result<Counter> {
+        self.add(Counter::with_opts(Reg::opts(f))?)
+    }
+
     fn int_counter(&self, f: &Family) -> prometheus::Result<IntCounter> {
         self.add(IntCounter::with_opts(Reg::opts(f))?)
     }
@@ -319,6 +346,9 @@ impl Metrics {
             pool_server_connections: r.gauges(&POOL_SERVER_CONNECTIONS)?,
             pool_pins: r.counters(&POOL_PINS)?,
             pool_reprepares: r.int_counter(&POOL_REPREPARES)?,
+            auto_decisions: r.counters(&AUTO_DECISIONS_TOTAL)?,
+            classify_seconds: r.float_counter(&CLASSIFY_SECONDS)?,
+            replicas_lagging: r.int_gauge(&REPLICAS_LAGGING)?,
             registry: r.0,
         };
         m.start_at_zero();
@@ -344,6 +374,9 @@ impl Metrics {
         for reason in pgsteer_protocol::classify::Reason::ALL {
             self.pool_pins.with_label_values(&[reason.as_str()]);
         }
+        for decision in AUTO_DECISIONS {
+            self.auto_decisions.with_label_values(&[decision]);
+        }
     }
 
     /// The text exposition of every family; `staleness` is how long ago discovery last
@@ -361,6 +394,8 @@ impl Metrics {
     /// Sets the topology gauges from a new topology value.
     pub fn observe_topology(&self, t: &Topology) {
         self.topology_generation.set(t.generation as i64);
+        self.replicas_lagging
+            .set(t.members.values().filter(|m| m.lagging).count() as i64);
         self.member_role.reset();
         self.lag_bytes.reset();
         self.lag_seconds.reset();

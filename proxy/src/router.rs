@@ -14,6 +14,33 @@ pub enum Route {
     Replica,
     /// Whichever routable member has the fewest sessions.
     Any,
+    /// Pooled transaction mode: each transaction to a replica when it only reads (and the
+    /// replica has seen the client's writes), else to the primary. Logs in like `Primary`.
+    Auto,
+}
+
+/// How fresh `auto` reads must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Any replica within the lag bound.
+    Eventual,
+    /// A replica that has replayed the client's last write, else the primary.
+    #[default]
+    ReadYourWrites,
+    /// Every read on the primary.
+    Strong,
+}
+
+impl Consistency {
+    /// Parses a `pgsteer.consistency` value.
+    pub fn parse(s: &str) -> Option<Consistency> {
+        match s {
+            "eventual" => Some(Consistency::Eventual),
+            "read-your-writes" | "read_your_writes" => Some(Consistency::ReadYourWrites),
+            "strong" => Some(Consistency::Strong),
+            _ => None,
+        }
+    }
 }
 
 impl Route {
@@ -23,6 +50,7 @@ impl Route {
             Route::Primary => "primary",
             Route::Replica => "replica",
             Route::Any => "any",
+            Route::Auto => "auto",
         }
     }
 
@@ -32,6 +60,7 @@ impl Route {
             "primary" => Some(Route::Primary),
             "replica" => Some(Route::Replica),
             "any" => Some(Route::Any),
+            "auto" => Some(Route::Auto),
             _ => None,
         }
     }
@@ -46,6 +75,10 @@ pub struct Request {
     pub explicit_route: bool,
     /// `pgsteer.pod`: pin to one member by name.
     pub pin: Option<String>,
+    /// `pgsteer.consistency`, for route `auto`.
+    pub consistency: Consistency,
+    /// A replica must have replayed up to here (an `auto` client's last write); 0: any.
+    pub min_lsn: u64,
 }
 
 /// The chosen backend.
@@ -87,13 +120,15 @@ pub fn decide(
     exclude: &[String],
 ) -> Decision {
     let usable = |m: &&Member| m.routable && !m.draining && !exclude.contains(&m.name);
+    // Replicas past the lag bound take no new sessions (a pinned session still may).
+    let fresh = |m: &&Member| usable(m) && !m.lagging && m.lsn.unwrap_or(0) >= req.min_lsn;
     if let Some(pin) = &req.pin {
         let Some(m) = t.member(pin) else {
             return Decision::Refuse(format!("pgsteer: no member named \"{pin}\""));
         };
         let role_ok = match (req.explicit_route, req.route) {
             (false, _) | (true, Route::Any) => matches!(m.role, Role::Primary | Role::Replica),
-            (true, Route::Primary) => m.role == Role::Primary,
+            (true, Route::Primary | Route::Auto) => m.role == Role::Primary,
             (true, Route::Replica) => m.role == Role::Replica,
         };
         if role_ok && usable(&m) && (m.role != Role::Primary || t.primary().is_some()) {
@@ -106,12 +141,12 @@ pub fn decide(
         ));
     }
     match req.route {
-        Route::Primary => match t.primary().filter(usable) {
+        Route::Primary | Route::Auto => match t.primary().filter(usable) {
             Some(m) => Decision::Connect(target(m)),
             None => Decision::Wait(no_primary_reason(t)),
         },
         Route::Replica => {
-            if let Some(m) = least_loaded(t.replicas().filter(usable), &load) {
+            if let Some(m) = least_loaded(t.replicas().filter(fresh), &load) {
                 return Decision::Connect(target(m));
             }
             if policy.replica_fallback
@@ -123,7 +158,7 @@ pub fn decide(
         }
         Route::Any => {
             let primary = t.primary().filter(usable);
-            match least_loaded(t.replicas().filter(usable).chain(primary), &load) {
+            match least_loaded(t.replicas().filter(fresh).chain(primary), &load) {
                 Some(m) => Decision::Connect(target(m)),
                 None => Decision::Wait("no member available".into()),
             }
@@ -188,6 +223,8 @@ mod tests {
             route,
             explicit_route: false,
             pin: None,
+            consistency: Consistency::default(),
+            min_lsn: 0,
         }
     }
 

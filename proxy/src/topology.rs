@@ -4,8 +4,8 @@
 //!
 //! Discovery publishes into a channel only this module reads; a change travels
 //! discovery → [`TopologyHub`] → sessions, once. The generation of the published view is
-//! discovery's generation plus the number of drain-set changes, so it goes up whenever either
-//! changes what routing may do.
+//! discovery's generation plus the number of changes of the drain set and of the replicas
+//! over the lag bound ([`crate::lag`]), so it goes up whenever any changes what routing may do.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::lag::{self, LagBound};
 use crate::metrics::Metrics;
 
 /// Note added to a member drained through `POST /drain/{member}`.
@@ -30,6 +31,8 @@ pub struct TopologyHub {
     /// When the last role change was published, and at which generation, until the first
     /// session is routed on it (`pgsteer_reroute_seconds`).
     role_change: Mutex<Option<(u64, Instant)>>,
+    /// The replica lag bound.
+    lag_bound: LagBound,
     /// Discovery has answered and every member it lists was probed once.
     ready: AtomicBool,
     metrics: Arc<Metrics>,
@@ -40,6 +43,7 @@ impl TopologyHub {
     pub fn start(
         discovered: watch::Receiver<Topology>,
         metrics: Arc<Metrics>,
+        lag_bound: LagBound,
         stop: CancellationToken,
     ) -> Arc<TopologyHub> {
         let (tx, routed) = watch::channel(Topology::default());
@@ -48,6 +52,7 @@ impl TopologyHub {
             routed,
             drained: watch::Sender::new(BTreeSet::new()),
             role_change: Mutex::new(None),
+            lag_bound,
             ready: AtomicBool::new(false),
             metrics,
         });
@@ -139,13 +144,24 @@ async fn publish(hub: Arc<TopologyHub>, tx: watch::Sender<Topology>, stop: Cance
     let mut discovered = hub.discovered.clone();
     let mut drained = hub.drained.subscribe();
     let mut drain_changes = 0;
+    let mut lagging = BTreeSet::new();
+    let mut lag_changes = 0;
     loop {
         let next = {
             let d = drained.borrow_and_update();
             if d.has_changed() {
                 drain_changes += 1;
             }
-            view(&discovered.borrow_and_update(), &d, drain_changes)
+            let mut next = view(&discovered.borrow_and_update(), &d, drain_changes);
+            let now = lag::lagging(&lagging, &next, hub.lag_bound);
+            if now != lagging {
+                info!(lagging = ?now, "replicas over the lag bound changed");
+                lag_changes += 1;
+                lagging = now;
+            }
+            lag::mark(&mut next, &lagging);
+            next.generation += lag_changes;
+            next
         };
         if *tx.borrow() != next {
             let before = tx.send_replace(next);

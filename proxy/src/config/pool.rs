@@ -216,7 +216,8 @@ pub struct ExtraListener {
     pub name: String,
     /// Address to listen on.
     pub address: std::net::SocketAddr,
-    /// `primary` (read-write) or `replica` (read-only).
+    /// `primary` (read-write), `replica` (read-only) or `auto` (each transaction to a replica
+    /// when it only reads; needs transaction pooling).
     pub route: String,
     /// Its pool mode (default: `[pool] mode`).
     pub pool_mode: Option<PoolMode>,
@@ -230,9 +231,9 @@ impl ExtraListener {
                 self.name
             )));
         }
-        if !matches!(self.route.as_str(), "primary" | "replica") {
+        if !matches!(self.route.as_str(), "primary" | "replica" | "auto") {
             return Err(err(format!(
-                "listen.extra {}: route {:?}: expected primary or replica",
+                "listen.extra {}: route {:?}: expected primary, replica or auto",
                 self.name, self.route
             )));
         }

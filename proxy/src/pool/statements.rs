@@ -19,6 +19,8 @@ pub struct Statement {
     pub server_name: Box<[u8]>,
     /// The Parse body after the name: query text, its NUL, parameter count and types.
     pub parse_rest: Box<[u8]>,
+    /// Where a transaction that runs it may go (route `auto`), classified once.
+    pub verdict: std::sync::OnceLock<pgsteer_protocol::classify::Verdict>,
 }
 
 /// Interns statements across sessions by their Parse body, so equal statements share one
@@ -50,6 +52,7 @@ impl Registry {
             id,
             server_name: server_name.into_boxed_slice(),
             parse_rest: rest.into(),
+            verdict: std::sync::OnceLock::new(),
         });
         // Forget the statements no session holds any more once as many were added as
         // half the map: amortised O(1), and the map stays within twice the live ones.

@@ -259,6 +259,17 @@ async fn establish<'a>(
     let span = tracing::Span::current();
     span.record("route", request.route.as_str());
     span.record("tls", client.is_tls());
+    if request.route == Route::Auto && listener.mode != PoolMode::Transaction {
+        return Err(SessionError::fatal(
+            Side::Client,
+            SqlState::FEATURE_NOT_SUPPORTED,
+            format!(
+                "pgsteer: route auto needs pooled transaction mode; listener {} is in {} mode",
+                listener.as_str(),
+                listener.mode.as_str()
+            ),
+        ));
+    }
     if listener.mode != PoolMode::Passthrough {
         return Ok(Opened::Pooled(Box::new(PooledStart {
             request,

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::stream::Stream;
 use super::{SessionError, Side};
 use crate::config::ClientTlsMode;
-use crate::router::{Request, Route};
+use crate::router::{Consistency, Request, Route};
 use crate::tls::{ALPN_POSTGRESQL, ClientSide};
 
 /// First byte of a TLS handshake record: a direct-TLS client (Postgres 17
@@ -227,6 +227,8 @@ pub fn take_request(message: &mut StartupMessage, route: Route) -> Result<Reques
         route,
         explicit_route: false,
         pin: None,
+        consistency: Consistency::default(),
+        min_lsn: 0,
     };
     let Some(opts) = message.options().map(str::to_owned) else {
         return Ok(req);
@@ -246,19 +248,30 @@ pub fn take_request(message: &mut StartupMessage, route: Route) -> Result<Reques
                         Side::Client,
                         SqlState::INVALID_PARAMETER_VALUE,
                         format!(
-                            "invalid value for parameter \"pgsteer.route\": \"{value}\" (expected primary, replica or any)"
+                            "invalid value for parameter \"pgsteer.route\": \"{value}\" (expected primary, replica, any or auto)"
                         ),
                     )
                 })?;
                 req.explicit_route = true;
             }
             "pgsteer.pod" => req.pin = Some(value),
+            "pgsteer.consistency" => {
+                req.consistency = Consistency::parse(&value).ok_or_else(|| {
+                    SessionError::fatal(
+                        Side::Client,
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        format!(
+                            "invalid value for parameter \"pgsteer.consistency\": \"{value}\" (expected eventual, read-your-writes or strong)"
+                        ),
+                    )
+                })?;
+            }
             _ => {
                 return Err(SessionError::fatal(
                     Side::Client,
                     SqlState::UNDEFINED_OBJECT,
                     format!(
-                        "unrecognized configuration parameter \"{name}\" (pgsteer knows pgsteer.route and pgsteer.pod)"
+                        "unrecognized configuration parameter \"{name}\" (pgsteer knows pgsteer.route, pgsteer.pod and pgsteer.consistency)"
                     ),
                 ));
             }

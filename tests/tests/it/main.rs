@@ -2,6 +2,7 @@
 //! clients (psql, pgbench, tokio-postgres), pgsteer in-process.
 
 mod auth;
+mod auto;
 mod drain;
 mod hardening;
 mod harness;

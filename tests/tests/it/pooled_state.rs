@@ -26,7 +26,7 @@ async fn pool(p: &Pooled, member: &str) -> Option<serde_json::Value> {
 }
 
 /// The value of an unlabelled or labelled sample in `/metrics`.
-async fn metric(p: &Pooled, series: &str) -> f64 {
+pub async fn metric(p: &Pooled, series: &str) -> f64 {
     let text = http_get(p.env.admin(), "/metrics").await;
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))

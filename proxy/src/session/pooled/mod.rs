@@ -7,6 +7,7 @@
 //! topology again (a connection to a member that lost the role is never used), and gives
 //! the connection the client's settings. Between transactions the client holds nothing.
 
+mod auto;
 mod login;
 pub mod owner;
 pub mod state;
@@ -34,8 +35,9 @@ use crate::metrics::PodTally;
 use crate::pool::lifecycle::{self, CloseReason, Disposition, Returned};
 use crate::pool::server::{self, Login, OpenError, QueryError, ServerConn};
 use crate::pool::{Acquired, Pool};
-use crate::router::{Request, Target};
+use crate::router::{Request, Route, Target};
 use crate::state::Shared;
+use auto::{Auto, ReadOnlyFunctions, WRITTEN_LSN_SQL};
 use owner::{InFlight, Pooled};
 use state::{ClientState, SESSION_SETTINGS_SQL, sync_sql};
 
@@ -50,6 +52,11 @@ struct Lent {
 struct Session<'a> {
     shared: &'a Shared,
     request: Request,
+    /// Where the current transaction goes: `request`, or an `auto` client's per-transaction
+    /// route.
+    route_now: Request,
+    /// Route `auto`: the client's per-transaction routing state.
+    auto: Option<Auto>,
     user: String,
     database: String,
     db_user: String,
@@ -144,6 +151,7 @@ pub async fn serve(
                 if relay.client_unscanned().first() == Some(&ftag::TERMINATE) {
                     break None;
                 }
+                session.route_transaction(relay.client_unscanned());
                 lent = session.lend_for(client, &mut relay).await?;
             }
             Ok(Event::Idle) => {
@@ -225,8 +233,16 @@ async fn log_in<'a>(
     .map_err(|e| SessionError::fatal(Side::Client, SqlState::INVALID_PARAMETER_VALUE, e))?;
     let key_len = if message.version.minor >= 2 { 32 } else { 4 };
     let (cancel_pid, key, cancel) = shared.cancels.register_lent(key_len);
+    let auto = (request.route == Route::Auto).then(|| {
+        Auto::new(
+            request.consistency,
+            ReadOnlyFunctions::new(&shared.config.routing.read_only_functions),
+        )
+    });
     let mut session = Session {
         shared,
+        route_now: request.clone(),
+        auto,
         request,
         db_user: crate::pool::db_user(&database, &user),
         user,
@@ -301,6 +317,18 @@ impl<'a> Session<'a> {
         write(client, &out).await
     }
 
+    /// Route `auto`: where the transaction that starts with the `waiting` messages goes.
+    fn route_transaction(&mut self, waiting: &[u8]) {
+        if let Some(auto) = &mut self.auto {
+            self.route_now = auto.route(
+                waiting,
+                &self.state.statements,
+                &self.shared.topology.current(),
+                &self.shared.metrics,
+            );
+        }
+    }
+
     /// A connection for the client's first transaction, set up for it, with the relay
     /// rebound to it; on failure the client's request is refused and it stays.
     async fn lend_for(
@@ -349,12 +377,12 @@ impl<'a> Session<'a> {
         let mut hold = Hold::new(Backends::of(shared));
         let mut routing = Routing::new(Backends::of(shared));
         loop {
-            let target = routing.next(client, &self.request, &mut hold).await?;
+            let target = routing.next(client, &self.route_now, &mut hold).await?;
             let decided = hold.generation();
             let mut lent = match self.take(target).await {
                 Ok(l) => l,
                 Err((refused, target)) => {
-                    routing.refused(&self.request, &mut hold, target, refused)?;
+                    routing.refused(&self.route_now, &mut hold, target, refused)?;
                     continue;
                 }
             };
@@ -488,9 +516,9 @@ impl<'a> Session<'a> {
         Binding::new(
             &target.member,
             target.role,
-            self.request.route,
-            self.request.explicit_route,
-            self.request.pin.is_some(),
+            self.route_now.route,
+            self.route_now.explicit_route,
+            self.route_now.pin.is_some(),
         )
     }
 
@@ -510,6 +538,20 @@ impl<'a> Session<'a> {
     /// Ends a transaction: reads the settings back if a statement may have changed them,
     /// and gives the connection back.
     async fn finish_transaction(&mut self, mut l: Lent) {
+        if let Some(auto) = &mut self.auto
+            && auto.needs_written_lsn()
+        {
+            auto.written_lsn = match Box::pin(l.conn.query(WRITTEN_LSN_SQL)).await {
+                Ok(rows) => rows
+                    .first()
+                    .and_then(|r| r.first()?.as_deref().and_then(pgsteer_discovery::parse_lsn))
+                    .unwrap_or(u64::MAX),
+                Err(e) => {
+                    debug!(error = %e, "could not read the WAL position after a write; reads stay on the primary");
+                    u64::MAX
+                }
+            };
+        }
         if std::mem::take(&mut self.state.settings_changed) {
             match Box::pin(l.conn.query(SESSION_SETTINGS_SQL)).await {
                 Ok(rows) => {

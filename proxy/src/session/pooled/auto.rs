@@ -1,0 +1,419 @@
+//! Route `auto`: each transaction of a pooled client goes to a replica when it only reads and
+//! a replica has replayed the client's last write, else to the primary.
+//!
+//! The decision is made when the transaction's first message arrives and no server
+//! connection is lent, from every complete message waiting then: Query strings and Parse'd
+//! text through [`read_verdict`], a Bind of a named statement through the statement's cached
+//! verdict. Anything else, an incomplete message or a Bind of an unknown statement, is the
+//! primary's.
+//!
+//! Read-your-writes: after a transaction the classifier sent to the primary, pgsteer reads the
+//! primary's WAL insert position on the same connection (`pg_current_wal_insert_lsn()`, at or
+//! past the commit); the client's later reads go only to replicas whose replay position, as the probe
+//! last saw it, is at or past that, and to the primary while none is.
+
+use std::time::Instant;
+
+use pgsteer_discovery::{Role, Topology};
+use pgsteer_protocol::classify::{Syntax, Verdict, Why, read_verdict};
+use pgsteer_protocol::frontend::tag as ftag;
+
+use crate::metrics::Metrics;
+use crate::pool::statements::{ClientStatements, Statement};
+use crate::router::{Consistency, Request, Route};
+
+/// Describe, Execute, Close and Flush: they follow the statement they name.
+const NEUTRAL: &[u8] = b"DECH";
+
+/// The query that reads the WAL position after a write.
+///
+/// The insert position, not `pg_current_wal_lsn()` (the write position): with
+/// `synchronous_commit = off` a commit returns before its WAL is written, and the write
+/// position can still be before it.
+pub const WRITTEN_LSN_SQL: &str = "SELECT pg_current_wal_insert_lsn()::text";
+
+/// Functions a deployment declares read-only (`[routing] read_only_functions`).
+#[derive(Debug, Default)]
+pub struct ReadOnlyFunctions(Vec<Box<[u8]>>);
+
+impl ReadOnlyFunctions {
+    /// From the configured names (lower-cased).
+    pub fn new(names: &[String]) -> ReadOnlyFunctions {
+        let mut v: Vec<Box<[u8]>> = names
+            .iter()
+            .map(|n| n.to_ascii_lowercase().into_bytes().into_boxed_slice())
+            .collect();
+        v.sort();
+        v.dedup();
+        ReadOnlyFunctions(v)
+    }
+
+    /// Whether `name` (lower-case, no schema) was declared read-only.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.0.binary_search_by(|n| (**n).cmp(name)).is_ok()
+    }
+
+    /// The verdict for one query text.
+    pub fn verdict(&self, sql: &[u8]) -> Verdict {
+        read_verdict(sql, Syntax::default(), &|name| self.contains(name))
+    }
+
+    /// A prepared statement's verdict, computed once.
+    fn statement(&self, s: &Statement) -> Verdict {
+        *s.verdict.get_or_init(|| {
+            let text = s.parse_rest.split(|&b| b == 0).next().unwrap_or(&[]);
+            self.verdict(text)
+        })
+    }
+}
+
+/// Where one transaction went and why (`pgsteer_auto_transactions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// A replica.
+    Replica,
+    /// The primary: the classifier saw (or could not rule out) a write.
+    PrimaryClassifier,
+    /// The primary: no replica has the client's last write yet (or `strong`).
+    PrimaryFreshness,
+    /// The primary: no replica can take reads.
+    PrimaryNoReplica,
+}
+
+impl Decision {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Replica => "replica",
+            Decision::PrimaryClassifier => "primary_classifier",
+            Decision::PrimaryFreshness => "primary_freshness",
+            Decision::PrimaryNoReplica => "primary_no_replica",
+        }
+    }
+}
+
+/// An `auto` client's routing state.
+#[derive(Debug)]
+pub struct Auto {
+    /// How fresh its reads must be.
+    pub consistency: Consistency,
+    /// The primary's WAL position after its last write (0: none yet; `u64::MAX`: a write
+    /// whose position could not be read, so reads stay on the primary until the next one).
+    pub written_lsn: u64,
+    /// Where its current transaction went.
+    pub current: Option<Decision>,
+    functions: ReadOnlyFunctions,
+}
+
+impl Auto {
+    /// The state of a new client.
+    pub fn new(consistency: Consistency, functions: ReadOnlyFunctions) -> Auto {
+        Auto {
+            consistency,
+            written_lsn: 0,
+            current: None,
+            functions,
+        }
+    }
+
+    /// Decides where the transaction whose first messages are `waiting` goes, counts it, and
+    /// gives the request to lend a connection for.
+    pub fn route(
+        &mut self,
+        waiting: &[u8],
+        statements: &ClientStatements,
+        topology: &Topology,
+        metrics: &Metrics,
+    ) -> Request {
+        let started = Instant::now();
+        let verdict = verdict(waiting, statements, &self.functions);
+        metrics
+            .classify_seconds
+            .inc_by(started.elapsed().as_secs_f64());
+        let decision = decide(verdict, self.consistency, self.written_lsn, topology);
+        metrics
+            .auto_decisions
+            .with_label_values(&[decision.as_str()])
+            .inc();
+        self.current = Some(decision);
+        let (route, min_lsn) = match decision {
+            Decision::Replica => (Route::Replica, self.min_lsn()),
+            _ => (Route::Primary, 0),
+        };
+        Request {
+            route,
+            explicit_route: false,
+            pin: None,
+            consistency: self.consistency,
+            min_lsn,
+        }
+    }
+
+    /// Whether the transaction that just ended needs its WAL position read.
+    pub fn needs_written_lsn(&self) -> bool {
+        self.consistency == Consistency::ReadYourWrites
+            && self.current == Some(Decision::PrimaryClassifier)
+    }
+
+    /// The replay position a replica needs for this client's reads.
+    fn min_lsn(&self) -> u64 {
+        match self.consistency {
+            Consistency::ReadYourWrites => self.written_lsn,
+            _ => 0,
+        }
+    }
+}
+
+/// Where a transaction with `verdict` goes for a client whose last write was at
+/// `written_lsn`. Pure.
+pub fn decide(
+    verdict: Verdict,
+    consistency: Consistency,
+    written_lsn: u64,
+    t: &Topology,
+) -> Decision {
+    if verdict != Verdict::Replica {
+        return Decision::PrimaryClassifier;
+    }
+    if consistency == Consistency::Strong {
+        return Decision::PrimaryFreshness;
+    }
+    let need = match consistency {
+        Consistency::ReadYourWrites => written_lsn,
+        _ => 0,
+    };
+    let mut readable = t
+        .replicas()
+        .filter(|m| m.role == Role::Replica && m.routable && !m.draining && !m.lagging)
+        .peekable();
+    if readable.peek().is_none() {
+        return Decision::PrimaryNoReplica;
+    }
+    if readable.any(|m| m.lsn.unwrap_or(0) >= need) {
+        Decision::Replica
+    } else {
+        Decision::PrimaryFreshness
+    }
+}
+
+/// The verdict for the client messages waiting at the start of a transaction: the replica
+/// only when every complete message is understood to read and nothing is left over.
+pub fn verdict(
+    mut waiting: &[u8],
+    statements: &ClientStatements,
+    functions: &ReadOnlyFunctions,
+) -> Verdict {
+    let mut seen_any = false;
+    // Statement names Parse'd in this batch (the unnamed one is the empty name); their
+    // verdicts are already counted. Kept in a small inline list: batches are short.
+    let mut parsed: [&[u8]; 8] = [&[]; 8];
+    let mut n_parsed = 0;
+    while !waiting.is_empty() {
+        let Some((tag, body, rest)) = frame(waiting) else {
+            return Verdict::Primary(Why::Unsure);
+        };
+        waiting = rest;
+        let v = match tag {
+            ftag::QUERY => functions.verdict(cstr(body).0),
+            ftag::PARSE => {
+                let (name, rest) = cstr(body);
+                if n_parsed == parsed.len() {
+                    return Verdict::Primary(Why::Unsure);
+                }
+                parsed[n_parsed] = name;
+                n_parsed += 1;
+                functions.verdict(cstr(rest).0)
+            }
+            ftag::BIND => {
+                let name = cstr(cstr(body).1).0;
+                if parsed[..n_parsed].contains(&name) {
+                    Verdict::Replica
+                } else if let Some(s) = statements.get(name).filter(|_| !name.is_empty()) {
+                    functions.statement(s)
+                } else {
+                    Verdict::Primary(Why::Unsure)
+                }
+            }
+            ftag::SYNC => {
+                seen_any = true;
+                continue;
+            }
+            t if NEUTRAL.contains(&t) => continue,
+            _ => Verdict::Primary(Why::Unsure),
+        };
+        if v != Verdict::Replica {
+            return v;
+        }
+        seen_any = true;
+    }
+    if seen_any {
+        Verdict::Replica
+    } else {
+        Verdict::Primary(Why::Unsure)
+    }
+}
+
+/// One complete message at the start of `buf`: (tag, body, what follows).
+fn frame(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = buf.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let body = rest.get(4..len.checked_sub(4)?.checked_add(4)?)?;
+    Some((tag, body, &rest[len..]))
+}
+
+/// A NUL-terminated string at the start of `b` and what follows it (all of `b` and nothing
+/// when there is no NUL).
+fn cstr(b: &[u8]) -> (&[u8], &[u8]) {
+    match b.iter().position(|&c| c == 0) {
+        Some(i) => (&b[..i], &b[i + 1..]),
+        None => (b, &[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+    use pgsteer_discovery::Role;
+
+    use super::*;
+    use crate::pool::statements::Registry;
+    use crate::topology::topo;
+
+    fn msg(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        out.put_u8(tag);
+        out.put_u32(u32::try_from(len + 4).unwrap());
+        for p in parts {
+            out.put_slice(p);
+        }
+    }
+
+    fn query(sql: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        msg(&mut b, b'Q', &[sql.as_bytes(), b"\0"]);
+        b
+    }
+
+    fn extended(name: &str, sql: &str, parse: bool) -> BytesMut {
+        let mut b = BytesMut::new();
+        if parse {
+            msg(
+                &mut b,
+                b'P',
+                &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"],
+            );
+        }
+        msg(&mut b, b'B', &[b"\0", name.as_bytes(), b"\0\0\0\0\0\0\0"]);
+        msg(&mut b, b'E', &[b"\0\0\0\0\0"]);
+        msg(&mut b, b'S', &[]);
+        b
+    }
+
+    fn v(buf: &[u8], statements: &ClientStatements) -> Verdict {
+        verdict(
+            buf,
+            statements,
+            &ReadOnlyFunctions::new(&["my_report".into()]),
+        )
+    }
+
+    #[test]
+    fn every_complete_message_must_only_read() {
+        let none = ClientStatements::default();
+        assert_eq!(v(&query("SELECT 1"), &none), Verdict::Replica);
+        assert_eq!(v(&query("SELECT my_report(1)"), &none), Verdict::Replica);
+        assert_ne!(
+            v(&query("INSERT INTO t VALUES (1)"), &none),
+            Verdict::Replica
+        );
+        let mut two = query("SELECT 1");
+        two.extend_from_slice(&query("DELETE FROM t"));
+        assert_ne!(v(&two, &none), Verdict::Replica, "a pipelined write");
+        let whole = query("SELECT 1");
+        assert_ne!(
+            v(&whole[..whole.len() - 1], &none),
+            Verdict::Replica,
+            "cut short"
+        );
+        assert_ne!(v(b"", &none), Verdict::Replica);
+        assert_ne!(
+            v(&[b'F', 0, 0, 0, 4], &none),
+            Verdict::Replica,
+            "FunctionCall"
+        );
+        assert_ne!(
+            v(&[b'Q', 0, 0, 0, 1], &none),
+            Verdict::Replica,
+            "bad length"
+        );
+    }
+
+    #[test]
+    fn extended_batches_use_the_parse_text_or_the_statement_verdict() {
+        let mut statements = ClientStatements::default();
+        assert_eq!(
+            v(&extended("", "SELECT 1", true), &statements),
+            Verdict::Replica
+        );
+        assert_ne!(
+            v(&extended("s1", "UPDATE t SET a = 1", true), &statements),
+            Verdict::Replica
+        );
+        assert_ne!(
+            v(&extended("s1", "", false), &statements),
+            Verdict::Replica,
+            "a statement the client never prepared"
+        );
+        let registry = Registry::default();
+        statements.insert(b"s1", registry.intern(b"SELECT 1\0\0\0"));
+        statements.insert(b"w1", registry.intern(b"DELETE FROM t\0\0\0"));
+        assert_eq!(v(&extended("s1", "", false), &statements), Verdict::Replica);
+        assert_ne!(v(&extended("w1", "", false), &statements), Verdict::Replica);
+        assert_ne!(
+            v(&extended("", "", false), &statements),
+            Verdict::Replica,
+            "the unnamed statement of an earlier transaction"
+        );
+    }
+
+    fn replicas(lsns: &[(&str, Option<u64>, bool)]) -> Topology {
+        let mut members = vec![("pg-0", Role::Primary)];
+        members.extend(lsns.iter().map(|(n, _, _)| (*n, Role::Replica)));
+        let mut t = topo(&members);
+        for (n, lsn, lagging) in lsns {
+            let m = t.members.get_mut(*n).unwrap();
+            m.lsn = *lsn;
+            m.lagging = *lagging;
+        }
+        t
+    }
+
+    #[test]
+    fn reads_go_to_a_replica_that_has_the_clients_last_write() {
+        use Consistency::{Eventual, ReadYourWrites, Strong};
+        use Decision::{PrimaryClassifier, PrimaryFreshness, PrimaryNoReplica, Replica};
+        let read = Verdict::Replica;
+        let write = Verdict::Primary(Why::Writes);
+        let t = replicas(&[("pg-1", Some(100), false), ("pg-2", Some(50), false)]);
+        let table = [
+            (write, ReadYourWrites, 0, &t, PrimaryClassifier),
+            (read, ReadYourWrites, 0, &t, Replica),
+            (read, ReadYourWrites, 100, &t, Replica),
+            (read, ReadYourWrites, 101, &t, PrimaryFreshness),
+            (read, ReadYourWrites, u64::MAX, &t, PrimaryFreshness),
+            (read, Eventual, 101, &t, Replica),
+            (read, Strong, 0, &t, PrimaryFreshness),
+        ];
+        for (verdict, consistency, written, t, want) in table {
+            assert_eq!(
+                decide(verdict, consistency, written, t),
+                want,
+                "{verdict:?} {consistency:?} written at {written}"
+            );
+        }
+        let lagging = replicas(&[("pg-1", Some(100), true)]);
+        assert_eq!(decide(read, Eventual, 0, &lagging), PrimaryNoReplica);
+        let alone = replicas(&[]);
+        assert_eq!(decide(read, ReadYourWrites, 0, &alone), PrimaryNoReplica);
+    }
+}
