@@ -105,11 +105,12 @@ pub struct Metrics {
 }
 
 /// The route decisions of `auto` transactions (`pgsteer_auto_transactions_total`).
-pub const AUTO_DECISIONS: [&str; 4] = [
+pub const AUTO_DECISIONS: [&str; 5] = [
     "replica",
     "primary_classifier",
     "primary_freshness",
     "primary_no_replica",
+    "safety_net",
 ];
 
 /// Name, help text and labels of one metric family.
@@ -149,7 +150,7 @@ families! {
         "Prepared statements prepared again on a server connection that lacked them",
         &[];
     AUTO_DECISIONS_TOTAL = "pgsteer_auto_transactions_total",
-        "Transactions of route auto by decision (replica, primary by classifier, by freshness, for want of a replica)",
+        "Transactions of route auto by decision (replica, primary by classifier, by freshness, for want of a replica, after a replica refused it)",
         &["decision"];
     CLASSIFY_SECONDS = "pgsteer_classify_seconds_total",
         "Time spent classifying the first messages of route auto transactions",

@@ -268,3 +268,61 @@ async fn a_replica_past_the_lag_bound_gets_no_reads_until_it_catches_up() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_classifier_missed_runs_again_on_the_primary() {
+    // Declared read-only by mistake: it inserts.
+    let p = start(|c| c.routing.read_only_functions.push("auto_sneaky".into())).await;
+    let setup = connect(p.rw(), None).await;
+    setup
+        .batch_execute(
+            "CREATE TABLE sneaky(id int); \
+             CREATE FUNCTION auto_sneaky(i int) RETURNS int LANGUAGE sql AS \
+             'INSERT INTO sneaky VALUES (i) RETURNING id'",
+        )
+        .await
+        .unwrap();
+    replicas_caught_up(&p).await;
+    let c = connect(p.rw(), Some(AUTO)).await;
+    let rows = c.simple_query("SELECT auto_sneaky(1)").await.unwrap();
+    assert_eq!(text_values(&rows), ["1"], "simple protocol");
+    // Its write made the client's reads wait for the replicas (read-your-writes).
+    replicas_caught_up(&p).await;
+    let st = c.prepare("SELECT auto_sneaky($1)").await.unwrap();
+    let row = c.query_one(&st, &[&2i32]).await.unwrap();
+    assert_eq!(
+        row.get::<_, i32>(0),
+        2,
+        "extended protocol, named statement"
+    );
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM sneaky", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "each insert ran once, on the primary");
+    let retried = crate::pooled_state::metric(
+        &p,
+        "pgsteer_auto_transactions_total{decision=\"safety_net\"}",
+    )
+    .await;
+    assert_eq!(retried, 2.0);
+    // Inside a block the client opened read-only, the refusal is the client's answer.
+    c.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let e = c
+        .batch_execute("INSERT INTO sneaky VALUES (3)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("25006"),
+        "{e}"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM sneaky", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}

@@ -14,9 +14,14 @@
 
 use std::time::Instant;
 
+use bytes::{BufMut, BytesMut};
 use pgsteer_discovery::{Role, Topology};
+use pgsteer_protocol::Flow;
+use pgsteer_protocol::FrameRef;
+use pgsteer_protocol::backend::{BackendMessage, TxStatus, tag as btag};
 use pgsteer_protocol::classify::{Syntax, Verdict, Why, read_verdict};
 use pgsteer_protocol::frontend::tag as ftag;
+use pgsteer_protocol::sqlstate::SqlState;
 
 use crate::metrics::Metrics;
 use crate::pool::statements::{ClientStatements, Statement};
@@ -78,6 +83,8 @@ pub enum Decision {
     PrimaryFreshness,
     /// The primary: no replica can take reads.
     PrimaryNoReplica,
+    /// The primary, after a replica refused the transaction with `25006`.
+    SafetyNet,
 }
 
 impl Decision {
@@ -88,6 +95,7 @@ impl Decision {
             Decision::PrimaryClassifier => "primary_classifier",
             Decision::PrimaryFreshness => "primary_freshness",
             Decision::PrimaryNoReplica => "primary_no_replica",
+            Decision::SafetyNet => "safety_net",
         }
     }
 }
@@ -102,6 +110,8 @@ pub struct Auto {
     pub written_lsn: u64,
     /// Where its current transaction went.
     pub current: Option<Decision>,
+    /// The current replica transaction, ready to move to the primary.
+    pub net: SafetyNet,
     functions: ReadOnlyFunctions,
 }
 
@@ -112,6 +122,7 @@ impl Auto {
             consistency,
             written_lsn: 0,
             current: None,
+            net: SafetyNet::default(),
             functions,
         }
     }
@@ -125,12 +136,21 @@ impl Auto {
         topology: &Topology,
         metrics: &Metrics,
     ) -> Request {
-        let started = Instant::now();
-        let verdict = verdict(waiting, statements, &self.functions);
-        metrics
-            .classify_seconds
-            .inc_by(started.elapsed().as_secs_f64());
-        let decision = decide(verdict, self.consistency, self.written_lsn, topology);
+        let decision = if std::mem::take(&mut self.net.retry) {
+            Decision::SafetyNet
+        } else {
+            let started = Instant::now();
+            let verdict = verdict(waiting, statements, &self.functions);
+            metrics
+                .classify_seconds
+                .inc_by(started.elapsed().as_secs_f64());
+            decide(verdict, self.consistency, self.written_lsn, topology)
+        };
+        if decision == Decision::Replica {
+            self.net.arm(waiting);
+        } else {
+            self.net.disarm();
+        }
         metrics
             .auto_decisions
             .with_label_values(&[decision.as_str()])
@@ -152,7 +172,10 @@ impl Auto {
     /// Whether the transaction that just ended needs its WAL position read.
     pub fn needs_written_lsn(&self) -> bool {
         self.consistency == Consistency::ReadYourWrites
-            && self.current == Some(Decision::PrimaryClassifier)
+            && matches!(
+                self.current,
+                Some(Decision::PrimaryClassifier | Decision::SafetyNet)
+            )
     }
 
     /// The replay position a replica needs for this client's reads.
@@ -160,6 +183,140 @@ impl Auto {
         match self.consistency {
             Consistency::ReadYourWrites => self.written_lsn,
             _ => 0,
+        }
+    }
+}
+
+/// Most client bytes a replica transaction may have for the safety net to keep them.
+const NET_MAX: usize = 8 * 1024;
+
+/// Server messages that come before a transaction's first row or result, held back while
+/// the transaction may still move.
+const PREAMBLE: &[u8] = b"123tnT";
+
+/// The safety net of a replica transaction: if the replica refuses it with `25006` before
+/// anything reached the client, it runs again on the primary. The client's messages are
+/// kept as they came; the server's first answers (ParseComplete, BindComplete,
+/// RowDescription, …) are held back until one shows the transaction ran (a row, a result,
+/// another error), and then go to the client in order. Further client messages (a pipeline
+/// that goes on) end the net: they reached the replica.
+#[derive(Debug, Default)]
+pub struct SafetyNet {
+    /// The transaction's client messages (kept only while armed).
+    saved: Vec<u8>,
+    /// Client messages of `saved` the relay has not passed yet.
+    frames_left: usize,
+    armed: bool,
+    /// Server messages held back, whole.
+    stash: BytesMut,
+    /// The replica answered `25006`.
+    refused: bool,
+    /// Run `saved` again on the primary.
+    pub retry: bool,
+}
+
+impl SafetyNet {
+    /// Arms the net for a transaction whose client messages are `waiting` (complete
+    /// messages: the verdict read them all).
+    fn arm(&mut self, waiting: &[u8]) {
+        self.disarm();
+        if waiting.len() > NET_MAX {
+            return;
+        }
+        let mut frames = 0;
+        let mut rest = waiting;
+        while let Some((_, _, next)) = frame(rest) {
+            frames += 1;
+            rest = next;
+        }
+        self.saved.extend_from_slice(waiting);
+        self.frames_left = frames;
+        self.armed = true;
+    }
+
+    fn disarm(&mut self) {
+        self.saved.clear();
+        self.armed = false;
+        self.refused = false;
+    }
+
+    /// The client messages to send again (while [`SafetyNet::retry`]).
+    pub fn saved(&self) -> &[u8] {
+        &self.saved
+    }
+
+    /// Forgets the saved messages once they were sent again.
+    pub fn sent_again(&mut self) {
+        self.disarm();
+    }
+
+    /// A client message went to the server.
+    pub fn client_frame(&mut self) {
+        if self.armed {
+            match self.frames_left.checked_sub(1) {
+                Some(n) => self.frames_left = n,
+                None => self.armed = false,
+            }
+        }
+    }
+
+    /// A server message: held back, or passed on (after what was held).
+    pub fn server_frame(&mut self, f: &FrameRef<'_>, to_client: &mut BytesMut) -> Flow {
+        if !self.armed {
+            self.release(to_client);
+            return Flow::Continue;
+        }
+        let hold = match f.tag {
+            btag::READY_FOR_QUERY if self.refused => {
+                let idle = f
+                    .body
+                    .and_then(|b| b.first())
+                    .and_then(|&b| TxStatus::from_byte(b))
+                    == Some(TxStatus::Idle);
+                if idle {
+                    // Nothing reached the client: run it all again on the primary.
+                    self.stash.clear();
+                    self.armed = false;
+                    self.retry = true;
+                    return Flow::Hold;
+                }
+                false
+            }
+            btag::ERROR_RESPONSE => {
+                self.refused = f
+                    .body
+                    .and_then(|b| match BackendMessage::parse(f.tag, b) {
+                        Ok(BackendMessage::ErrorResponse(e)) => e.code(),
+                        _ => None,
+                    })
+                    .is_some_and(|c| c == SqlState::READ_ONLY_SQL_TRANSACTION.code());
+                self.refused
+            }
+            t => self.refused || PREAMBLE.contains(&t),
+        };
+        match (hold, f.body) {
+            (true, Some(body)) => {
+                self.stash.put_u8(f.tag);
+                self.stash.put_u32(f.len);
+                self.stash.put_slice(body);
+                Flow::Hold
+            }
+            _ => {
+                self.armed = false;
+                self.release(to_client);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// What was held back goes to the client.
+    fn release(&mut self, to_client: &mut BytesMut) {
+        if !self.stash.is_empty() {
+            to_client.extend_from_slice(&self.stash);
+            self.stash.clear();
+        }
+        if !self.armed {
+            self.refused = false;
         }
     }
 }

@@ -135,6 +135,7 @@ pub async fn serve(
                     reported_fingerprint,
                     sent: &mut sent,
                     cap: shared.pools.settings.max_prepared_statements,
+                    net: session.auto.as_mut().map(|a| &mut a.net),
                 };
                 relay.run(client, Some(stream), &mut owner).await
             }
@@ -154,11 +155,7 @@ pub async fn serve(
                 session.route_transaction(relay.client_unscanned());
                 lent = session.lend_for(client, &mut relay).await?;
             }
-            Ok(Event::Idle) => {
-                if let Some(l) = lent.take() {
-                    session.finish_transaction(l).await;
-                }
-            }
+            Ok(Event::Idle) => session.idle(lent.take(), &mut relay).await,
             // The member of the lent connection lost its role and the client reached an idle
             // point: the connection goes (its pool is retired), the client stays.
             Ok(Event::End(end))
@@ -315,6 +312,40 @@ impl<'a> Session<'a> {
         encode::backend_key_data(&mut out, self.cancel_pid, key);
         encode::ready_for_query(&mut out, TxStatus::Idle);
         write(client, &out).await
+    }
+
+    /// The client's transaction ended: its connection goes back, and a transaction a
+    /// replica refused is sent again.
+    async fn idle(&mut self, lent: Option<Lent>, relay: &mut Relay<'_>) {
+        if let Some(l) = lent {
+            self.finish_transaction(l).await;
+        }
+        self.retry_on_primary(relay);
+    }
+
+    /// Route `auto`: a transaction a replica refused with `25006` before anything reached the
+    /// client is sent again, as if the client had sent it, and goes to the primary.
+    fn retry_on_primary(&mut self, relay: &mut Relay<'_>) {
+        let Some(auto) = &mut self.auto else {
+            return;
+        };
+        if !auto.net.retry {
+            return;
+        }
+        if !relay.replay_client(auto.net.saved()) {
+            // Cannot happen with the net's size bound; the client must not wait for nothing.
+            auto.net.retry = false;
+            let out = relay.client_inject();
+            encode::error_response(
+                out,
+                &ErrorInfo::error(
+                    SqlState::READ_ONLY_SQL_TRANSACTION,
+                    "pgsteer: a replica refused the transaction as a write and it could not be sent to the primary",
+                ),
+            );
+            encode::ready_for_query(out, TxStatus::Idle);
+        }
+        auto.net.sent_again();
     }
 
     /// Route `auto`: where the transaction that starts with the `waiting` messages goes.

@@ -17,6 +17,7 @@ use pgsteer_protocol::classify::{Discard, Effect, Reason, session_effects};
 use pgsteer_protocol::frontend::tag as ftag;
 use pgsteer_protocol::{Flow, FrameRef, TagSet};
 
+use super::auto::SafetyNet;
 use super::state::ClientState;
 use crate::pool::server::Settings;
 use crate::pool::statements::{ServerStatements, Statement};
@@ -32,6 +33,11 @@ const CLOSE: u8 = b'C';
 /// ParseComplete and CloseComplete.
 const PARSE_COMPLETE: u8 = b'1';
 const CLOSE_COMPLETE: u8 = b'3';
+/// BindComplete, ParameterDescription, NoData, RowDescription.
+const BIND_COMPLETE: u8 = b'2';
+const PARAMETER_DESCRIPTION: u8 = b't';
+const NO_DATA: u8 = b'n';
+const ROW_DESCRIPTION: u8 = b'T';
 
 /// A message on its way to the server whose answer must be matched.
 #[derive(Debug)]
@@ -63,6 +69,8 @@ pub struct Pooled<'s> {
     pub sent: &'s mut VecDeque<Sent>,
     /// Prepared statements per connection.
     pub cap: usize,
+    /// Route `auto`: the safety net of a replica transaction.
+    pub net: Option<&'s mut SafetyNet>,
 }
 
 /// The queue of a pooled session's messages in flight (kept across transactions: it is
@@ -72,10 +80,22 @@ pub type InFlight = VecDeque<Sent>;
 impl Owner for Pooled<'_> {
     const CLIENT_INSPECT: TagSet =
         TagSet::of(&[ftag::QUERY, ftag::PARSE, ftag::BIND, DESCRIBE, CLOSE]);
-    const SERVER_INSPECT: TagSet =
-        TagSet::of(&[PARSE_COMPLETE, CLOSE_COMPLETE, btag::PARAMETER_STATUS]);
+    // The safety net holds back a replica's first answers, and reads its errors' SQLSTATE.
+    const SERVER_INSPECT: TagSet = TagSet::of(&[
+        PARSE_COMPLETE,
+        CLOSE_COMPLETE,
+        btag::PARAMETER_STATUS,
+        btag::ERROR_RESPONSE,
+        BIND_COMPLETE,
+        PARAMETER_DESCRIPTION,
+        NO_DATA,
+        ROW_DESCRIPTION,
+    ]);
 
     fn client_frame(&mut self, f: &FrameRef<'_>) -> Flow {
+        if let Some(net) = &mut self.net {
+            net.client_frame();
+        }
         match f.tag {
             ftag::QUERY => {
                 match f.body {
@@ -110,7 +130,41 @@ impl Owner for Pooled<'_> {
         }
     }
 
-    fn server_frame(&mut self, f: &FrameRef<'_>) -> Flow {
+    fn server_frame(&mut self, f: &FrameRef<'_>, to_client: &mut BytesMut) -> Flow {
+        let flow = self.server_frame_own(f);
+        match &mut self.net {
+            Some(net) if flow == Flow::Continue => net.server_frame(f, to_client),
+            _ => flow,
+        }
+    }
+    fn rewrite(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        body_len: usize,
+        out: &mut BytesMut,
+    ) -> Result<Option<usize>, SessionError> {
+        match tag {
+            ftag::PARSE => Ok(self.rewrite_parse(body, body_len, out)),
+            ftag::BIND => self.rewrite_bind(body, body_len, out),
+            DESCRIBE | CLOSE => Ok(Some(self.rewrite_target(tag, body, body_len, out))),
+            ftag::TERMINATE => Ok(Some(body_len)),
+            _ => {
+                frame_header(out, tag, body_len);
+                Ok(Some(0))
+            }
+        }
+    }
+
+    fn lends(&self) -> bool {
+        self.client.lends() && self.sent.is_empty()
+    }
+}
+
+impl Pooled<'_> {
+    /// The server messages that are the owner's own business (answers to what it sent,
+    /// the connection's parameters).
+    fn server_frame_own(&mut self, f: &FrameRef<'_>) -> Flow {
         match f.tag {
             PARSE_COMPLETE | CLOSE_COMPLETE => match self.sent.pop_front() {
                 Some(Sent::Parse { ours: true, .. } | Sent::Close { ours: true }) => Flow::Hold,
@@ -152,31 +206,6 @@ impl Owner for Pooled<'_> {
         }
     }
 
-    fn rewrite(
-        &mut self,
-        tag: u8,
-        body: &[u8],
-        body_len: usize,
-        out: &mut BytesMut,
-    ) -> Result<Option<usize>, SessionError> {
-        match tag {
-            ftag::PARSE => Ok(self.rewrite_parse(body, body_len, out)),
-            ftag::BIND => self.rewrite_bind(body, body_len, out),
-            DESCRIBE | CLOSE => Ok(Some(self.rewrite_target(tag, body, body_len, out))),
-            ftag::TERMINATE => Ok(Some(body_len)),
-            _ => {
-                frame_header(out, tag, body_len);
-                Ok(Some(0))
-            }
-        }
-    }
-
-    fn lends(&self) -> bool {
-        self.client.lends() && self.sent.is_empty()
-    }
-}
-
-impl Pooled<'_> {
     /// Acts on what a query string does to the session.
     fn effects(&mut self, sql: &[u8]) {
         for effect in session_effects(sql) {

@@ -291,6 +291,23 @@ impl<'a> Relay<'a> {
         &mut self.s2c.inject
     }
 
+    /// Puts `bytes` back in front of the client's unread input, as if the client had sent
+    /// them again (a transaction a replica refused, run again elsewhere); `false` when they
+    /// do not fit or the client's input is not empty.
+    pub fn replay_client(&mut self, bytes: &[u8]) -> bool {
+        let win = &mut self.c2s.win;
+        if !win.unscanned().is_empty() || !win.approved().is_empty() {
+            return false;
+        }
+        let spare = win.spare();
+        let Some(room) = spare.get_mut(..bytes.len()) else {
+            return false;
+        };
+        room.copy_from_slice(bytes);
+        win.filled(bytes.len());
+        true
+    }
+
     /// The client's pending request cannot be served (no server for it): it gets
     /// `error` now; its messages are discarded up to the end of the request (a
     /// Query or FunctionCall, or up to Sync), which is answered ReadyForQuery.
@@ -663,11 +680,12 @@ impl<'a> Relay<'a> {
         let state = &mut self.state;
         let tally = &mut self.tally;
         let drain = &mut self.drain;
-        let scan = self
-            .s2c
+        let half = &mut self.s2c;
+        let scan = half
             .scanner
-            .scan(self.s2c.win.unscanned(), |f| {
-                if owner.server_frame(&f) == Flow::Hold {
+            .scan(half.win.unscanned(), |f| {
+                let flow = owner.server_frame(&f, &mut half.inject);
+                if flow == Flow::Hold && f.tag != btag::READY_FOR_QUERY {
                     return Flow::Hold;
                 }
                 state.last_server_tag = f.tag;
@@ -685,7 +703,10 @@ impl<'a> Relay<'a> {
                     state.tx = tx;
                 }
                 state.ready_for_query(tally);
-                if drain.ready_for_query(state.tx, state.pending) {
+                if flow == Flow::Hold {
+                    // Answered, but not to the client (the owner sends the request again).
+                    Flow::Hold
+                } else if drain.ready_for_query(state.tx, state.pending) {
                     Flow::Stop
                 } else {
                     Flow::Continue

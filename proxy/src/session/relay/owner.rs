@@ -24,9 +24,11 @@ pub trait Owner {
     }
 
     /// A server message was scanned (before the relay's own bookkeeping). [`Flow::Hold`]
-    /// drops it: the client never sees it, and the relay does not count it.
+    /// drops it: the client never sees it, and the relay does not count it, except a
+    /// ReadyForQuery, which still answers the oldest request. `to_client` is written to the
+    /// client before this message.
     #[inline]
-    fn server_frame(&mut self, _f: &FrameRef<'_>) -> Flow {
+    fn server_frame(&mut self, _f: &FrameRef<'_>, _to_client: &mut BytesMut) -> Flow {
         Flow::Continue
     }
 
