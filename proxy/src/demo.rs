@@ -41,6 +41,8 @@ pub struct DemoAddrs {
     pub admin: SocketAddr,
     /// Read-write, pooled per transaction.
     pub pooled: SocketAddr,
+    /// Route `auto`, pooled per transaction: reads on replicas.
+    pub auto: SocketAddr,
 }
 
 impl Default for DemoAddrs {
@@ -50,6 +52,7 @@ impl Default for DemoAddrs {
             ro: SocketAddr::from(([127, 0, 0, 1], 6433)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9930)),
             pooled: SocketAddr::from(([127, 0, 0, 1], 6434)),
+            auto: SocketAddr::from(([127, 0, 0, 1], 6435)),
         }
     }
 }
@@ -62,6 +65,9 @@ pub fn config_text(cluster: &Cluster, addrs: DemoAddrs) -> String {
          # Read-write, pooled per transaction: pgsteer authenticates clients itself.\n\
          [[listen.extra]]\nname = \"pooled\"\naddress = \"{}\"\nroute = \"primary\"\n\
          pool_mode = \"transaction\"\n\n\
+         # One connection string: each transaction to a replica when it only reads.\n\
+         [[listen.extra]]\nname = \"auto\"\naddress = \"{}\"\nroute = \"auto\"\n\
+         pool_mode = \"transaction\"\n\n\
          [auth]\nauth_file = \"{}\"\n\n\
          [discovery]\nsource = \"static\"\nprobe_interval = \"500ms\"\n\n\
          [discovery.probe]\nuser = \"{}\"\npassword = \"{}\"\ndbname = \"postgres\"\n",
@@ -69,6 +75,7 @@ pub fn config_text(cluster: &Cluster, addrs: DemoAddrs) -> String {
         addrs.ro,
         addrs.admin,
         addrs.pooled,
+        addrs.auto,
         cluster.dir().join("userlist.txt").display(),
         pgsteer_cluster::PROBE_USER,
         pgsteer_cluster::PROBE_PASSWORD
@@ -136,6 +143,8 @@ pub fn banner(cluster: &Cluster, addrs: DemoAddrs) -> String {
          Pin a member by name:\n  psql \"host={rh} port={rp} user={u} password={p} dbname={db} options='-c pgsteer.pod=pg-1'\"\n\
          Read-write, pooled per transaction (port {pp}; pgsteer checks the password itself):\n  \
          PGPASSWORD={p} pgbench -h {ph} -p {pp} -U {u} -c 50 -j 2 -T 10 -S {db}   # after pgbench -i through any port\n\
+         One connection string, reads on replicas, writes on the primary (port {ap}, route auto, pooled):\n  \
+         psql \"host={ah} port={ap} user={u} password={p} dbname={db}\" -c 'select pg_is_in_recovery()' -c 'select pg_is_in_recovery(), txid_current()'\n\
          Topology and pools:\n  curl -s http://{admin}/topology; curl -s http://{admin}/pools\n\
          Config: {}/pgsteer.toml\n\nCtrl-C stops pgsteer and the cluster and removes {}.\n",
         cluster.dir().display(),
@@ -147,6 +156,8 @@ pub fn banner(cluster: &Cluster, addrs: DemoAddrs) -> String {
         admin = addrs.admin,
         ph = addrs.pooled.ip(),
         pp = addrs.pooled.port(),
+        ah = addrs.auto.ip(),
+        ap = addrs.auto.port(),
     );
     s
 }
