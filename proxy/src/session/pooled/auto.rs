@@ -112,6 +112,10 @@ pub struct Auto {
     pub current: Option<Decision>,
     /// The current replica transaction, ready to move to the primary.
     pub net: SafetyNet,
+    /// The replay position to ask the lent replica for (read-your-writes ahead of the probe).
+    check: Option<u64>,
+    /// A replica's replay position as this client last asked it.
+    seen_replay: Option<(String, u64)>,
     functions: ReadOnlyFunctions,
 }
 
@@ -123,6 +127,8 @@ impl Auto {
             written_lsn: 0,
             current: None,
             net: SafetyNet::default(),
+            check: None,
+            seen_replay: None,
             functions,
         }
     }
@@ -136,7 +142,7 @@ impl Auto {
         topology: &Topology,
         metrics: &Metrics,
     ) -> Request {
-        let decision = if std::mem::take(&mut self.net.retry) {
+        let mut decision = if std::mem::take(&mut self.net.retry) {
             Decision::SafetyNet
         } else {
             let started = Instant::now();
@@ -146,18 +152,26 @@ impl Auto {
                 .inc_by(started.elapsed().as_secs_f64());
             decide(verdict, self.consistency, self.written_lsn, topology)
         };
+        // The probe has not seen a replica replay the client's last write yet: ask the
+        // replica the transaction is lent, which usually has (`caught_up`).
+        self.check = (decision == Decision::PrimaryFreshness
+            && self.consistency == Consistency::ReadYourWrites
+            && self.written_lsn != u64::MAX)
+            .then_some(self.written_lsn);
+        if self.check.is_some() {
+            decision = Decision::Replica;
+        } else {
+            count(metrics, decision);
+        }
         if decision == Decision::Replica {
             self.net.arm(waiting);
         } else {
             self.net.disarm();
         }
-        metrics
-            .auto_decisions
-            .with_label_values(&[decision.as_str()])
-            .inc();
         self.current = Some(decision);
         let (route, min_lsn) = match decision {
-            Decision::Replica => (Route::Replica, self.min_lsn()),
+            Decision::Replica if self.check.is_none() => (Route::Replica, self.min_lsn()),
+            Decision::Replica => (Route::Replica, 0),
             _ => (Route::Primary, 0),
         };
         Request {
@@ -166,6 +180,47 @@ impl Auto {
             pin: None,
             consistency: self.consistency,
             min_lsn,
+        }
+    }
+
+    /// The replay position a lent replica must have before the transaction may run there,
+    /// and what is known of it: `None` when nothing needs checking, `Some(Ok(replay))` when
+    /// this client saw that `member` has it already, else `Some(Err(need))`: ask the replica.
+    pub fn check_for(&self, member: &str) -> Option<Result<u64, u64>> {
+        let need = self.check?;
+        Some(match &self.seen_replay {
+            Some((m, lsn)) if m == member && *lsn >= need => Ok(*lsn),
+            _ => Err(need),
+        })
+    }
+
+    /// The check's outcome: `replay` is the lent replica's position (`None`: unknown).
+    /// `true`: the transaction stays on the replica; `false`: it goes to the primary.
+    pub fn checked(&mut self, member: &str, replay: Option<u64>, metrics: &Metrics) -> bool {
+        let need = self.check.take().unwrap_or(0);
+        if let Some(lsn) = replay {
+            self.seen_replay = Some((member.to_owned(), lsn));
+        }
+        let fresh = replay.is_some_and(|lsn| lsn >= need);
+        let decision = if fresh {
+            Decision::Replica
+        } else {
+            self.net.disarm();
+            Decision::PrimaryFreshness
+        };
+        self.current = Some(decision);
+        count(metrics, decision);
+        fresh
+    }
+
+    /// The request of a transaction a replica was not fresh enough for.
+    pub fn primary(&self) -> Request {
+        Request {
+            route: Route::Primary,
+            explicit_route: false,
+            pin: None,
+            consistency: self.consistency,
+            min_lsn: 0,
         }
     }
 
@@ -320,6 +375,16 @@ impl SafetyNet {
         }
     }
 }
+
+fn count(metrics: &Metrics, decision: Decision) {
+    metrics
+        .auto_decisions
+        .with_label_values(&[decision.as_str()])
+        .inc();
+}
+
+/// The query that asks a replica how far it has replayed.
+pub const REPLAY_LSN_SQL: &str = "SELECT pg_last_wal_replay_lsn()::text";
 
 /// Where a transaction with `verdict` goes for a client whose last write was at
 /// `written_lsn`. Pure.
@@ -572,5 +637,48 @@ mod tests {
         assert_eq!(decide(read, Eventual, 0, &lagging), PrimaryNoReplica);
         let alone = replicas(&[]);
         assert_eq!(decide(read, ReadYourWrites, 0, &alone), PrimaryNoReplica);
+    }
+
+    #[test]
+    fn a_read_ahead_of_the_probe_asks_the_replica_and_remembers_its_answer() {
+        let metrics = Metrics::new().unwrap();
+        let t = replicas(&[("pg-1", Some(100), false)]);
+        let none = ClientStatements::default();
+        let mut auto = Auto::new(Consistency::ReadYourWrites, ReadOnlyFunctions::new(&[]));
+        auto.written_lsn = 101;
+        let req = auto.route(&query("SELECT 1"), &none, &t, &metrics);
+        assert_eq!((req.route, req.min_lsn), (Route::Replica, 0));
+        assert_eq!(auto.check_for("pg-1"), Some(Err(101)));
+        assert!(auto.checked("pg-1", Some(150), &metrics), "caught up");
+        assert_eq!(auto.current, Some(Decision::Replica));
+        auto.route(&query("SELECT 1"), &none, &t, &metrics);
+        assert_eq!(auto.check_for("pg-1"), Some(Ok(150)), "remembered");
+        assert_eq!(
+            auto.check_for("pg-2"),
+            Some(Err(101)),
+            "another replica is asked"
+        );
+        assert!(!auto.checked("pg-2", Some(90), &metrics), "behind");
+        assert_eq!(auto.current, Some(Decision::PrimaryFreshness));
+        assert_eq!(auto.primary().route, Route::Primary);
+        auto.route(&query("SELECT 1"), &none, &t, &metrics);
+        assert!(
+            !auto.checked("pg-1", None, &metrics),
+            "no answer: the primary"
+        );
+        let decided = |d: &str| metrics.auto_decisions.with_label_values(&[d]).get();
+        assert_eq!((decided("replica"), decided("primary_freshness")), (1, 2));
+        // Strong never asks; an unknown write position never asks either.
+        let mut strong = Auto::new(Consistency::Strong, ReadOnlyFunctions::new(&[]));
+        assert_eq!(
+            strong.route(&query("SELECT 1"), &none, &t, &metrics).route,
+            Route::Primary
+        );
+        assert_eq!(strong.check_for("pg-1"), None);
+        auto.written_lsn = u64::MAX;
+        assert_eq!(
+            auto.route(&query("SELECT 1"), &none, &t, &metrics).route,
+            Route::Primary
+        );
     }
 }

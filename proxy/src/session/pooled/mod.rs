@@ -37,7 +37,7 @@ use crate::pool::server::{self, Login, OpenError, QueryError, ServerConn};
 use crate::pool::{Acquired, Pool};
 use crate::router::{Request, Route, Target};
 use crate::state::Shared;
-use auto::{Auto, ReadOnlyFunctions, WRITTEN_LSN_SQL};
+use auto::{Auto, REPLAY_LSN_SQL, ReadOnlyFunctions, WRITTEN_LSN_SQL};
 use owner::{InFlight, Pooled};
 use state::{ClientState, SESSION_SETTINGS_SQL, sync_sql};
 
@@ -348,6 +348,33 @@ impl<'a> Session<'a> {
         auto.net.sent_again();
     }
 
+    /// Route `auto`, read-your-writes: whether the replica lent has replayed the client's
+    /// last write (asked when the probe has not shown it yet); if not, the transaction is
+    /// routed to the primary instead.
+    async fn fresh_enough(&mut self, lent: &mut Lent) -> bool {
+        let Some(auto) = &mut self.auto else {
+            return true;
+        };
+        let replay = match auto.check_for(&lent.target.member) {
+            None => return true,
+            Some(Ok(replay)) => Some(replay),
+            Some(Err(_)) => match Box::pin(lent.conn.query(REPLAY_LSN_SQL)).await {
+                Ok(rows) => rows
+                    .first()
+                    .and_then(|r| r.first()?.as_deref().and_then(pgsteer_discovery::parse_lsn)),
+                Err(e) => {
+                    debug!(error = %e, "could not ask a replica how far it has replayed");
+                    None
+                }
+            },
+        };
+        if auto.checked(&lent.target.member, replay, &self.shared.metrics) {
+            return true;
+        }
+        self.route_now = auto.primary();
+        false
+    }
+
     /// Route `auto`: where the transaction that starts with the `waiting` messages goes.
     fn route_transaction(&mut self, waiting: &[u8]) {
         if let Some(auto) = &mut self.auto {
@@ -431,6 +458,10 @@ impl<'a> Session<'a> {
                 }
                 lent.conn.applied = self.state.desired.clone();
                 lent.conn.applied_fingerprint = self.state.desired_fingerprint;
+            }
+            if !self.fresh_enough(&mut lent).await {
+                self.return_conn(lent, false);
+                continue;
             }
             lent.pool
                 .member_lent
