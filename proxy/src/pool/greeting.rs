@@ -57,12 +57,7 @@ impl Greeting {
 mod tests {
     use super::*;
 
-    fn settings(pairs: &[(&str, &str)]) -> Settings {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::pool::server::settings_of as settings;
 
     #[test]
     fn nothing_is_shown_before_a_connection_was_opened() {

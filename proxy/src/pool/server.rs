@@ -30,6 +30,15 @@ const MESSAGE_LIMIT: u32 = 1 << 20;
 /// Session settings by lowercase name, as `SET` takes them.
 pub type Settings = BTreeMap<String, String>;
 
+/// Settings from pairs, for tests.
+#[cfg(test)]
+pub fn settings_of(pairs: &[(&str, &str)]) -> Settings {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 /// A server connection in a pool.
 pub struct ServerConn {
     /// The socket.

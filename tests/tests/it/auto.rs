@@ -27,6 +27,20 @@ async fn start(tweak: impl FnOnce(&mut pgsteer::Config)) -> Pooled {
     p
 }
 
+/// Makes `replica` apply WAL `delay` late (`None`: on time again).
+fn apply_delay(p: &Pooled, replica: &str, delay: Option<&str>) {
+    let set = match delay {
+        Some(d) => format!("ALTER SYSTEM SET recovery_min_apply_delay = '{d}'"),
+        None => "ALTER SYSTEM RESET recovery_min_apply_delay".to_owned(),
+    };
+    // Two calls: ALTER SYSTEM cannot run inside the transaction one `psql -c` makes.
+    p.env
+        .cluster
+        .psql(replica, &set)
+        .and_then(|_| p.env.cluster.psql(replica, "SELECT pg_reload_conf()"))
+        .expect("recovery_min_apply_delay");
+}
+
 /// Waits until the proxy has seen every replica replay the primary's current position, so that
 /// a new client's first reads may use them.
 async fn replicas_caught_up(p: &Pooled) {
@@ -166,11 +180,7 @@ async fn write_then_read(options: &str) {
     let p = start(|_| {}).await;
     let (code, _) = crate::drain::http_post(p.env.admin(), "/drain/pg-1", None).await;
     assert_eq!(code, 200);
-    p.env
-        .cluster
-        .psql("pg-2", "ALTER SYSTEM SET recovery_min_apply_delay = '2s'")
-        .and_then(|_| p.env.cluster.psql("pg-2", "SELECT pg_reload_conf()"))
-        .expect("delay pg-2");
+    apply_delay(&p, "pg-2", Some("2s"));
     let c = connect(p.rw(), Some(options)).await;
     c.batch_execute("CREATE TABLE ryw(id int PRIMARY KEY)")
         .await
@@ -230,11 +240,7 @@ async fn a_replica_past_the_lag_bound_gets_no_reads_until_it_catches_up() {
     c.batch_execute("CREATE TABLE lagged(id serial, at timestamptz DEFAULT now())")
         .await
         .unwrap();
-    p.env
-        .cluster
-        .psql("pg-2", "ALTER SYSTEM SET recovery_min_apply_delay = '5s'")
-        .and_then(|_| p.env.cluster.psql("pg-2", "SELECT pg_reload_conf()"))
-        .expect("delay pg-2");
+    apply_delay(&p, "pg-2", Some("5s"));
     // Writes keep coming, so the delayed replica falls behind.
     let writer = tokio::spawn(async move {
         loop {
@@ -257,11 +263,7 @@ async fn a_replica_past_the_lag_bound_gets_no_reads_until_it_catches_up() {
     }
     let lagging = crate::pooled_state::metric(&p, "pgsteer_replicas_lagging").await;
     assert_eq!(lagging, 1.0);
-    p.env
-        .cluster
-        .psql("pg-2", "ALTER SYSTEM RESET recovery_min_apply_delay")
-        .and_then(|_| p.env.cluster.psql("pg-2", "SELECT pg_reload_conf()"))
-        .expect("undelay pg-2");
+    apply_delay(&p, "pg-2", None);
     writer.abort();
     eventually("pg-2 caught up and a read lands on it again", || async {
         port().await == pg2

@@ -169,12 +169,7 @@ pub const SESSION_SETTINGS_SQL: &str = "SELECT name, setting FROM pg_catalog.pg_
 mod tests {
     use super::*;
 
-    fn settings(pairs: &[(&str, &str)]) -> Settings {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::pool::server::settings_of as settings;
 
     #[test]
     fn startup_parameters_and_options_become_settings_but_user_and_database_do_not() {
