@@ -25,11 +25,11 @@ struct Cli {
     /// A smoke run: 2 s per point, one round.
     #[arg(long)]
     quick: bool,
-    /// Only these workloads (comma-separated ids, e.g. select-simple-8,tpcb-8).
+    /// Only these workloads (comma-separated ids, e.g. select-simple-8,tpcb-8,mixed-9010-8).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
-    /// Only these targets (direct, pgsteer-rw, pgsteer-base, pgsteer-pooled, pgbouncer,
-    /// pgbouncer-tx, haproxy, direct-replica, pgsteer-ro).
+    /// Only these targets (direct, pgsteer-rw, pgsteer-base, pgsteer-pooled, pgsteer-auto,
+    /// pgsteer-auto-eventual, pgbouncer, pgbouncer-tx, haproxy, direct-replica, pgsteer-ro).
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
     /// The pgsteer binary (default: `pgsteer` next to this one).

@@ -375,6 +375,7 @@ impl IdleRun {
                 hold_timeout: "10s",
                 max_clients,
                 pool_size: pooled.then_some(opts.pool_size),
+                auto: false,
             },
         )?;
         let pid = proxy.proc.pid();
@@ -517,6 +518,7 @@ impl ParkedRun {
                 hold_timeout: "1h",
                 max_clients,
                 pool_size: None,
+                auto: false,
             },
         )?;
         let pid = proxy.proc.pid();

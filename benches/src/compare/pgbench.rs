@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use super::workloads::{MIXED_READ, MIXED_WEIGHTS, MIXED_WRITE, Script};
+
 /// What a pgbench run is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run<'a> {
@@ -17,8 +19,13 @@ pub struct Run<'a> {
     pub password: Option<&'a str>,
     /// Database.
     pub database: &'a str,
-    /// `-S` (select-only) or the default TPC-B-like script.
-    pub select_only: bool,
+    /// `-S` (select-only), the default TPC-B-like script, or the 90/10 custom scripts (`-f`,
+    /// written into the run's directory).
+    pub script: Script,
+    /// `-s`: the value of `:scale` in custom scripts (the built-in ones read it from the tables).
+    pub scale: u32,
+    /// `PGOPTIONS` (startup options such as `-c pgsteer.consistency=eventual`), if any.
+    pub options: Option<&'a str>,
     /// `-M extended` instead of simple.
     pub extended: bool,
     /// `-C`: a new connection per transaction.
@@ -42,11 +49,18 @@ pub struct Outcome {
     pub latency_avg_ms: f64,
     /// 99th percentile of the logged transaction latencies, in ms.
     pub latency_p99_ms: Option<f64>,
+    /// Transactions per script, in `-f` order, when there are several scripts.
+    pub per_script: Vec<u64>,
 }
 
+/// File names of the 90/10 scripts in the run's directory: (read, write).
+pub const MIXED_FILES: (&str, &str) = ("mixed-9010-read.sql", "mixed-9010-write.sql");
+
 impl Run<'_> {
-    /// The command line, logging every transaction to files starting with `log_prefix`.
-    pub fn command(&self, log_prefix: &Path) -> Command {
+    /// The command line, logging every transaction to `dir/pgbench_log.*` (custom scripts are
+    /// read from `dir`; [`Run::run`] writes them).
+    pub fn command(&self, dir: &Path) -> Command {
+        let log_prefix = dir.join(LOG_PREFIX);
         let mut cmd = Command::new("pgbench");
         cmd.args(["-h", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
@@ -63,8 +77,20 @@ impl Run<'_> {
             .arg(self.jobs().to_string())
             .arg("-l")
             .arg(format!("--log-prefix={}", log_prefix.display()));
-        if self.select_only {
-            cmd.arg("-S");
+        match self.script {
+            Script::SelectOnly => {
+                cmd.arg("-S");
+            }
+            Script::TpcbLike => {}
+            Script::Mixed9010 => {
+                let (read, write) = MIXED_FILES;
+                let (r, w) = MIXED_WEIGHTS;
+                cmd.arg("-s").arg(self.scale.to_string());
+                cmd.arg("-f")
+                    .arg(format!("{}@{r}", dir.join(read).display()));
+                cmd.arg("-f")
+                    .arg(format!("{}@{w}", dir.join(write).display()));
+            }
         }
         if self.extended {
             cmd.args(["-M", "extended"]);
@@ -78,6 +104,9 @@ impl Run<'_> {
             .env("PGCONNECT_TIMEOUT", "10");
         if let Some(p) = self.password {
             cmd.env("PGPASSWORD", p);
+        }
+        if let Some(o) = self.options {
+            cmd.env("PGOPTIONS", o);
         }
         cmd
     }
@@ -107,14 +136,20 @@ impl Run<'_> {
 
     /// Runs pgbench in `dir` (its logs go there and are removed once read).
     pub fn run(&self, dir: &Path) -> Result<Outcome, String> {
-        let prefix = dir.join("pgbench_log");
+        if self.script == Script::Mixed9010 {
+            let (read, write) = MIXED_FILES;
+            for (name, text) in [(read, MIXED_READ), (write, MIXED_WRITE)] {
+                let path = dir.join(name);
+                fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
         let out = self
-            .command(&prefix)
+            .command(dir)
             .output()
             .map_err(|e| format!("cannot run pgbench: {e}"))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let latencies = read_logs(dir, "pgbench_log");
+        let latencies = read_logs(dir, LOG_PREFIX);
         if !out.status.success() {
             let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
             return Err(format!(
@@ -138,6 +173,9 @@ impl Run<'_> {
     }
 }
 
+/// File name prefix of the per-transaction logs (`-l --log-prefix`).
+const LOG_PREFIX: &str = "pgbench_log";
+
 /// Reads the pgbench summary (`number of transactions actually processed`, `tps = `, …).
 pub fn parse_summary(stdout: &str) -> Option<Outcome> {
     let mut o = Outcome::default();
@@ -155,6 +193,11 @@ pub fn parse_summary(stdout: &str) -> Option<Outcome> {
         } else if let Some(v) = line.strip_prefix("tps =") {
             o.tps = v.split_whitespace().next()?.parse().ok()?;
             got_tps = true;
+        } else if let Some(v) = line.strip_prefix("- ") {
+            // Per script: " - 71893 transactions (90.0% of total, tps = 8986.5)".
+            if let Some((n, _)) = v.split_once(" transactions (") {
+                o.per_script.push(n.trim().parse().ok()?);
+            }
         }
     }
     (got_tx && got_tps).then_some(o)
@@ -241,7 +284,9 @@ tps = 11447.800000 (without initial connection time)
             user: "u",
             password: None,
             database: "d",
-            select_only: true,
+            script: Script::SelectOnly,
+            scale: 10,
+            options: None,
             extended: false,
             connect_per_tx: false,
             clients,
@@ -251,13 +296,82 @@ tps = 11447.800000 (without initial connection time)
         assert_eq!(run(8).jobs(), 2);
         assert_eq!(run(32).jobs(), 2);
         assert_eq!(run(1000).jobs(), 4);
-        let cmd = run(1000).command(Path::new("/tmp/log"));
+        let cmd = run(1000).command(Path::new("/tmp/run"));
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
         let j = args.iter().position(|a| a == "-j").unwrap();
         assert_eq!(args[j + 1], "4");
         let t = args.iter().position(|a| a == "-T").unwrap();
         assert_eq!(args[t + 1], "11", "1 s plus 10 s to connect 1,000 clients");
         assert_eq!(run(32).connect_allowance(), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_mixed_script_is_two_weighted_files_with_the_scale_and_startup_options() {
+        let run = Run {
+            port: 5432,
+            user: "u",
+            password: None,
+            database: "d",
+            script: Script::Mixed9010,
+            scale: 10,
+            options: Some("-c pgsteer.consistency=eventual"),
+            extended: false,
+            connect_per_tx: false,
+            clients: 8,
+            duration: Duration::from_secs(1),
+        };
+        let cmd = run.command(Path::new("/tmp/run"));
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        let joined = args.join(" ");
+        assert!(
+            joined.contains(
+                "-s 10 -f /tmp/run/mixed-9010-read.sql@9 -f /tmp/run/mixed-9010-write.sql@1"
+            ),
+            "{joined}"
+        );
+        assert!(!args.iter().any(|a| a == "-S"), "{joined}");
+        let env: Vec<_> = cmd.get_envs().collect();
+        assert!(
+            env.iter().any(|(k, v)| *k == "PGOPTIONS"
+                && v.is_some_and(|v| v == "-c pgsteer.consistency=eventual")),
+            "{env:?}"
+        );
+        let plain = Run {
+            options: None,
+            ..run
+        };
+        assert!(
+            !plain
+                .command(Path::new("/tmp/run"))
+                .get_envs()
+                .any(|(k, _)| k == "PGOPTIONS")
+        );
+    }
+
+    #[test]
+    fn several_scripts_give_transactions_per_script() {
+        let text = SUMMARY.to_owned()
+            + "SQL script 1: /tmp/run/mixed-9010-read.sql
+ - weight: 9 (targets 90.0% of total)
+ - 154500 transactions (90.0% of total, tps = 10300.000000)
+ - number of failed transactions: 0 (0.000%)
+ - latency average = 0.650 ms
+ - latency stddev = 0.100 ms
+SQL script 2: /tmp/run/mixed-9010-write.sql
+ - weight: 1 (targets 10.0% of total)
+ - 17217 transactions (10.0% of total, tps = 1147.800000)
+ - number of failed transactions: 0 (0.000%)
+ - latency average = 1.100 ms
+ - latency stddev = 0.300 ms
+";
+        let o = parse_summary(&text).unwrap();
+        assert_eq!(o.per_script, [154_500, 17_217]);
+        assert_eq!(o.transactions, 171_717);
+        assert!(
+            (o.latency_avg_ms - 0.699).abs() < 1e-9,
+            "the overall average"
+        );
+        assert!(parse_summary(SUMMARY).unwrap().per_script.is_empty());
     }
 
     #[test]

@@ -22,6 +22,103 @@ pub struct Sample {
     pub latency_p99_ms: Option<f64>,
     /// CPU seconds the proxy process used during the run.
     pub proxy_cpu_s: Option<f64>,
+    /// Transactions per script, in `-f` order (custom scripts only).
+    pub per_script: Vec<u64>,
+    /// Route decisions of pgsteer's `auto` listener during the run (auto targets only).
+    pub auto: Option<AutoCounts>,
+}
+
+/// `pgsteer_auto_transactions_total` by decision: a reading of `/metrics`, or the difference of
+/// two.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AutoCounts {
+    /// `decision="replica"`.
+    pub replica: u64,
+    /// `decision="primary_classifier"`: the classifier saw (or could not rule out) a write.
+    pub primary_classifier: u64,
+    /// `decision="primary_freshness"`: no replica had replayed the client's last write.
+    pub primary_freshness: u64,
+    /// `decision="primary_no_replica"`: no replica could take reads.
+    pub primary_no_replica: u64,
+}
+
+/// The metric family counted in [`AutoCounts`].
+pub const AUTO_METRIC: &str = "pgsteer_auto_transactions_total";
+
+impl AutoCounts {
+    /// The counters in a Prometheus text exposition; `None` if the family is missing (a build
+    /// without route `auto`).
+    pub fn parse(text: &str) -> Option<AutoCounts> {
+        let mut c = AutoCounts::default();
+        let mut seen = false;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(AUTO_METRIC) else {
+                continue;
+            };
+            let Some((labels, value)) = rest.strip_prefix('{').and_then(|r| r.split_once('}'))
+            else {
+                continue;
+            };
+            let Some(decision) = labels.split(',').find_map(|l| {
+                l.trim()
+                    .strip_prefix("decision=\"")
+                    .and_then(|d| d.strip_suffix('"'))
+            }) else {
+                continue;
+            };
+            // Counters print as integers or floats ("8000" or "8e3").
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let slot = match decision {
+                "replica" => &mut c.replica,
+                "primary_classifier" => &mut c.primary_classifier,
+                "primary_freshness" => &mut c.primary_freshness,
+                "primary_no_replica" => &mut c.primary_no_replica,
+                _ => continue,
+            };
+            *slot = value as u64;
+            seen = true;
+        }
+        seen.then_some(c)
+    }
+
+    /// What was counted between `before` and `self`.
+    pub fn since(self, before: AutoCounts) -> AutoCounts {
+        AutoCounts {
+            replica: self.replica.saturating_sub(before.replica),
+            primary_classifier: self
+                .primary_classifier
+                .saturating_sub(before.primary_classifier),
+            primary_freshness: self
+                .primary_freshness
+                .saturating_sub(before.primary_freshness),
+            primary_no_replica: self
+                .primary_no_replica
+                .saturating_sub(before.primary_no_replica),
+        }
+    }
+
+    /// The sum of two counts.
+    pub fn plus(self, other: AutoCounts) -> AutoCounts {
+        AutoCounts {
+            replica: self.replica + other.replica,
+            primary_classifier: self.primary_classifier + other.primary_classifier,
+            primary_freshness: self.primary_freshness + other.primary_freshness,
+            primary_no_replica: self.primary_no_replica + other.primary_no_replica,
+        }
+    }
+
+    /// Every decision.
+    pub fn total(self) -> u64 {
+        self.replica + self.primary_classifier + self.primary_freshness + self.primary_no_replica
+    }
+
+    /// The share of transactions sent to a replica, 0–1 (`None` without transactions).
+    pub fn replica_share(self) -> Option<f64> {
+        let total = self.total();
+        (total > 0).then(|| self.replica as f64 / total as f64)
+    }
 }
 
 impl Sample {
@@ -113,7 +210,7 @@ pub fn table(workloads: &[Workload], results: &Results) -> String {
         let _ = writeln!(out, "\n{} — {}", w.id, w.describe());
         let _ = write!(
             out,
-            "  {:<15} {:>9} {:>8} {:>8} {:>8}",
+            "  {:<21} {:>9} {:>8} {:>8} {:>8}",
             "target", "tps", "avg ms", "p99 ms", "x base"
         );
         for (_, heading) in &peers {
@@ -137,7 +234,7 @@ pub fn table(workloads: &[Workload], results: &Results) -> String {
 /// each peer's.
 fn row(workload: &str, t: Target, peers: &[(Target, &str)], results: &Results) -> String {
     let Some(p) = results.point(workload, t) else {
-        return format!("  {:<15} (no successful run)\n", t.name());
+        return format!("  {:<21} (no successful run)\n", t.name());
     };
     let ratio = |other: Target| {
         (other != t)
@@ -146,7 +243,7 @@ fn row(workload: &str, t: Target, peers: &[(Target, &str)], results: &Results) -
             .map(|o| p.tps / o.tps)
     };
     let mut out = format!(
-        "  {:<15} {:>9.0} {:>8.3} {:>8} {:>8}",
+        "  {:<21} {:>9.0} {:>8.3} {:>8} {:>8}",
         t.name(),
         p.tps,
         p.latency_avg_ms,
@@ -193,6 +290,119 @@ pub fn versus_base(workloads: &[Workload], results: &Results) -> String {
         return out;
     }
     format!("\npgsteer-rw vs pgsteer-base (same run, medians; tps x = rw / base):\n{out}")
+}
+
+/// Route `auto` per workload and auto target: the share of transactions its listener sent to
+/// replicas (decisions counted on `/metrics` around each run, summed over the rounds, and each
+/// round's share), and its tps against pgsteer-pooled (everything on the primary through the
+/// same pool) in the same run. Empty when no auto target ran.
+pub fn auto_routing(workloads: &[Workload], results: &Results) -> String {
+    let mut out = String::new();
+    for w in workloads {
+        for &t in w.targets.iter().filter(|t| t.is_auto()) {
+            let Some(samples) = results.samples.get(&(w.id.clone(), t)) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "  {:<22} {:<22} {}",
+                w.id,
+                t.name(),
+                replica_share(samples)
+            );
+            if let (Some(auto), Some(pooled)) = (
+                results.point(&w.id, t),
+                results.point(&w.id, Target::PgsteerPooled),
+            ) {
+                let _ = writeln!(
+                    out,
+                    "  {:<22} {:<22} {}",
+                    w.id,
+                    t.name(),
+                    versus_pooled(&auto, &pooled)
+                );
+            }
+        }
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!(
+        "\nroute auto (pgsteer_auto_transactions_total on /metrics before and after each run, \
+         summed over the rounds; tps x = auto / pgsteer-pooled, medians):\n{out}"
+    )
+}
+
+/// `88.9 % of transactions on replicas (replica 8,000 / …); per round: …` for an auto target's
+/// samples, with pgbench's own count and share of read transactions beside the decisions.
+fn replica_share(samples: &[Sample]) -> String {
+    let counted: Vec<AutoCounts> = samples.iter().filter_map(|s| s.auto).collect();
+    let sum = counted
+        .iter()
+        .fold(AutoCounts::default(), |a, &c| a.plus(c));
+    let pct = |c: AutoCounts| c.replica_share().map(|s| s * 100.0);
+    let rounds: Vec<String> = counted.iter().map(|&c| opt(pct(c), 1)).collect();
+    let pgbench_tx: u64 = samples.iter().map(|s| s.transactions).sum();
+    let reads: u64 = samples.iter().filter_map(|s| s.per_script.first()).sum();
+    let scripted: u64 = samples
+        .iter()
+        .map(|s| s.per_script.iter().sum::<u64>())
+        .sum();
+    let read_share = if scripted > 0 {
+        format!(
+            ", {:.1} % of them reads",
+            reads as f64 * 100.0 / scripted as f64
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{} % of transactions on replicas (replica {} / primary_classifier {} / \
+         primary_freshness {} / primary_no_replica {}; pgbench counted {}{read_share}); \
+         per round: {} %",
+        opt(pct(sum), 1),
+        thousands(sum.replica),
+        thousands(sum.primary_classifier),
+        thousands(sum.primary_freshness),
+        thousands(sum.primary_no_replica),
+        thousands(pgbench_tx),
+        if rounds.is_empty() {
+            "-".to_owned()
+        } else {
+            rounds.join(" / ")
+        },
+    )
+}
+
+/// `tps x 1.200 vs pgsteer-pooled (…); p99 …; CPU/tx …`.
+fn versus_pooled(auto: &Point, pooled: &Point) -> String {
+    let cpu = match (auto.cpu_us_per_tx, pooled.cpu_us_per_tx) {
+        (Some(a), Some(b)) => format!("{a:.1} vs {b:.1} us ({})", percent(a / b)),
+        _ => "-".to_owned(),
+    };
+    let p99 = match (auto.latency_p99_ms, pooled.latency_p99_ms) {
+        (Some(a), Some(b)) => format!("{a:.3} vs {b:.3} ms"),
+        _ => "-".to_owned(),
+    };
+    format!(
+        "tps x {:.3} vs pgsteer-pooled ({:.0} vs {:.0}); p99 {p99}; CPU/tx {cpu}",
+        auto.tps / pooled.tps,
+        auto.tps,
+        pooled.tps,
+    )
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A ratio as a signed whole percentage change: 0.91 → `−9 %`, 1.1 → `+10 %`.
@@ -367,6 +577,8 @@ pub fn to_json(meta: Value, workloads: &[Workload], results: &Results, checks: &
                     "latency_p99_ms": s.latency_p99_ms,
                     "proxy_cpu_s": s.proxy_cpu_s,
                     "proxy_cpu_us_per_tx": s.cpu_us_per_tx(),
+                    "per_script_transactions": s.per_script,
+                    "auto_decisions": s.auto.map(auto_json),
                 })).collect::<Vec<_>>(),
             }));
         }
@@ -383,6 +595,17 @@ pub fn to_json(meta: Value, workloads: &[Workload], results: &Results, checks: &
     })
 }
 
+/// Route decisions as a JSON object by label, with the replica share.
+fn auto_json(c: AutoCounts) -> Value {
+    json!({
+        "replica": c.replica,
+        "primary_classifier": c.primary_classifier,
+        "primary_freshness": c.primary_freshness,
+        "primary_no_replica": c.primary_no_replica,
+        "replica_share": c.replica_share(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +618,8 @@ mod tests {
             latency_avg_ms: 1000.0 / tps,
             latency_p99_ms: Some(2.0),
             proxy_cpu_s: cpu,
+            per_script: Vec::new(),
+            auto: None,
         }
     }
 
@@ -440,7 +665,7 @@ mod tests {
         assert!(text.contains("pgsteer-rw"), "{text}");
         assert!(text.contains("0.800"), "{text}");
         assert!(
-            text.contains("pgsteer-base    (no successful run)"),
+            text.contains("pgsteer-base          (no successful run)"),
             "{text}"
         );
         assert_eq!(versus_base(workloads, &r), "");
@@ -539,5 +764,91 @@ mod tests {
         assert_eq!(percent(0.91), "\u{2212}9 %");
         assert_eq!(percent(1.104), "+10 %");
         assert_eq!(percent(0.998), "±0 %");
+    }
+
+    const METRICS: &str = "# HELP pgsteer_auto_transactions_total Transactions of route auto\n\
+        # TYPE pgsteer_auto_transactions_total counter\n\
+        pgsteer_auto_transactions_total{decision=\"primary_classifier\"} 1000\n\
+        pgsteer_auto_transactions_total{decision=\"primary_freshness\"} 12\n\
+        pgsteer_auto_transactions_total{decision=\"primary_no_replica\"} 0\n\
+        pgsteer_auto_transactions_total{decision=\"replica\"} 8000\n\
+        pgsteer_auto_transactions_totally_else 5\n\
+        pgsteer_classify_seconds_total 0.25\n";
+
+    #[test]
+    fn auto_decisions_are_read_from_the_metrics_text() {
+        let c = AutoCounts::parse(METRICS).unwrap();
+        assert_eq!(
+            c,
+            AutoCounts {
+                replica: 8000,
+                primary_classifier: 1000,
+                primary_freshness: 12,
+                primary_no_replica: 0,
+            }
+        );
+        assert_eq!(AutoCounts::parse("pgsteer_client_connections 3\n"), None);
+        let before = AutoCounts {
+            replica: 100,
+            primary_classifier: 10,
+            ..AutoCounts::default()
+        };
+        let d = c.since(before);
+        assert_eq!(
+            (d.replica, d.primary_classifier, d.total()),
+            (7900, 990, 8902)
+        );
+        assert_eq!(AutoCounts::default().replica_share(), None);
+        assert!((c.replica_share().unwrap() - 8000.0 / 9012.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn auto_is_reported_as_its_replica_share_and_against_pooled() {
+        let mut r = Results::default();
+        let w = "mixed-9010-8";
+        let auto = |round, replica, classifier| Sample {
+            per_script: vec![9 * classifier, classifier],
+            auto: Some(AutoCounts {
+                replica,
+                primary_classifier: classifier,
+                ..AutoCounts::default()
+            }),
+            ..sample(round, 1_200.0, Some(0.18))
+        };
+        put_in(&mut r, w, Target::PgsteerAuto, auto(0, 8_000, 1_000));
+        put_in(&mut r, w, Target::PgsteerAuto, auto(1, 9_000, 1_000));
+        put_in(
+            &mut r,
+            w,
+            Target::PgsteerPooled,
+            sample(0, 1_000.0, Some(0.12)),
+        );
+        let mut workload = crate::compare::workloads::standard()
+            .into_iter()
+            .find(|x| x.id == w)
+            .unwrap();
+        workload.targets = vec![Target::PgsteerPooled, Target::PgsteerAuto];
+        let text = auto_routing(std::slice::from_ref(&workload), &r);
+        assert!(
+            text.contains(
+                "89.5 % of transactions on replicas (replica 17,000 / primary_classifier 2,000 / \
+                 primary_freshness 0 / primary_no_replica 0; pgbench counted 24,000, 90.0 % of \
+                 them reads); per round: 88.9 / 90.0 %"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tps x 1.200 vs pgsteer-pooled (1200 vs 1000)"),
+            "{text}"
+        );
+        assert!(text.contains("CPU/tx 15.0 vs 12.0 us (+25 %)"), "{text}");
+        assert_eq!(
+            auto_routing(&crate::compare::workloads::standard()[1..2], &r),
+            ""
+        );
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }

@@ -91,6 +91,8 @@ pub struct Pgsteer {
     pub admin: u16,
     /// Pooled (transaction mode) listener port, if the spec asked for one.
     pub pooled: Option<u16>,
+    /// `auto` (transaction mode, route auto) listener port, if the spec asked for one.
+    pub auto: Option<u16>,
 }
 
 /// The ports a pgsteer instance listens on.
@@ -104,6 +106,8 @@ pub struct Ports {
     pub admin: u16,
     /// The extra listener `pooled` (transaction mode, route primary), if any.
     pub pooled: Option<u16>,
+    /// The extra listener `auto` (transaction mode, route auto), if any.
+    pub auto: Option<u16>,
 }
 
 /// What a pgsteer instance is configured with.
@@ -121,6 +125,9 @@ pub struct PgsteerSpec<'a> {
     /// `[auth] method = "trust"`); `None`: no pooled listener (a baseline build may not have
     /// pooled mode).
     pub pool_size: Option<usize>,
+    /// With a pool size: a second extra listener `auto` (`route = "auto"`, transaction mode,
+    /// the same pool settings), for issue 16's read/write split.
+    pub auto: bool,
 }
 
 /// The TOML config of a pgsteer instance: rw and ro stay passthrough; a pooled listener is an
@@ -146,6 +153,13 @@ pub fn pgsteer_config(spec: &PgsteerSpec<'_>, ports: Ports) -> String {
              [[listen.extra]]\nname = \"pooled\"\naddress = \"127.0.0.1:{port}\"\n\
              route = \"primary\"\npool_mode = \"transaction\"\n"
         );
+        if let Some(port) = ports.auto {
+            let _ = write!(
+                text,
+                "\n[[listen.extra]]\nname = \"auto\"\naddress = \"127.0.0.1:{port}\"\n\
+                 route = \"auto\"\npool_mode = \"transaction\"\n"
+            );
+        }
     }
     for (name, address) in &spec.members {
         let _ = write!(
@@ -164,6 +178,9 @@ impl Pgsteer {
             ro: free_port()?,
             admin: free_port()?,
             pooled: spec.pool_size.map(|_| free_port()).transpose()?,
+            auto: (spec.pool_size.is_some() && spec.auto)
+                .then(free_port)
+                .transpose()?,
         };
         let config = dir.join(format!("{}.toml", spec.name));
         fs::write(&config, pgsteer_config(spec, ports))
@@ -191,6 +208,7 @@ impl Pgsteer {
             ro: ports.ro,
             admin: ports.admin,
             pooled: ports.pooled,
+            auto: ports.auto,
         })
     }
 }
@@ -299,6 +317,7 @@ mod tests {
             hold_timeout: "10s",
             max_clients: 10_000,
             pool_size,
+            auto: false,
         }
     }
 
@@ -307,6 +326,7 @@ mod tests {
         ro: 6433,
         admin: 6434,
         pooled: Some(6435),
+        auto: None,
     };
 
     #[test]
@@ -327,6 +347,29 @@ mod tests {
             extra.pool_mode,
             Some(pgsteer::config::PoolMode::Transaction)
         );
+    }
+
+    #[test]
+    fn an_auto_listener_shares_the_pool_of_the_pooled_one() {
+        let ports = Ports {
+            auto: Some(6436),
+            ..PORTS
+        };
+        let with_auto = PgsteerSpec {
+            auto: true,
+            ..spec(Some(20))
+        };
+        let text = pgsteer_config(&with_auto, ports);
+        let config = pgsteer::Config::parse(&text, []).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.listen.extra.len(), 2, "{text}");
+        let auto = &config.listen.extra[1];
+        assert_eq!(auto.name, "auto");
+        assert_eq!(auto.address.port(), 6436);
+        assert_eq!(auto.route, "auto");
+        assert_eq!(auto.pool_mode, Some(pgsteer::config::PoolMode::Transaction));
+        assert_eq!(config.pool.size, 20);
+        let without = pgsteer_config(&spec(Some(20)), PORTS);
+        assert!(!without.contains("route = \"auto\""), "{without}");
     }
 
     #[test]

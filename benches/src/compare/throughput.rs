@@ -9,10 +9,11 @@ use serde_json::{Value, json};
 
 use super::pgbench::Run;
 use super::procfs;
-use super::report::{self, Results, Sample};
+use super::report::{self, AutoCounts, Results, Sample};
 use super::targets::{
     PgbouncerSpec, Pgsteer, PgsteerSpec, Proc, find_program, start_haproxy, start_pgbouncer,
 };
+use super::wire::http_get;
 use super::workloads::{Target, Workload};
 
 /// pgbench scale (`-i -s`).
@@ -99,12 +100,14 @@ impl Bench {
         init_pgbench(&cluster)?;
         let scratch = scratch_dir("bench")?;
         let wanted = |t| opts.targets.is_empty() || opts.targets.contains(&t);
+        let auto = wanted(Target::PgsteerAuto) || wanted(Target::PgsteerAutoEventual);
         let spec = PgsteerSpec {
             name: "pgsteer",
             members: members(&cluster),
             hold_timeout: "10s",
             max_clients: 10_000,
-            pool_size: wanted(Target::PgsteerPooled).then_some(opts.pool_size),
+            pool_size: (wanted(Target::PgsteerPooled) || auto).then_some(opts.pool_size),
+            auto,
         };
         let pgsteer = Pgsteer::start(&opts.pgsteer, log_dir, &spec)?;
         let baseline = match &opts.baseline_pgsteer {
@@ -116,6 +119,7 @@ impl Bench {
                 let spec = PgsteerSpec {
                     name: "pgsteer-base",
                     pool_size: None,
+                    auto: false,
                     ..spec
                 };
                 let started = Pgsteer::start(bin, &dir, &spec)
@@ -157,6 +161,9 @@ impl Bench {
             Target::PgsteerPooled => {
                 (self.pgsteer.pooled).map(|p| (p, Some(self.pgsteer.proc.pid())))
             }
+            Target::PgsteerAuto | Target::PgsteerAutoEventual => {
+                (self.pgsteer.auto).map(|p| (p, Some(self.pgsteer.proc.pid())))
+            }
             Target::Pgbouncer => peer(self.pgbouncer.as_ref()),
             Target::PgbouncerTx => peer(self.pgbouncer_tx.as_ref()),
             Target::Haproxy => peer(self.haproxy.as_ref()),
@@ -189,7 +196,7 @@ impl Bench {
         round: usize,
     ) -> Result<Sample, String> {
         let (port, pid) = self.endpoint(t).ok_or("not running")?;
-        if !w.select_only {
+        if w.script.resets_tables() {
             reset_tpcb(&self.cluster)?;
         }
         let (user, password) = if w.scram {
@@ -202,15 +209,22 @@ impl Bench {
             user,
             password,
             database: DATABASE,
-            select_only: w.select_only,
+            script: w.script,
+            scale: SCALE,
+            options: t.pgoptions(),
             extended: w.extended,
             connect_per_tx: w.connect_per_tx,
             clients: w.clients,
             duration,
         };
+        let auto_before = t.is_auto().then(|| self.auto_counts()).transpose()?;
         let before = pid.and_then(procfs::cpu_ticks);
         let outcome = run.run(&self.scratch)?;
         let after = pid.and_then(procfs::cpu_ticks);
+        let auto = match auto_before {
+            Some(b) => Some(self.auto_counts()?.since(b)),
+            None => None,
+        };
         if outcome.failed > 0 {
             return Err(format!("{} failed transactions", outcome.failed));
         }
@@ -224,7 +238,20 @@ impl Bench {
             proxy_cpu_s: before
                 .zip(after)
                 .map(|(b, a)| a.saturating_sub(b) as f64 / tick),
+            per_script: outcome.per_script,
+            auto,
         })
+    }
+
+    /// pgsteer's `auto` route decisions so far, from its admin `/metrics`.
+    fn auto_counts(&self) -> Result<AutoCounts, String> {
+        let (status, body) = http_get(self.pgsteer.admin, "/metrics")
+            .map_err(|e| format!("pgsteer /metrics: {e}"))?;
+        if status != 200 {
+            return Err(format!("pgsteer /metrics: HTTP {status}"));
+        }
+        AutoCounts::parse(&body)
+            .ok_or_else(|| format!("pgsteer /metrics has no {}", report::AUTO_METRIC))
     }
 }
 
@@ -460,7 +487,7 @@ fn run_point(
     match bench.measure(w, t, opts.duration, round) {
         Ok(s) => {
             eprintln!(
-                "round {}/{} {:<24} {:<15} {:>9.0} tps {:>8.3} ms  cpu {} ({:.0?})",
+                "round {}/{} {:<24} {:<21} {:>9.0} tps {:>8.3} ms  cpu {} ({:.0?}){}",
                 round + 1,
                 opts.rounds,
                 w.id,
@@ -469,7 +496,10 @@ fn run_point(
                 s.latency_avg_ms,
                 s.cpu_us_per_tx()
                     .map_or("-".into(), |c| format!("{c:.1} us/tx")),
-                started.elapsed()
+                started.elapsed(),
+                s.auto
+                    .and_then(|a| a.replica_share())
+                    .map_or(String::new(), |r| format!("  replicas {:.1} %", r * 100.0)),
             );
             results
                 .samples
@@ -527,6 +557,7 @@ fn summary(
         ));
     }
     text.push_str(&report::table(workloads, results));
+    text.push_str(&report::auto_routing(workloads, results));
     text.push_str(&report::versus_base(workloads, results));
     text.push_str(&report::checks_text(checks));
     if !results.failures.is_empty() {

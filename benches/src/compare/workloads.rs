@@ -14,6 +14,13 @@ pub enum Target {
     PgsteerBase,
     /// pgsteer's pooled listener (transaction mode, `[auth] method = "trust"`) to the primary.
     PgsteerPooled,
+    /// pgsteer's `auto` listener on the same instance (transaction mode, same pool size): each
+    /// transaction to a replica when it only reads and a replica has replayed the client's last
+    /// write (read-your-writes, the default), else to the primary.
+    PgsteerAuto,
+    /// The same `auto` listener with `PGOPTIONS='-c pgsteer.consistency=eventual'`: reads go to
+    /// any replica, whether or not it has the client's writes yet.
+    PgsteerAutoEventual,
     /// PgBouncer (session mode) in front of the primary.
     Pgbouncer,
     /// A second PgBouncer, in transaction mode, in front of the primary.
@@ -28,11 +35,13 @@ pub enum Target {
 
 impl Target {
     /// Every target, in table order.
-    pub const ALL: [Target; 9] = [
+    pub const ALL: [Target; 11] = [
         Target::Direct,
         Target::PgsteerRw,
         Target::PgsteerBase,
         Target::PgsteerPooled,
+        Target::PgsteerAuto,
+        Target::PgsteerAutoEventual,
         Target::Pgbouncer,
         Target::PgbouncerTx,
         Target::Haproxy,
@@ -47,6 +56,8 @@ impl Target {
             Target::PgsteerRw => "pgsteer-rw",
             Target::PgsteerBase => "pgsteer-base",
             Target::PgsteerPooled => "pgsteer-pooled",
+            Target::PgsteerAuto => "pgsteer-auto",
+            Target::PgsteerAutoEventual => "pgsteer-auto-eventual",
             Target::Pgbouncer => "pgbouncer",
             Target::PgbouncerTx => "pgbouncer-tx",
             Target::Haproxy => "haproxy",
@@ -65,7 +76,23 @@ impl Target {
 
     /// A pooled mode (transaction pooling), where clients share a few server connections.
     pub fn is_pooled(self) -> bool {
-        matches!(self, Target::PgsteerPooled | Target::PgbouncerTx)
+        matches!(
+            self,
+            Target::PgsteerPooled
+                | Target::PgbouncerTx
+                | Target::PgsteerAuto
+                | Target::PgsteerAutoEventual
+        )
+    }
+
+    /// pgsteer's `auto` listener, whose route decisions are counted around each run.
+    pub fn is_auto(self) -> bool {
+        matches!(self, Target::PgsteerAuto | Target::PgsteerAutoEventual)
+    }
+
+    /// `PGOPTIONS` for pgbench: startup options the target needs.
+    pub fn pgoptions(self) -> Option<&'static str> {
+        (self == Target::PgsteerAutoEventual).then_some("-c pgsteer.consistency=eventual")
     }
 
     /// A proxy process whose CPU time is measured.
@@ -80,13 +107,45 @@ impl fmt::Display for Target {
     }
 }
 
+/// What each pgbench transaction does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Script {
+    /// The built-in select-only script (`-S`).
+    SelectOnly,
+    /// The built-in TPC-B-like script.
+    TpcbLike,
+    /// Two custom scripts (`-f`) weighted 9 to 1: a single-row `SELECT` of `pgbench_accounts`
+    /// and a single-row `UPDATE` of it, each its own autocommit transaction.
+    Mixed9010,
+}
+
+/// The read transaction of [`Script::Mixed9010`] (weight 9).
+pub const MIXED_READ: &str = "\\set aid random(1, 100000 * :scale)\n\
+                              SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n";
+
+/// The write transaction of [`Script::Mixed9010`] (weight 1).
+pub const MIXED_WRITE: &str = "\\set aid random(1, 100000 * :scale)\n\
+                               \\set delta random(-5000, 5000)\n\
+                               UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n";
+
+/// The pgbench weights of [`MIXED_READ`] and [`MIXED_WRITE`].
+pub const MIXED_WEIGHTS: (u32, u32) = (9, 1);
+
+impl Script {
+    /// Whether its tables are reset before each run (what pgbench does before a TPC-B-like run
+    /// without `-n`). The 90/10 script's updates only change balances; no reset.
+    pub fn resets_tables(self) -> bool {
+        self == Script::TpcbLike
+    }
+}
+
 /// One pgbench configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
-    /// Short id: `select-simple-8`, `tpcb-8`, `connect-select-8`, …
+    /// Short id: `select-simple-8`, `tpcb-8`, `connect-select-8`, `mixed-9010-8`, …
     pub id: String,
-    /// `-S`.
-    pub select_only: bool,
+    /// The transaction script.
+    pub script: Script,
     /// `-M extended`.
     pub extended: bool,
     /// `-C`.
@@ -101,9 +160,16 @@ pub struct Workload {
 
 impl Workload {
     fn new(id: &str, clients: u32, targets: &[Target]) -> Workload {
+        let script = if id.starts_with("mixed-9010") {
+            Script::Mixed9010
+        } else if id.contains("select") {
+            Script::SelectOnly
+        } else {
+            Script::TpcbLike
+        };
         Workload {
             id: format!("{id}-{clients}"),
-            select_only: id.contains("select"),
+            script,
             extended: id.contains("extended"),
             connect_per_tx: id.starts_with("connect"),
             scram: id.contains("scram"),
@@ -114,10 +180,12 @@ impl Workload {
 
     /// A one-line description.
     pub fn describe(&self) -> String {
-        let script = if self.select_only {
-            "select-only (-S)"
-        } else {
-            "TPC-B-like"
+        let script = match self.script {
+            Script::SelectOnly => "select-only (-S)",
+            Script::TpcbLike => "TPC-B-like",
+            Script::Mixed9010 => {
+                "90 % single-row SELECT / 10 % single-row UPDATE (-f read@9 -f write@1, autocommit)"
+            }
         };
         let mode = if self.extended { "extended" } else { "simple" };
         let connect = if self.connect_per_tx {
@@ -142,17 +210,30 @@ impl Workload {
 /// connection per transaction at 8 (trusted role through everything, SCRAM direct vs pgsteer);
 /// 1,000 select-only clients on the pooled targets (20 server connections) against direct.
 /// The pooled targets also run select-only simple at 8 and 32 clients and `-C`.
+/// The 90 % read / 10 % write script at 8 and 32 clients (simple) and 8 (extended) runs direct,
+/// through pgsteer-pooled (everything on the primary through the pool) and through the `auto`
+/// listener of the same pgsteer (issue 16), with read-your-writes and with eventual consistency.
 /// `pgsteer-base` is in every set pgsteer-rw is in; the harness drops it unless a baseline binary
 /// is given.
 pub fn standard() -> Vec<Workload> {
-    let everything = Target::ALL;
-    let unpooled: Vec<Target> = everything.into_iter().filter(|t| !t.is_pooled()).collect();
+    let everything: Vec<Target> = Target::ALL.into_iter().filter(|t| !t.is_auto()).collect();
+    let unpooled: Vec<Target> = everything
+        .iter()
+        .copied()
+        .filter(|t| !t.is_pooled())
+        .collect();
     let writes = [
         Target::Direct,
         Target::PgsteerRw,
         Target::PgsteerBase,
         Target::Pgbouncer,
         Target::Haproxy,
+    ];
+    let mixed = [
+        Target::Direct,
+        Target::PgsteerPooled,
+        Target::PgsteerAuto,
+        Target::PgsteerAutoEventual,
     ];
     let mut all = Vec::new();
     for mode in ["select-simple", "select-extended"] {
@@ -177,6 +258,9 @@ pub fn standard() -> Vec<Workload> {
         1000,
         &[Target::Direct, Target::PgsteerPooled, Target::PgbouncerTx],
     ));
+    all.push(Workload::new("mixed-9010", 8, &mixed));
+    all.push(Workload::new("mixed-9010", 32, &mixed));
+    all.push(Workload::new("mixed-9010-extended", 8, &mixed));
     all
 }
 
@@ -199,13 +283,17 @@ mod tests {
                 "tpcb-8",
                 "connect-select-8",
                 "connect-select-scram-8",
-                "select-simple-1000"
+                "select-simple-1000",
+                "mixed-9010-8",
+                "mixed-9010-32",
+                "mixed-9010-extended-8"
             ]
         );
         let w = &standard()[7];
-        assert!(w.select_only && w.connect_per_tx && !w.scram && !w.extended);
+        assert!(w.script == Script::SelectOnly && w.connect_per_tx && !w.scram && !w.extended);
         let w = &standard()[6];
-        assert!(!w.select_only && !w.targets.contains(&Target::PgsteerRo));
+        assert!(w.script == Script::TpcbLike && !w.targets.contains(&Target::PgsteerRo));
+        assert!(w.script.resets_tables());
         assert!(
             standard()
                 .iter()
@@ -230,15 +318,59 @@ mod tests {
             "connect-select-8",
             "select-simple-1000",
         ];
-        assert_eq!(with(Target::PgsteerPooled), asked);
+        let mixed = ["mixed-9010-8", "mixed-9010-32", "mixed-9010-extended-8"];
+        assert_eq!(with(Target::PgsteerPooled), [&asked[..], &mixed].concat());
         assert_eq!(with(Target::PgbouncerTx), asked);
-        let many = standard().pop().unwrap();
+        let many = standard().swap_remove(9);
         assert_eq!(many.clients, 1000);
-        assert!(many.select_only && !many.extended && !many.connect_per_tx);
+        assert!(many.script == Script::SelectOnly && !many.extended && !many.connect_per_tx);
         assert_eq!(
             many.targets,
             [Target::Direct, Target::PgsteerPooled, Target::PgbouncerTx],
             "pooled modes and direct; a session pool of 100 would starve 900 clients"
         );
+    }
+
+    #[test]
+    fn the_mixed_workload_compares_auto_with_the_primary_alone() {
+        let mixed: Vec<Workload> = standard()
+            .into_iter()
+            .filter(|w| w.script == Script::Mixed9010)
+            .collect();
+        assert_eq!(mixed.len(), 3);
+        for w in &mixed {
+            assert_eq!(
+                w.targets,
+                [
+                    Target::Direct,
+                    Target::PgsteerPooled,
+                    Target::PgsteerAuto,
+                    Target::PgsteerAutoEventual
+                ],
+                "{}",
+                w.id
+            );
+            assert!(!w.script.resets_tables() && !w.connect_per_tx && !w.scram);
+        }
+        assert!(!mixed[0].extended && mixed[2].extended);
+        assert!(
+            mixed[0].describe().contains("90 %"),
+            "{}",
+            mixed[0].describe()
+        );
+        assert!(
+            standard()
+                .iter()
+                .filter(|w| w.script != Script::Mixed9010)
+                .all(|w| !w.targets.iter().any(|t| t.is_auto())),
+            "auto runs the mixed script only"
+        );
+        assert!(MIXED_READ.contains("SELECT abalance") && !MIXED_READ.contains("BEGIN"));
+        assert!(MIXED_WRITE.contains("UPDATE pgbench_accounts") && !MIXED_WRITE.contains("BEGIN"));
+        assert_eq!(
+            Target::PgsteerAutoEventual.pgoptions(),
+            Some("-c pgsteer.consistency=eventual")
+        );
+        assert_eq!(Target::PgsteerAuto.pgoptions(), None);
     }
 }
