@@ -108,6 +108,30 @@ impl AsyncWrite for Stream {
     }
 
     #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Accepted(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            Stream::Connected(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Accepted(s) => s.is_write_vectored(),
+            Stream::Connected(s) => s.is_write_vectored(),
+            Stream::Detached => false,
+        }
+    }
+
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),

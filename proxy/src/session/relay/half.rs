@@ -1,6 +1,7 @@
 //! One direction of a relay: its buffer window, its scanner, what the owner injected, and
 //! the reads and writes that move its bytes.
 
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -111,16 +112,20 @@ pub(super) fn poll_flush(
 ) -> Result<bool, SessionError> {
     let mut progress = false;
     loop {
-        let injected = !half.inject.is_empty();
-        let out = if injected {
-            &half.inject[..]
-        } else {
-            half.win.approved()
-        };
-        if out.is_empty() {
+        let (inject, approved) = (half.inject.len(), half.win.approved().len());
+        if inject + approved == 0 {
             break;
         }
-        let n = match Pin::new(&mut *to).poll_write(cx, out) {
+        // Injected bytes go first; with a socket that takes both in one call, together.
+        let written = if inject > 0 && approved > 0 && to.is_write_vectored() {
+            let bufs = [IoSlice::new(&half.inject), IoSlice::new(half.win.approved())];
+            Pin::new(&mut *to).poll_write_vectored(cx, &bufs)
+        } else if inject > 0 {
+            Pin::new(&mut *to).poll_write(cx, &half.inject)
+        } else {
+            Pin::new(&mut *to).poll_write(cx, half.win.approved())
+        };
+        let n = match written {
             Poll::Pending => break,
             Poll::Ready(Ok(0)) => {
                 return Err(SessionError::io(side, std::io::ErrorKind::WriteZero.into()));
@@ -128,13 +133,15 @@ pub(super) fn poll_flush(
             Poll::Ready(Ok(n)) => n,
             Poll::Ready(Err(e)) => return Err(SessionError::io(side, e)),
         };
-        if injected {
-            half.inject.advance(n);
+        let from_inject = n.min(inject);
+        if from_inject > 0 {
+            half.inject.advance(from_inject);
             if half.inject.is_empty() && half.inject.capacity() > INJECT_KEEP {
                 half.inject = BytesMut::new();
             }
-        } else {
-            half.win.consume(n);
+        }
+        if n > from_inject {
+            half.win.consume(n - from_inject);
             if !keep {
                 half.win.release();
             }
