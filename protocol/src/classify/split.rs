@@ -80,12 +80,15 @@ impl<'a> StatementTokens<'a> {
 
     /// Follows `BEGIN … END` nesting of a routine body for the word `t`.
     fn track_word(&mut self, t: &Token<'a>) {
-        let letter = [&b"create"[..], b"or", b"replace", b"function", b"procedure"]
-            .into_iter()
-            .find(|w| t.text.eq_ignore_ascii_case(w))
-            .and_then(|w| w.first().copied());
-        if let (Some(letter), Some(slot)) = (letter, self.head.get_mut(self.words as usize)) {
-            *slot = letter;
+        // Only the first four words can make the head.
+        if let Some(slot) = self.head.get_mut(self.words as usize) {
+            let letter = [&b"create"[..], b"or", b"replace", b"function", b"procedure"]
+                .into_iter()
+                .find(|w| t.text.eq_ignore_ascii_case(w))
+                .and_then(|w| w.first().copied());
+            if let Some(letter) = letter {
+                *slot = letter;
+            }
         }
         self.words = self.words.saturating_add(1);
         if self.paren_depth != 0 || !self.is_routine_definition() {

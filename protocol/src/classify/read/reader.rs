@@ -35,7 +35,8 @@ enum After {
 pub(super) struct Reader<'a, 'f> {
     read_only: &'f dyn Fn(&[u8]) -> bool,
     prev: Option<Token<'a>>,
-    prev2: Option<Token<'a>>,
+    /// The token before the last `.`: the schema when a function's name follows that `.`.
+    schema: Option<Token<'a>>,
     after: After,
     depth: u32,
     /// The parenthesis depth of a name after `WITH`, `RECURSIVE` or `,` that was followed by `(`
@@ -50,7 +51,7 @@ impl<'a, 'f> Reader<'a, 'f> {
         Reader {
             read_only,
             prev: None,
-            prev2: None,
+            schema: None,
             after: After::Other,
             depth: 0,
             cte: None,
@@ -90,6 +91,7 @@ impl<'a, 'f> Reader<'a, 'f> {
             TokenKind::Unterminated => return Err(Why::Unsure),
             // After a `.` a word is a name (`t.comment`), never a command or clause.
             TokenKind::Ident if !dotted => self.word(t)?,
+            TokenKind::Dot => self.schema = self.prev,
             TokenKind::LParen => self.depth = self.depth.saturating_add(1),
             TokenKind::RParen => {
                 self.depth = self.depth.saturating_sub(1);
@@ -108,7 +110,6 @@ impl<'a, 'f> Reader<'a, 'f> {
             self.call(t, dotted)?;
         }
         self.after = self.next_after(t);
-        self.prev2 = self.prev;
         self.prev = Some(*t);
         Ok(())
     }
@@ -127,6 +128,7 @@ impl<'a, 'f> Reader<'a, 'f> {
     }
 
     /// The name `t` is followed by `(`: a call, unless the tokens around say otherwise.
+    #[inline(never)] // rare: keeps the per-token path small
     fn call(&mut self, t: &Token<'a>, dotted: bool) -> Result<(), Why> {
         if matches!(self.after, After::CastOrAs | After::Dot) {
             return Ok(()); // `x::numeric(10, 2)`, `AS g(i)`, `::pg_catalog.varchar(3)`
@@ -139,7 +141,7 @@ impl<'a, 'f> Reader<'a, 'f> {
         let known = name.is_some_and(|name| {
             let builtin = || words::is_read_only_function(name);
             let configured = || (self.read_only)(name);
-            match self.prev2.filter(|_| dotted) {
+            match self.schema.filter(|_| dotted) {
                 None => builtin() || configured(),
                 Some(schema) if schema.is_name(b"pg_catalog") => builtin(),
                 Some(_) => configured(),

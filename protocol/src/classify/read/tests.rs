@@ -139,6 +139,7 @@ fn locking_clauses_and_lock_go_to_the_primary() {
         ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", "locks"),
         // FOR without a lock strength is not a locking clause.
         ("SELECT substring(a FROM 1 FOR 2) FROM t", "replica"),
+        ("SELECT * FROM t FOR READ ONLY", "replica"),
     ]);
 }
 

@@ -555,6 +555,52 @@ mod tests {
                 String::from_utf8_lossy(name)
             );
         }
-        assert!(is_read_only_function(b"count") && is_read_only_function(b"version"));
+    }
+
+    #[test]
+    fn functions_orms_and_monitoring_call_are_listed() {
+        for name in [
+            &b"count"[..],
+            b"sum",
+            b"string_agg",
+            b"jsonb_agg",
+            b"round",
+            b"random",
+            b"lower",
+            b"split_part",
+            b"regexp_replace",
+            b"to_char",
+            b"now",
+            b"date_trunc",
+            b"make_interval",
+            b"jsonb_build_object",
+            b"json_extract_path_text",
+            b"jsonb_array_elements_text",
+            b"jsonb_set",
+            b"unnest",
+            b"generate_series",
+            b"row_number",
+            b"cume_dist",
+            b"coalesce",
+            b"version",
+            b"current_setting",
+            b"pg_is_in_recovery",
+            b"pg_last_wal_replay_lsn",
+            b"pg_backend_pid",
+            b"has_table_privilege",
+            b"pg_get_indexdef",
+            b"pg_total_relation_size",
+            b"pg_size_pretty",
+            b"col_description",
+            b"quote_literal",
+            b"gen_random_uuid",
+            b"uuid_generate_v4",
+        ] {
+            assert!(
+                is_read_only_function(name),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
     }
 }
