@@ -118,7 +118,10 @@ pub(super) fn poll_flush(
         }
         // Injected bytes go first; with a socket that takes both in one call, together.
         let written = if inject > 0 && approved > 0 && to.is_write_vectored() {
-            let bufs = [IoSlice::new(&half.inject), IoSlice::new(half.win.approved())];
+            let bufs = [
+                IoSlice::new(&half.inject),
+                IoSlice::new(half.win.approved()),
+            ];
             Pin::new(&mut *to).poll_write_vectored(cx, &bufs)
         } else if inject > 0 {
             Pin::new(&mut *to).poll_write(cx, &half.inject)
