@@ -116,6 +116,8 @@ pub struct Auto {
     check: Option<u64>,
     /// A replica's replay position as this client last asked it.
     seen_replay: Option<(String, u64)>,
+    /// A replica was behind the client's last write when asked: not asked again before.
+    behind_until: Option<Instant>,
     functions: ReadOnlyFunctions,
 }
 
@@ -129,6 +131,7 @@ impl Auto {
             net: SafetyNet::default(),
             check: None,
             seen_replay: None,
+            behind_until: None,
             functions,
         }
     }
@@ -156,8 +159,9 @@ impl Auto {
         // replica the transaction is lent, which usually has (`caught_up`).
         self.check = (decision == Decision::PrimaryFreshness
             && self.consistency == Consistency::ReadYourWrites
-            && self.written_lsn != u64::MAX)
-            .then_some(self.written_lsn);
+            && self.written_lsn != u64::MAX
+            && self.behind_until.is_none_or(|t| Instant::now() >= t))
+        .then_some(self.written_lsn);
         if self.check.is_some() {
             decision = Decision::Replica;
         } else {
@@ -203,8 +207,12 @@ impl Auto {
         }
         let fresh = replay.is_some_and(|lsn| lsn >= need);
         let decision = if fresh {
+            self.behind_until = None;
             Decision::Replica
         } else {
+            // Asked too soon: the next reads go to the primary without asking for a while,
+            // so a replica that lags costs one round trip per interval, not one per read.
+            self.behind_until = Some(Instant::now() + ASK_AGAIN_AFTER);
             self.net.disarm();
             Decision::PrimaryFreshness
         };
@@ -382,6 +390,9 @@ fn count(metrics: &Metrics, decision: Decision) {
         .with_label_values(&[decision.as_str()])
         .inc();
 }
+
+/// After a replica said it was behind, how long reads go to the primary without asking.
+const ASK_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The query that asks a replica how far it has replayed.
 pub const REPLAY_LSN_SQL: &str = "SELECT pg_last_wal_replay_lsn()::text";
@@ -661,13 +672,17 @@ mod tests {
         assert!(!auto.checked("pg-2", Some(90), &metrics), "behind");
         assert_eq!(auto.current, Some(Decision::PrimaryFreshness));
         assert_eq!(auto.primary().route, Route::Primary);
+        let req = auto.route(&query("SELECT 1"), &none, &t, &metrics);
+        assert_eq!(req.route, Route::Primary, "not asked again at once");
+        assert_eq!(auto.check_for("pg-1"), None);
+        auto.behind_until = None;
         auto.route(&query("SELECT 1"), &none, &t, &metrics);
         assert!(
             !auto.checked("pg-1", None, &metrics),
             "no answer: the primary"
         );
         let decided = |d: &str| metrics.auto_decisions.with_label_values(&[d]).get();
-        assert_eq!((decided("replica"), decided("primary_freshness")), (1, 2));
+        assert_eq!((decided("replica"), decided("primary_freshness")), (1, 3));
         // Strong never asks; an unknown write position never asks either.
         let mut strong = Auto::new(Consistency::Strong, ReadOnlyFunctions::new(&[]));
         assert_eq!(
