@@ -98,6 +98,9 @@ pub struct Metrics {
     pub pool_reprepares: IntCounter,
     /// `auto` transactions by route decision.
     pub auto_decisions: IntCounterVec,
+    /// Its series, resolved once in [`AUTO_DECISIONS`] order: counted per transaction without
+    /// a label lookup (a lock and a hash).
+    pub auto_decided: [IntCounter; AUTO_DECISIONS.len()],
     /// Time spent classifying `auto` transactions.
     pub classify_seconds: Counter,
     /// Replicas kept from new reads by the lag bound.
@@ -313,6 +316,8 @@ impl Metrics {
     pub fn new() -> prometheus::Result<Metrics> {
         let r = Reg(Registry::new());
         r.standard()?;
+        let auto_decisions = r.counters(&AUTO_DECISIONS_TOTAL)?;
+        let auto_decided = AUTO_DECISIONS.map(|d| auto_decisions.with_label_values(&[d]));
         let m = Metrics {
             client_connections: r.gauges(&CLIENT_CONNECTIONS)?,
             client_accepted: r.counters(&CLIENT_ACCEPTED)?,
@@ -347,7 +352,8 @@ impl Metrics {
             pool_server_connections: r.gauges(&POOL_SERVER_CONNECTIONS)?,
             pool_pins: r.counters(&POOL_PINS)?,
             pool_reprepares: r.int_counter(&POOL_REPREPARES)?,
-            auto_decisions: r.counters(&AUTO_DECISIONS_TOTAL)?,
+            auto_decisions,
+            auto_decided,
             classify_seconds: r.float_counter(&CLASSIFY_SECONDS)?,
             replicas_lagging: r.int_gauge(&REPLICAS_LAGGING)?,
             registry: r.0,
@@ -374,9 +380,6 @@ impl Metrics {
         }
         for reason in pgsteer_protocol::classify::Reason::ALL {
             self.pool_pins.with_label_values(&[reason.as_str()]);
-        }
-        for decision in AUTO_DECISIONS {
-            self.auto_decisions.with_label_values(&[decision]);
         }
     }
 

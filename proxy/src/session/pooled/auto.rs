@@ -88,15 +88,9 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Replica => "replica",
-            Decision::PrimaryClassifier => "primary_classifier",
-            Decision::PrimaryFreshness => "primary_freshness",
-            Decision::PrimaryNoReplica => "primary_no_replica",
-            Decision::SafetyNet => "safety_net",
-        }
+    /// Its place in [`crate::metrics::AUTO_DECISIONS`].
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -385,10 +379,7 @@ impl SafetyNet {
 }
 
 fn count(metrics: &Metrics, decision: Decision) {
-    metrics
-        .auto_decisions
-        .with_label_values(&[decision.as_str()])
-        .inc();
+    metrics.auto_decided[decision.index()].inc();
 }
 
 /// After a replica said it was behind, how long reads go to the primary without asking.
@@ -695,5 +686,20 @@ mod tests {
             auto.route(&query("SELECT 1"), &none, &t, &metrics).route,
             Route::Primary
         );
+    }
+
+    #[test]
+    fn each_decision_counts_under_its_own_label() {
+        use Decision::*;
+        let labels = [
+            (Replica, "replica"),
+            (PrimaryClassifier, "primary_classifier"),
+            (PrimaryFreshness, "primary_freshness"),
+            (PrimaryNoReplica, "primary_no_replica"),
+            (SafetyNet, "safety_net"),
+        ];
+        for (d, label) in labels {
+            assert_eq!(crate::metrics::AUTO_DECISIONS[d.index()], label);
+        }
     }
 }
