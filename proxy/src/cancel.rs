@@ -1,11 +1,16 @@
 //! Cancel keys: the ones pgsteer hands to clients, mapped to the backend's.
 //!
-//! Each client gets its own random BackendKeyData, so a key seen on one
-//! backend cannot cancel queries of another client, and a key is only valid
-//! while its session lives. A CancelRequest with an unknown key is dropped
-//! silently, as Postgres does.
+//! A passthrough client is shown its backend's real process id (so it matches
+//! `pg_backend_pid()` and NotificationResponse) with a secret key of pgsteer's; a pooled
+//! client a made-up process id. The secret is random except for the bits that name the
+//! pgsteer process owning it (see `key`), so a key seen on one backend cannot cancel queries
+//! of another client, and a key is only valid while its session lives. A CancelRequest with
+//! an unknown key is dropped silently, as Postgres does.
+
+mod key;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +21,8 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
+
+pub use key::KeyMaker;
 
 /// Where a client's cancel key leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,14 +49,28 @@ enum KeyTarget {
 }
 
 struct Entry {
+    serial: u64,
     key: Vec<u8>,
     target: KeyTarget,
 }
 
-/// Live sessions' cancel keys by the process id pgsteer made up for them.
+/// A registered key, to unregister it when its session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyHandle {
+    /// The process id the client was shown.
+    pub pid: i32,
+    serial: u64,
+}
+
+/// Live sessions' cancel keys by the process id their clients were shown.
+///
+/// In passthrough that is the backend's own pid, which two members may share: a pid holds a
+/// few entries, told apart by their secret keys.
 #[derive(Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<i32, Entry>>,
+    keys: KeyMaker,
+    map: Mutex<HashMap<i32, Vec<Entry>>>,
+    serial: AtomicU64,
 }
 
 /// Fills `buf` with random bytes from the OS.
@@ -67,68 +88,107 @@ pub(crate) fn random_bytes(buf: &mut [u8]) {
     }
 }
 
+/// A made-up process id for a pooled client: positive and non-zero, like a real one.
+fn made_up_pid() -> i32 {
+    let mut p = [0u8; 4];
+    random_bytes(&mut p);
+    (i32::from_be_bytes(p) & 0x7fff_ffff).max(1)
+}
+
 impl CancelRegistry {
-    /// Registers a session's backend key and returns the `(pid, key)` to give
-    /// the client; `key_len` is 4 for protocol 3.0, longer for 3.2.
-    pub fn register(&self, target: CancelTarget, key_len: usize) -> (i32, Vec<u8>) {
-        self.insert(KeyTarget::Fixed(target), key_len)
+    /// A registry whose keys are made by `keys` (naming this process when peering is on).
+    pub fn new(keys: KeyMaker) -> CancelRegistry {
+        CancelRegistry {
+            keys,
+            ..CancelRegistry::default()
+        }
+    }
+
+    /// How keys are made and read.
+    pub fn keys(&self) -> &KeyMaker {
+        &self.keys
+    }
+
+    /// Registers a passthrough session's backend key; the client is shown the backend's own
+    /// process id and a key of pgsteer's, returned with its handle. `key_len` is 4 for
+    /// protocol 3.0, longer for 3.2.
+    pub fn register(&self, target: CancelTarget, key_len: usize) -> (KeyHandle, Vec<u8>) {
+        let pid = target.pid;
+        self.insert(pid, KeyTarget::Fixed(target), key_len)
     }
 
     /// Registers a pooled session's key, whose target is whatever `slot` holds when a
-    /// cancel request arrives.
-    pub fn register_lent(&self, key_len: usize) -> (i32, Vec<u8>, Arc<LentSlot>) {
+    /// cancel request arrives; its process id is made up (no one backend is the client's).
+    pub fn register_lent(&self, key_len: usize) -> (KeyHandle, Vec<u8>, Arc<LentSlot>) {
         let slot = Arc::new(Mutex::new(None));
-        let (pid, key) = self.insert(KeyTarget::Lent(slot.clone()), key_len);
-        (pid, key, slot)
+        let (handle, key) = self.insert(made_up_pid(), KeyTarget::Lent(slot.clone()), key_len);
+        (handle, key, slot)
     }
 
-    fn insert(&self, target: KeyTarget, key_len: usize) -> (i32, Vec<u8>) {
-        let mut key = vec![0u8; key_len];
-        random_bytes(&mut key);
+    fn insert(&self, pid: i32, target: KeyTarget, key_len: usize) -> (KeyHandle, Vec<u8>) {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            let mut p = [0u8; 4];
-            random_bytes(&mut p);
-            // Positive and non-zero, like a real process id.
-            let pid = (i32::from_be_bytes(p) & 0x7fff_ffff).max(1);
-            if let std::collections::hash_map::Entry::Vacant(v) = map.entry(pid) {
-                v.insert(Entry {
-                    key: key.clone(),
-                    target,
-                });
-                return (pid, key);
+        let entries = map.entry(pid).or_default();
+        let key = loop {
+            let key = self.keys.make(pid, key_len);
+            if !entries.iter().any(|e| e.key == key) {
+                break key;
+            }
+        };
+        entries.push(Entry {
+            serial,
+            key: key.clone(),
+            target,
+        });
+        (KeyHandle { pid, serial }, key)
+    }
+
+    /// Forgets a session's key.
+    pub fn unregister(&self, handle: KeyHandle) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entries) = map.get_mut(&handle.pid) {
+            entries.retain(|e| e.serial != handle.serial);
+            if entries.is_empty() {
+                map.remove(&handle.pid);
             }
         }
     }
 
-    /// Forgets a session's key.
-    pub fn unregister(&self, pid: i32) {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&pid);
+    /// Whether a live key matches (a pooled client that is idle has nothing to cancel, but
+    /// its key is still ours).
+    pub fn knows(&self, pid: i32, key: &[u8]) -> bool {
+        self.find(pid, key, |_| ()).is_some()
     }
 
-    /// The backend a client key cancels, if the key is valid.
+    /// The backend a client key cancels, if the key is valid and names one now.
     pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<CancelTarget> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let e = map.get(&pid)?;
-        if !constant_time_eq(&e.key, key) {
-            return None;
-        }
-        match &e.target {
+        self.find(pid, key, |t| match t {
             KeyTarget::Fixed(t) => Some(t.clone()),
             KeyTarget::Lent(slot) => slot
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .as_deref()
                 .cloned(),
+        })
+        .flatten()
+    }
+
+    fn find<T>(&self, pid: i32, key: &[u8], f: impl FnOnce(&KeyTarget) -> T) -> Option<T> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Every entry is compared, in constant time, so timing tells nothing of the keys.
+        let mut found = None;
+        for e in map.get(&pid)? {
+            if constant_time_eq(&e.key, key) {
+                found = Some(&e.target);
+            }
         }
+        found.map(f)
     }
 
     /// Number of live keys.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().map(Vec::len).sum()
     }
 
     /// Whether no key is registered.
@@ -198,21 +258,24 @@ mod tests {
     #[test]
     fn only_the_exact_key_finds_the_backend() {
         let r = CancelRegistry::default();
-        let (pid, key) = r.register(target(), 4);
-        assert!(pid > 0);
-        assert_eq!(r.lookup(pid, &key), Some(target()));
+        let (h, key) = r.register(target(), 4);
+        assert_eq!(h.pid, 77, "the client is shown the backend's own pid");
+        assert_eq!(r.lookup(77, &key), Some(target()));
         let mut wrong = key.clone();
         wrong[0] ^= 1;
-        assert_eq!(r.lookup(pid, &wrong), None);
-        assert_eq!(r.lookup(pid, &key[..3]), None);
-        r.unregister(pid);
-        assert_eq!(r.lookup(pid, &key), None);
+        assert_eq!(r.lookup(77, &wrong), None);
+        assert_eq!(r.lookup(77, &key[..3]), None);
+        r.unregister(h);
+        assert_eq!(r.lookup(77, &key), None);
     }
 
     #[test]
     fn a_pooled_key_cancels_only_while_a_connection_is_lent() {
         let r = CancelRegistry::default();
-        let (pid, key, slot) = r.register_lent(4);
+        let (h, key, slot) = r.register_lent(4);
+        let pid = h.pid;
+        assert!(pid > 0);
+        assert!(r.knows(pid, &key));
         assert_eq!(
             r.lookup(pid, &key),
             None,
@@ -227,10 +290,16 @@ mod tests {
     #[test]
     fn keys_differ_between_sessions() {
         let r = CancelRegistry::default();
-        let (p1, k1) = r.register(target(), 4);
-        let (p2, k2) = r.register(target(), 32);
-        assert!(p1 != p2 || k1 != k2);
+        let (h1, k1) = r.register(target(), 4);
+        let (h2, k2) = r.register(target(), 32);
+        assert_eq!(h1.pid, h2.pid, "two members may have backends with one pid");
+        assert_ne!(k1, k2);
         assert_eq!(k2.len(), 32);
         assert_eq!(r.len(), 2);
+        r.unregister(h1);
+        assert_eq!(r.lookup(77, &k1), None);
+        assert_eq!(r.lookup(77, &k2), Some(target()));
+        r.unregister(h2);
+        assert!(r.is_empty());
     }
 }

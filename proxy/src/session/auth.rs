@@ -28,7 +28,7 @@ use tracing::debug;
 
 use super::stream::Stream;
 use super::{SessionError, Side};
-use crate::cancel::{CancelRegistry, CancelTarget};
+use crate::cancel::{CancelRegistry, CancelTarget, KeyHandle};
 use crate::router::Target;
 
 /// Largest backend message accepted during authentication.
@@ -38,8 +38,8 @@ const AUTH_CLIENT_LIMIT: usize = 64 * 1024;
 
 /// A session that passed authentication.
 pub struct Authenticated {
-    /// The process id pgsteer gave the client (its cancel key), if the backend sent one.
-    pub cancel_pid: Option<i32>,
+    /// The cancel key pgsteer gave the client, if the backend sent one.
+    pub cancel_key: Option<KeyHandle>,
     /// Status of the ReadyForQuery that ended the exchange.
     pub tx: TxStatus,
 }
@@ -64,7 +64,7 @@ pub async fn authenticate(
         minor: message.version.minor,
         negotiation,
         npv_sent: false,
-        cancel_pid: None,
+        cancel_key: None,
         target,
         cancels,
         sasl_offered: false,
@@ -104,12 +104,12 @@ pub async fn authenticate(
     }
     match result {
         Ok(tx) => Ok(Authenticated {
-            cancel_pid: ex.cancel_pid,
+            cancel_key: ex.cancel_key,
             tx,
         }),
         Err(e) => {
-            if let Some(pid) = ex.cancel_pid {
-                cancels.unregister(pid);
+            if let Some(handle) = ex.cancel_key {
+                cancels.unregister(handle);
             }
             Err(e)
         }
@@ -167,7 +167,7 @@ struct Exchange<'a> {
     minor: u16,
     negotiation: &'a Negotiation,
     npv_sent: bool,
-    cancel_pid: Option<i32>,
+    cancel_key: Option<KeyHandle>,
     target: &'a Target,
     cancels: &'a CancelRegistry,
     /// A SASL offer was relayed and the client's first answer is still to come.
@@ -248,7 +248,8 @@ impl Exchange<'_> {
 
     /// Relays every whole backend frame in `sbuf` into `out`, rewriting the
     /// few that need it.
-    /// Registers the backend's cancel key and gives the client one of pgsteer's instead.
+    /// Registers the backend's cancel key and gives the client the backend's process id with
+    /// a secret key of pgsteer's.
     fn own_key(&mut self, pid: i32, key: &[u8], out: &mut BytesMut) {
         let key_len = if self.minor >= 2 { 32 } else { 4 };
         let (own, own_key) = self.cancels.register(
@@ -260,10 +261,10 @@ impl Exchange<'_> {
             },
             key_len,
         );
-        if let Some(old) = self.cancel_pid.replace(own) {
+        if let Some(old) = self.cancel_key.replace(own) {
             self.cancels.unregister(old);
         }
-        encode::backend_key_data(out, own, &own_key);
+        encode::backend_key_data(out, own.pid, &own_key);
     }
 
     fn relay_frames(

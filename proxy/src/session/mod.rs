@@ -376,7 +376,7 @@ fn bind<'a>(
             _backend: GaugeGuard(backend_gauge),
             _key: KeyGuard {
                 cancels: &shared.cancels,
-                pid: authed.cancel_pid,
+                handle: authed.cancel_key,
             },
         },
     }
@@ -394,13 +394,13 @@ impl Drop for GaugeGuard {
 /// Unregisters the client's cancel key when the session ends.
 struct KeyGuard<'a> {
     cancels: &'a crate::cancel::CancelRegistry,
-    pid: Option<i32>,
+    handle: Option<crate::cancel::KeyHandle>,
 }
 
 impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
-        if let Some(pid) = self.pid {
-            self.cancels.unregister(pid);
+        if let Some(handle) = self.handle {
+            self.cancels.unregister(handle);
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod auto;
+mod backend_pid;
 mod drain;
 mod hardening;
 mod harness;

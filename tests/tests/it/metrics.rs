@@ -156,10 +156,12 @@ async fn refusals_holds_and_cancels_are_counted() {
     );
     assert_eq!(sample(&text, "pgsteer_refused_after_hold_total"), Some(1.0));
     assert_eq!(sample(&text, "pgsteer_held_seconds_count"), Some(1.0));
-    assert_eq!(
-        sample(&text, "pgsteer_cancel_requests_total{result=\"forwarded\"}"),
-        Some(1.0)
-    );
+    // The cancel request is served after the client's write returns: wait for its count.
+    eventually("the cancel request counted", || async {
+        let text = scrape(&env).await;
+        sample(&text, "pgsteer_cancel_requests_total{result=\"forwarded\"}") == Some(1.0)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

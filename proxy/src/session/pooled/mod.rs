@@ -29,7 +29,7 @@ use super::relay::{End, EndKind, Event, Passthrough, Relay, Signals};
 use super::stream::Stream;
 use super::{ListenerKind, SessionError, Side, close};
 use crate::auth::Credentials;
-use crate::cancel::LentSlot;
+use crate::cancel::{KeyHandle, LentSlot};
 use crate::config::PoolMode;
 use crate::drain::{self, Binding, DrainOrder, Graces};
 use crate::metrics::PodTally;
@@ -64,7 +64,7 @@ struct Session<'a> {
     credentials: Credentials,
     state: ClientState,
     cancel: Arc<LentSlot>,
-    cancel_pid: i32,
+    cancel_key: KeyHandle,
     /// The pool of the client's first transaction, which counts it as a client.
     counted: Option<Arc<Pool>>,
     /// The pod the relay's counters are for.
@@ -77,7 +77,7 @@ struct Session<'a> {
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
-        self.shared.cancels.unregister(self.cancel_pid);
+        self.shared.cancels.unregister(self.cancel_key);
         if let Some(pool) = &self.counted {
             pool.clients
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -230,7 +230,7 @@ async fn log_in<'a>(
     )
     .map_err(|e| SessionError::fatal(Side::Client, SqlState::INVALID_PARAMETER_VALUE, e))?;
     let key_len = if message.version.minor >= 2 { 32 } else { 4 };
-    let (cancel_pid, key, cancel) = shared.cancels.register_lent(key_len);
+    let (cancel_key, key, cancel) = shared.cancels.register_lent(key_len);
     let auto = (request.route == Route::Auto).then(|| {
         Auto::new(
             request.consistency,
@@ -248,7 +248,7 @@ async fn log_in<'a>(
         credentials,
         state,
         cancel,
-        cancel_pid,
+        cancel_key,
         counted: None,
         tally_pod: String::new(),
         lent_binding: Arc::default(),
@@ -310,7 +310,7 @@ impl<'a> Session<'a> {
             encode::parameter_status(&mut out, name, value);
         }
         self.state.seen = self.shared.pools.settings_cache.intern(parameters);
-        encode::backend_key_data(&mut out, self.cancel_pid, key);
+        encode::backend_key_data(&mut out, self.cancel_key.pid, key);
         encode::ready_for_query(&mut out, TxStatus::Idle);
         write(client, &out).await
     }
