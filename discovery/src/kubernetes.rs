@@ -6,6 +6,7 @@
 //! [`source`] the task around kube-runtime's watcher, [`client`] the API client.
 
 pub mod client;
+pub mod peer_pods;
 pub mod pods;
 pub mod preset;
 pub mod source;

@@ -10,6 +10,7 @@
 mod key;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,9 +21,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::metrics::Metrics;
+use crate::state::Shared;
 
 pub use key::KeyMaker;
+pub(crate) use key::hmac_sha256;
 
 /// Where a client's cancel key leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,12 +156,6 @@ impl CancelRegistry {
         }
     }
 
-    /// Whether a live key matches (a pooled client that is idle has nothing to cancel, but
-    /// its key is still ours).
-    pub fn knows(&self, pid: i32, key: &[u8]) -> bool {
-        self.find(pid, key, |_| ()).is_some()
-    }
-
     /// The backend a client key cancels, if the key is valid and names one now.
     pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<CancelTarget> {
         self.find(pid, key, |t| match t {
@@ -215,31 +211,47 @@ pub async fn forward(target: &CancelTarget, timeout: Duration) -> std::io::Resul
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-/// Serves a client's CancelRequest: forwards it to the backend its key names, or drops it
-/// if the key is unknown (as Postgres does), counting either way.
-pub async fn serve_request(
-    registry: &CancelRegistry,
-    metrics: &Metrics,
-    request: CancelRequest,
-    timeout: Duration,
-) {
-    let target = registry.lookup(request.pid, &request.key);
-    let result = if target.is_some() {
-        "forwarded"
-    } else {
-        "unknown"
-    };
-    metrics.cancel_requests.with_label_values(&[result]).inc();
-    let Some(target) = target else {
-        debug!("cancel request with an unknown key dropped");
-        return;
-    };
-    match forward(&target, timeout).await {
+/// Sends the backend's CancelRequest for `target`, logging a failure.
+pub async fn to_backend(shared: &Shared, target: &CancelTarget) {
+    let timeout = shared.config.routing.connect_timeout;
+    match forward(target, timeout).await {
         Ok(()) => debug!(member = %target.member, "cancel request forwarded"),
         Err(e) => {
             warn!(member = %target.member, error = %e, "could not forward a cancel request")
         }
     }
+}
+
+/// Serves a client's CancelRequest from `source`: forwards it to the backend its key names,
+/// or, when the key is another peer's, to that peer; drops it if the key is unknown (as
+/// Postgres does). Counted by result either way.
+pub async fn serve_request(shared: &Shared, request: CancelRequest, source: IpAddr) {
+    let registry = &shared.cancels;
+    let result = match registry.lookup(request.pid, &request.key) {
+        Some(target) => {
+            to_backend(shared, &target).await;
+            "forwarded"
+        }
+        None => match &shared.peering {
+            Some(peering) => {
+                let tls = shared.tls.client.as_ref().and_then(|c| c.peer());
+                let timeout = shared.config.routing.connect_timeout;
+                let keys = registry.keys();
+                peering
+                    .forward(keys, request.pid, &request.key, source, tls, timeout)
+                    .await
+            }
+            None => "unknown",
+        },
+    };
+    if result == "unknown" {
+        debug!("cancel request with an unknown key dropped");
+    }
+    shared
+        .metrics
+        .cancel_requests
+        .with_label_values(&[result])
+        .inc();
 }
 
 #[cfg(test)]
@@ -275,7 +287,6 @@ mod tests {
         let (h, key, slot) = r.register_lent(4);
         let pid = h.pid;
         assert!(pid > 0);
-        assert!(r.knows(pid, &key));
         assert_eq!(
             r.lookup(pid, &key),
             None,

@@ -17,9 +17,11 @@ use pgsteer_discovery::kubernetes::AddressMode;
 use serde::{Deserialize, Deserializer};
 
 mod error;
+mod peers;
 mod pool;
 mod tls;
 pub use error::ConfigError;
+pub use peers::{PeerKubernetes, PeerMember, PeerTls, Peers};
 pub use pool::{Auth, AuthMethod, ExtraListener, Pool, PoolMode};
 pub use tls::{ClientTlsMode, ServerTlsMode, Tls};
 
@@ -56,6 +58,9 @@ pub struct Config {
     /// Client authentication by pgsteer (pooled mode).
     #[serde(default)]
     pub auth: Auth,
+    /// Other pgsteer processes, for cancel requests (`[listen] peer` turns peering on).
+    #[serde(default)]
+    pub peers: Peers,
 }
 
 /// `[admin]`.
@@ -103,6 +108,9 @@ pub struct Listen {
     pub ro: Option<SocketAddr>,
     /// Admin HTTP listener.
     pub admin: Option<SocketAddr>,
+    /// Peer port: cancel requests forwarded by other pgsteer processes. Peering is off
+    /// without it.
+    pub peer: Option<SocketAddr>,
     /// More client listeners, each with its own route and pool mode.
     #[serde(default)]
     pub extra: Vec<ExtraListener>,
@@ -114,6 +122,7 @@ impl Default for Listen {
             rw: Some(SocketAddr::from(([127, 0, 0, 1], 6432))),
             ro: Some(SocketAddr::from(([127, 0, 0, 1], 6433))),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9930))),
+            peer: None,
             extra: Vec::new(),
         }
     }
@@ -457,6 +466,8 @@ const ENV_SECTIONS: &[&str] = &[
     "discovery.kubernetes",
     "discovery.patroni",
     "discovery",
+    "peers.kubernetes",
+    "peers",
     "listen",
     "routing",
     "limits",
@@ -548,6 +559,8 @@ impl Config {
         }
         self.admin.token()?;
         self.tls.validate()?;
+        self.peers
+            .validate(self.listen.peer.is_some(), self.tls.client_enabled())?;
         Ok(())
     }
 
@@ -582,6 +595,12 @@ impl Config {
 }
 
 impl Config {
+    /// `[peers] ca_file` when the peer port runs mutual TLS.
+    pub fn peer_ca(&self) -> Option<&Path> {
+        let mutual = self.listen.peer.is_some() && self.peers.tls == PeerTls::Mutual;
+        mutual.then_some(self.peers.ca_file.as_deref()).flatten()
+    }
+
     /// Whether any listener runs a pooled mode.
     pub fn pooled(&self) -> bool {
         let listeners =

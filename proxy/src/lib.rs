@@ -22,6 +22,7 @@ pub mod lag;
 pub mod listener;
 pub mod load;
 pub mod metrics;
+pub mod peers;
 pub mod pool;
 pub mod router;
 pub mod session;
@@ -79,6 +80,8 @@ pub struct Running {
     pub ro: Option<SocketAddr>,
     /// Bound admin address.
     pub admin: Option<SocketAddr>,
+    /// Bound peer port address.
+    pub peer: Option<SocketAddr>,
     /// Bound addresses of the extra listeners, by name.
     pub extra: Vec<(String, SocketAddr)>,
     /// State shared with sessions (topology, counts, readiness).
@@ -148,10 +151,12 @@ async fn bind_clients(config: &Config) -> Result<Listeners, StartError> {
 /// Binds the listeners, starts discovery and serves until `shutdown` fires.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartError> {
     // The files first: a bad certificate leaves nothing started behind.
-    let tls = Arc::new(tls::Tls::load(&config.tls)?);
+    let tls = Arc::new(tls::Tls::load(&config.tls, config.peer_ca())?);
     let clients = bind_clients(&config).await?;
     let admin = bind("admin", config.listen.admin).await?;
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    let peer = bind("peer", config.listen.peer).await?;
+    let peer_addr = peer.as_ref().and_then(|l| l.local_addr().ok());
     let discovery_stop = CancellationToken::new();
     let (shared, discovery_task) = share(config, shutdown, tls, &discovery_stop)?;
 
@@ -177,6 +182,14 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     }
     if let Some(l) = admin {
         tokio::spawn(admin::serve(l, shared.clone(), admin_stop.clone()));
+    }
+    if let Some(l) = peer {
+        // Cancels for draining sessions still arrive: the peer port stops after them.
+        tokio::spawn(peers::server::serve(
+            l,
+            shared.clone(),
+            admin_stop.child_token(),
+        ));
     }
     // Certificate reload and the pools' janitor stop with the admin endpoint, after the sessions.
     tokio::spawn(tls::watch(shared.tls.clone(), admin_stop.child_token()));
@@ -204,6 +217,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
         rw,
         ro,
         admin: admin_addr,
+        peer: peer_addr,
         extra,
         shared,
         task: supervisor,
@@ -232,6 +246,10 @@ fn share(
         false => None,
     };
     let pools = Arc::new(pool::Pools::new(pool::PoolSettings::from(&config.pool)));
+    let peering = peers::Peering::start(&config, discovery_stop.clone())?;
+    let keys = peering
+        .as_ref()
+        .map_or_else(cancel::KeyMaker::random, |p| p.keys());
     let shared = Arc::new(Shared {
         permits: Arc::new(Semaphore::new(config.limits.max_client_connections)),
         config,
@@ -239,7 +257,8 @@ fn share(
         paused: watch::Sender::new(false),
         metrics,
         sessions: Default::default(),
-        cancels: Default::default(),
+        cancels: cancel::CancelRegistry::new(keys),
+        peering,
         shutdown,
         reprobe,
         tls,

@@ -45,7 +45,7 @@ pub fn text(
 /// Loads the files a validated configuration names (the `[tls]` certificates, keys and CA
 /// bundles) and drops them again; [`crate::start`] loads them for use.
 pub fn check_files(config: &Config) -> Result<(), TlsError> {
-    Tls::load(&config.tls).map(drop)
+    Tls::load(&config.tls, config.peer_ca()).map(drop)
 }
 
 #[cfg(test)]

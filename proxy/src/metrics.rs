@@ -27,6 +27,28 @@ pub const REJECT_REASONS: &[&str] = &[
     "unknown_member",
 ];
 
+/// Values of the `result` label of `pgsteer_cancel_requests_total`.
+pub const CANCEL_RESULTS: &[&str] = &[
+    "forwarded",
+    "unknown",
+    "to_peer",
+    "rate_limited",
+    "peer_unreachable",
+];
+
+/// Values of the `result` label of `pgsteer_peer_requests_total`.
+pub const PEER_RESULTS: &[&str] = &[
+    "forwarded",
+    "unknown",
+    "not_ours",
+    "bad_hmac",
+    "stale",
+    "replayed",
+    "malformed",
+    "tls_refused",
+    "timeout",
+];
+
 /// Every metric family pgsteer exports.
 pub struct Metrics {
     registry: Registry,
@@ -82,8 +104,10 @@ pub struct Metrics {
     pub held_seconds: Histogram,
     /// Held connections refused at hold_timeout.
     pub refused_after_hold: IntCounter,
-    /// Cancel requests by result (forwarded, unknown).
+    /// Cancel requests by result (forwarded, unknown, to_peer, rate_limited, peer_unreachable).
     pub cancel_requests: IntCounterVec,
+    /// Requests received on the peer port by result.
+    pub peer_requests: IntCounterVec,
     /// Pooled clients waiting for a server connection now, by pod.
     pub pool_waiting: IntGaugeVec,
     /// How long pooled clients waited for a server connection.
@@ -242,6 +266,9 @@ families! {
     CANCEL_REQUESTS = "pgsteer_cancel_requests_total",
         "Cancel requests by result",
         &["result"];
+    PEER_REQUESTS = "pgsteer_peer_requests_total",
+        "Cancel requests received from peers, by result",
+        &["result"];
 }
 
 /// Registers families in one registry.
@@ -346,6 +373,7 @@ impl Metrics {
             held_seconds: r.one_histogram(&HELD_SECONDS)?,
             refused_after_hold: r.int_counter(&REFUSED_AFTER_HOLD)?,
             cancel_requests: r.counters(&CANCEL_REQUESTS)?,
+            peer_requests: r.counters(&PEER_REQUESTS)?,
             pool_waiting: r.gauges(&POOL_WAITING)?,
             pool_wait_seconds: r.one_histogram(&POOL_WAIT_SECONDS)?,
             pool_checkout_timeouts: r.int_counter(&POOL_CHECKOUT_TIMEOUTS)?,
@@ -375,8 +403,11 @@ impl Metrics {
         for outcome in ["idle", "after_transaction", "terminated"] {
             self.sessions_drained.with_label_values(&[outcome]);
         }
-        for result in ["forwarded", "unknown"] {
+        for result in CANCEL_RESULTS {
             self.cancel_requests.with_label_values(&[result]);
+        }
+        for result in PEER_RESULTS {
+            self.peer_requests.with_label_values(&[result]);
         }
         for reason in pgsteer_protocol::classify::Reason::ALL {
             self.pool_pins.with_label_values(&[reason.as_str()]);

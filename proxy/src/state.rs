@@ -86,6 +86,8 @@ pub struct Shared {
     pub sessions: SessionCounts,
     /// Cancel keys.
     pub cancels: CancelRegistry,
+    /// Other pgsteer processes, for cancel keys this one does not own (`[listen] peer`).
+    pub peering: Option<crate::peers::Peering>,
     /// Stop signals.
     pub shutdown: Shutdown,
     /// Asks discovery to re-check members now (a backend refused a connection).

@@ -37,6 +37,9 @@ use tracing::{debug, error, info};
 
 use crate::config::{self, ClientTlsMode, ConfigError, ServerTlsMode};
 
+mod peer;
+pub use peer::PeerConfigs;
+
 /// Why the TLS configuration of a side could not be built. Each message names the setting
 /// whose file is at fault.
 #[derive(Debug, thiserror::Error)]
@@ -121,14 +124,16 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// Reads the files named in `[tls]` and builds both sides.
-    pub fn load(config: &config::Tls) -> Result<Tls, TlsError> {
+    /// Reads the files named in `[tls]` and builds both sides; with `peer_ca` (`[peers]
+    /// ca_file` of mutual TLS) the peer port's configurations too.
+    pub fn load(config: &config::Tls, peer_ca: Option<&Path>) -> Result<Tls, TlsError> {
         let client = match (&config.cert_file, &config.key_file) {
             (Some(cert), Some(key)) => Some(ClientSide::load(
                 Files {
                     cert: cert.clone(),
                     key: key.clone(),
                     client_ca: config.client_ca_file.clone(),
+                    peer_ca: peer_ca.map(Path::to_owned),
                 },
                 config.client_mode,
                 config.reload_interval,
@@ -146,6 +151,7 @@ struct Files {
     cert: PathBuf,
     key: PathBuf,
     client_ca: Option<PathBuf>,
+    peer_ca: Option<PathBuf>,
 }
 
 /// The files' contents, to notice a change.
@@ -154,6 +160,7 @@ struct Contents {
     cert: Vec<u8>,
     key: Vec<u8>,
     client_ca: Option<Vec<u8>>,
+    peer_ca: Option<Vec<u8>>,
 }
 
 impl Files {
@@ -172,12 +179,18 @@ impl Files {
                 Some(p) => Some(read(p, "client_ca_file")?),
                 None => None,
             },
+            peer_ca: match &self.peer_ca {
+                Some(p) => Some(read(p, "peers.ca_file")?),
+                None => None,
+            },
         })
     }
 }
 
 struct Current {
     config: Arc<ServerConfig>,
+    /// The peer port's, with `[peers] tls = "mutual"`.
+    peer: Option<Arc<PeerConfigs>>,
     contents: Contents,
     /// What failed last (contents that do not load, or a read error), so
     /// the error is reported once.
@@ -215,13 +228,14 @@ pub enum Reload {
 impl ClientSide {
     fn load(files: Files, mode: ClientTlsMode, interval: Duration) -> Result<ClientSide, TlsError> {
         let contents = files.read()?;
-        let config = server_config(&contents)?;
+        let (config, peer) = configs(&contents)?;
         Ok(ClientSide {
             mode,
             files,
             interval,
             current: RwLock::new(Current {
                 config: Arc::new(config),
+                peer,
                 contents,
                 failed: None,
             }),
@@ -233,6 +247,12 @@ impl ClientSide {
     /// Whether plaintext sessions are refused.
     pub fn mode(&self) -> ClientTlsMode {
         self.mode
+    }
+
+    /// The peer port's TLS in force, with `[peers] tls = "mutual"`.
+    pub fn peer(&self) -> Option<Arc<PeerConfigs>> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current.peer.clone()
     }
 
     /// An acceptor with the configuration in force (one lock read).
@@ -273,10 +293,11 @@ impl ClientSide {
                         return Reload::Unchanged;
                     }
                 }
-                match server_config(&contents) {
-                    Ok(config) => {
+                match configs(&contents) {
+                    Ok((config, peer)) => {
                         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
                         current.config = Arc::new(config);
+                        current.peer = peer;
                         current.contents = contents;
                         current.failed = None;
                         self.reloads.fetch_add(1, Ordering::Relaxed);
@@ -341,6 +362,17 @@ pub async fn watch(tls: Arc<Tls>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// Builds the client-facing configuration and the peer port's (when asked for) from PEM
+/// contents.
+fn configs(c: &Contents) -> Result<(ServerConfig, Option<Arc<PeerConfigs>>), TlsError> {
+    let config = server_config(c)?;
+    let peer = match &c.peer_ca {
+        Some(ca) => Some(Arc::new(peer::peer_configs(c, ca)?)),
+        None => None,
+    };
+    Ok((config, peer))
 }
 
 /// Builds the client-facing configuration from PEM contents.
@@ -617,6 +649,7 @@ mod tests {
             cert: b"nothing here".to_vec(),
             key: b"nor here".to_vec(),
             client_ca: None,
+            peer_ca: None,
         };
         let e = server_config(&c).unwrap_err();
         assert!(matches!(e, TlsError::NoCertificate { .. }), "{e}");

@@ -14,6 +14,9 @@ pub enum ConfigError {
     /// A `[pool]`, `[auth]` or `[[listen.extra]]` setting that does not fit.
     #[error("{0}")]
     Pooling(String),
+    /// A `[peers]` setting that does not fit.
+    #[error("{0}")]
+    Peers(String),
     /// The configuration file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Read {

@@ -111,7 +111,7 @@ pub async fn serve(
         .inc();
     let open = m.client_connections.with_label_values(&[listener.as_str()]);
     open.inc();
-    let result = run(&shared, &mut client, listener, &span).await;
+    let result = run(&shared, &mut client, (listener, peer.ip()), &span).await;
     open.dec();
     if let Err(e) = result {
         async {
@@ -140,10 +140,11 @@ pub async fn serve(
 async fn run(
     shared: &Shared,
     client: &mut Stream,
-    listener: ListenerKind,
+    (listener, source): (ListenerKind, std::net::IpAddr),
     span: &tracing::Span,
 ) -> Result<(), SessionError> {
-    let opened = Box::pin(establish(shared, client, listener).instrument(span.clone())).await?;
+    let opened =
+        Box::pin(establish(shared, client, listener, source).instrument(span.clone())).await?;
     let session = match opened {
         Opened::Done => return Ok(()),
         Opened::Passthrough(session) => *session,
@@ -243,11 +244,11 @@ async fn establish<'a>(
     shared: &'a Shared,
     client: &mut Stream,
     listener: ListenerKind,
+    source: std::net::IpAddr,
 ) -> Result<Opened<'a>, SessionError> {
     let (mut message, negotiation) = match opening(shared, client).await? {
         Opening::Cancel(c) => {
-            let timeout = shared.config.routing.connect_timeout;
-            crate::cancel::serve_request(&shared.cancels, &shared.metrics, c, timeout).await;
+            crate::cancel::serve_request(shared, c, source).await;
             return Ok(Opened::Done);
         }
         Opening::Session {

@@ -4,6 +4,8 @@
 mod auth;
 mod auto;
 mod backend_pid;
+mod cancel_peers;
+mod cancel_tls;
 mod drain;
 mod hardening;
 mod harness;

@@ -73,12 +73,12 @@ impl Pki {
         pki
     }
 
-    fn ca_path(&self) -> PathBuf {
+    pub fn ca_path(&self) -> PathBuf {
         self.dir.join("ca.crt")
     }
 
     /// A certificate for `sans` (IP addresses become IP SANs) with `serial`.
-    fn leaf(&self, sans: &[&str], serial: u64) -> Leaf {
+    pub fn leaf(&self, sans: &[&str], serial: u64) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let names: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
@@ -101,7 +101,7 @@ impl Pki {
     }
 
     /// Writes a leaf as `<name>.crt` and `<name>.key`.
-    fn write(&self, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+    pub fn write(&self, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
         let (cert, key) = (
             self.dir.join(format!("{name}.crt")),
             self.dir.join(format!("{name}.key")),
@@ -112,7 +112,7 @@ impl Pki {
     }
 
     /// `postgresql.conf` lines for a server using `leaf`.
-    fn server_conf(&self, leaf: &Leaf) -> Vec<String> {
+    pub fn server_conf(&self, leaf: &Leaf) -> Vec<String> {
         pgsteer_cluster::tls::server_tls_conf(
             &self.dir.join("server"),
             &leaf.cert_pem,
