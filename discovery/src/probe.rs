@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
+use crate::probe_tls::ProbeTls;
 use crate::topology::{Fence, Member, Role};
 
 /// The one query a probe runs. Its columns: in recovery, WAL position (replay LSN on a replica,
@@ -43,6 +44,8 @@ pub struct ProbeConfig {
     pub interval: Duration,
     /// Bound on one probe: connect + authenticate + query.
     pub timeout: Duration,
+    /// TLS towards the servers (the proxy's `[tls] server_mode`); plaintext by default.
+    pub tls: ProbeTls,
 }
 
 impl Default for ProbeConfig {
@@ -54,6 +57,7 @@ impl Default for ProbeConfig {
             dbname: "postgres".to_owned(),
             interval: Duration::from_millis(500),
             timeout: Duration::from_secs(2),
+            tls: ProbeTls::default(),
         }
     }
 }
@@ -66,6 +70,7 @@ impl fmt::Debug for ProbeConfig {
             .field("dbname", &self.dbname)
             .field("interval", &self.interval)
             .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -234,6 +239,7 @@ pub(crate) struct Prober {
     member: StaticMember,
     config: Result<tokio_postgres::Config, ProbeError>,
     timeout: Duration,
+    tls: ProbeTls,
     conn: Option<Conn>,
 }
 
@@ -245,6 +251,7 @@ impl Prober {
             member,
             config,
             timeout: probe.timeout,
+            tls: probe.tls.clone(),
             conn: None,
         }
     }
@@ -265,7 +272,7 @@ impl Prober {
             }
         };
         let name = self.member.name.as_str();
-        let attempt = attempt(config, name, &mut self.conn);
+        let attempt = attempt((config, &self.tls), name, &mut self.conn);
         let error = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(observation)) => return observation,
             Ok(Err(error)) => error,
@@ -280,7 +287,7 @@ impl Prober {
 
 /// One probe: on the open connection if there is one, else (or if that fails) on a new one.
 async fn attempt(
-    config: &tokio_postgres::Config,
+    (config, tls): (&tokio_postgres::Config, &ProbeTls),
     name: &str,
     conn: &mut Option<Conn>,
 ) -> Result<Observation, ProbeError> {
@@ -293,7 +300,7 @@ async fn attempt(
             }
         }
     }
-    let fresh = Conn::open(config, name).await?;
+    let fresh = Conn::open(config, tls, name).await?;
     let observation = fresh.query().await?;
     *conn = Some(fresh);
     Ok(observation)
@@ -307,8 +314,12 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(config: &tokio_postgres::Config, name: &str) -> Result<Conn, ProbeError> {
-        let (client, connection) = config.connect(NoTls).await?;
+    async fn open(
+        config: &tokio_postgres::Config,
+        tls: &ProbeTls,
+        name: &str,
+    ) -> Result<Conn, ProbeError> {
+        let (client, connection) = config.connect(tls.clone()).await?;
         let member = name.to_owned();
         let driver = AbortOnDropHandle::new(tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -375,6 +386,8 @@ fn connect_config(
         .user(&probe.user)
         .dbname(&probe.dbname)
         .application_name(PROBE_APPLICATION_NAME)
+        .ssl_mode(probe.tls.ssl_mode())
+        .channel_binding(tokio_postgres::config::ChannelBinding::Disable)
         .connect_timeout(probe.timeout);
     if let Some(password) = &probe.password {
         config.password(password);

@@ -26,6 +26,7 @@ fn probe_config() -> ProbeConfig {
         dbname: "postgres".to_owned(),
         interval: Duration::from_millis(200),
         timeout: Duration::from_secs(5),
+        ..ProbeConfig::default()
     }
 }
 

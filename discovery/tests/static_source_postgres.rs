@@ -37,6 +37,7 @@ fn probe_config(interval: Duration) -> ProbeConfig {
         dbname: "postgres".to_owned(),
         interval,
         timeout: Duration::from_secs(5),
+        ..ProbeConfig::default()
     }
 }
 

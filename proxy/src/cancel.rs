@@ -18,10 +18,11 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pgsteer_protocol::startup::CancelRequest;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+use crate::session::upstream;
 use crate::state::Shared;
+use crate::tls::ServerSide;
 
 pub use key::KeyMaker;
 pub(crate) use key::hmac_sha256;
@@ -197,13 +198,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Sends a CancelRequest for `target` to its backend.
-pub async fn forward(target: &CancelTarget, timeout: Duration) -> std::io::Result<()> {
+/// Sends a CancelRequest for `target` to its backend, over TLS as `tls` (`[tls]
+/// server_mode`) says, as libpq does.
+pub async fn forward(
+    target: &CancelTarget,
+    tls: &ServerSide,
+    timeout: Duration,
+) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(16 + target.key.len());
     pgsteer_protocol::encode::cancel_request(&mut buf, target.pid, &target.key);
     let send = async {
-        let mut s = TcpStream::connect(&target.address).await?;
+        let mut s = upstream::connect_to(&target.address, tls, timeout)
+            .await
+            .map_err(std::io::Error::other)?;
         s.write_all(&buf).await?;
+        s.flush().await?;
         s.shutdown().await
     };
     tokio::time::timeout(timeout, send)
@@ -214,7 +223,7 @@ pub async fn forward(target: &CancelTarget, timeout: Duration) -> std::io::Resul
 /// Sends the backend's CancelRequest for `target`, logging a failure.
 pub async fn to_backend(shared: &Shared, target: &CancelTarget) {
     let timeout = shared.config.routing.connect_timeout;
-    match forward(target, timeout).await {
+    match forward(target, &shared.tls.server, timeout).await {
         Ok(()) => debug!(member = %target.member, "cancel request forwarded"),
         Err(e) => {
             warn!(member = %target.member, error = %e, "could not forward a cancel request")

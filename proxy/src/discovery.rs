@@ -5,12 +5,13 @@
 //! accessors, so a configuration changed after parsing gets the same errors.
 
 use pgsteer_discovery::kubernetes::{KubernetesError, KubernetesSettings};
-use pgsteer_discovery::{ProbeConfig, ProbeHandle, StaticMember, Topology};
+use pgsteer_discovery::{ProbeConfig, ProbeHandle, ProbeTls, StaticMember, Topology};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, Probe, Source};
+use crate::tls::ServerSide;
 
 /// Why `pgsteer check` could not read the topology once.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,9 @@ pub enum OnceError {
     /// The discovery settings are unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The TLS settings towards the servers do not load.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The Kubernetes API could not be asked.
     #[error("discovery.kubernetes: {0}")]
     Kubernetes(#[source] KubernetesError),
@@ -41,7 +45,16 @@ fn probe_settings(config: &Config, probe: &Probe) -> Result<ProbeConfig, ConfigE
         dbname: probe.dbname.clone(),
         interval: d.probe_interval,
         timeout: d.probe_timeout,
+        tls: ProbeTls::disabled(),
     })
+}
+
+/// The probe settings with TLS as `[tls] server_mode` says (`server`).
+fn with_tls(probe: ProbeConfig, server: &ServerSide) -> ProbeConfig {
+    ProbeConfig {
+        tls: server.probe(),
+        ..probe
+    }
 }
 
 /// The static members.
@@ -85,27 +98,30 @@ fn need_probe(config: &Config) -> Result<ProbeConfig, ConfigError> {
 }
 
 /// Starts the configured source publishing into `tx` until `cancel` fires.
+/// The probe connects to the servers with TLS as `server` (`[tls] server_mode`) says.
 pub fn spawn(
     config: &Config,
+    server: &ServerSide,
     tx: watch::Sender<Topology>,
     cancel: CancellationToken,
 ) -> Result<(ProbeHandle, JoinHandle<()>), ConfigError> {
+    let probe = || Ok::<_, ConfigError>(probe_config(config)?.map(|p| with_tls(p, server)));
     match config.discovery.source {
         Source::Static => Ok(pgsteer_discovery::spawn_static(
             static_members(config),
-            need_probe(config)?,
+            with_tls(need_probe(config)?, server),
             tx,
             cancel,
         )),
         Source::Kubernetes => Ok(pgsteer_discovery::kubernetes::spawn(
             kubernetes_settings(config)?,
-            probe_config(config)?,
+            probe()?,
             tx,
             cancel,
         )),
         Source::Patroni => Ok(pgsteer_discovery::spawn_patroni(
             patroni_settings(config)?,
-            probe_config(config)?,
+            probe()?,
             tx,
             cancel,
         )),
@@ -114,12 +130,14 @@ pub fn spawn(
 
 /// Runs discovery once (for `pgsteer check`).
 pub async fn once(config: &Config) -> Result<Topology, OnceError> {
+    let server = ServerSide::load(config.tls.server_mode, config.tls.server_ca()?)?;
     match config.discovery.source {
         Source::Static => {
-            Ok(pgsteer_discovery::probe_once(&static_members(config), &need_probe(config)?).await)
+            let probe = with_tls(need_probe(config)?, &server);
+            Ok(pgsteer_discovery::probe_once(&static_members(config), &probe).await)
         }
         Source::Patroni => {
-            let probe = probe_config(config)?;
+            let probe = probe_config(config)?.map(|p| with_tls(p, &server));
             Ok(pgsteer_discovery::patroni_once(&patroni_settings(config)?, probe.as_ref()).await)
         }
         Source::Kubernetes => {

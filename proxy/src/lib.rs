@@ -233,7 +233,7 @@ fn share(
 ) -> Result<(Arc<Shared>, JoinHandle<()>), StartError> {
     let (discovered_tx, discovered) = watch::channel(Topology::default());
     let (reprobe, discovery_task) =
-        discovery::spawn(&config, discovered_tx, discovery_stop.clone())?;
+        discovery::spawn(&config, &tls.server, discovered_tx, discovery_stop.clone())?;
     let metrics = Arc::new(metrics::Metrics::new().map_err(StartError::Metrics)?);
     let topology = topology::TopologyHub::start(
         discovered,

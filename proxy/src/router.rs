@@ -168,7 +168,20 @@ pub fn decide(
 
 fn no_primary_reason(t: &Topology) -> String {
     match t.primaries().count() {
-        0 => "no primary available".into(),
+        // What keeps members out (a probe that cannot log in or verify a certificate, …)
+        // tells the client more than the absence.
+        0 => {
+            let notes: Vec<String> = t
+                .members
+                .values()
+                .filter(|m| !m.routable)
+                .filter_map(|m| m.note.as_ref().map(|n| format!("{}: {n}", m.name)))
+                .collect();
+            match notes.is_empty() {
+                true => "no primary available".into(),
+                false => format!("no primary available ({})", notes.join("; ")),
+            }
+        }
         n => format!("{n} members claim to be primary; refusing writes until resolved"),
     }
 }

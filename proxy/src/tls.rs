@@ -442,7 +442,7 @@ pub struct ServerSide {
 
 impl ServerSide {
     /// `ca_file` as [`config::Tls::server_ca`] returns it: set for the verifying modes.
-    fn load(mode: ServerTlsMode, ca_file: Option<&Path>) -> Result<ServerSide, TlsError> {
+    pub fn load(mode: ServerTlsMode, ca_file: Option<&Path>) -> Result<ServerSide, TlsError> {
         let provider = provider();
         let verifier: Arc<dyn ServerCertVerifier> = match mode {
             ServerTlsMode::Disable => return Ok(ServerSide { mode, config: None }),
@@ -490,6 +490,18 @@ impl ServerSide {
     /// The configured mode.
     pub fn mode(&self) -> ServerTlsMode {
         self.mode
+    }
+
+    /// The probe's TLS, as `server_mode` says.
+    pub fn probe(&self) -> pgsteer_discovery::ProbeTls {
+        match &self.config {
+            None => pgsteer_discovery::ProbeTls::disabled(),
+            Some(c) => pgsteer_discovery::ProbeTls::with(
+                c.clone(),
+                self.mode != ServerTlsMode::Prefer,
+                self.mode == ServerTlsMode::VerifyFull,
+            ),
+        }
     }
 
     /// A connector, unless `server_mode = "disable"`.

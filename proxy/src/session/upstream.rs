@@ -50,6 +50,16 @@ pub async fn connect(
     tls: &ServerSide,
     timeout: Duration,
 ) -> Result<Stream, UpstreamError> {
+    connect_to(&target.address, tls, timeout).await
+}
+
+/// Connects to the server at `address` (`host:port`) within `timeout`, TLS as `tls` says
+/// (sessions, pool connections and cancel requests alike).
+pub async fn connect_to(
+    address: &str,
+    tls: &ServerSide,
+    timeout: Duration,
+) -> Result<Stream, UpstreamError> {
     let timed_out = || {
         UpstreamError::Unreachable(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -57,11 +67,11 @@ pub async fn connect(
         ))
     };
     tokio::time::timeout(timeout, async {
-        let tcp = TcpStream::connect(&target.address)
+        let tcp = TcpStream::connect(address)
             .await
             .map_err(UpstreamError::Unreachable)?;
         tcp.set_nodelay(true).map_err(UpstreamError::Unreachable)?;
-        negotiate(tcp, target, tls).await
+        negotiate(tcp, address, tls).await
     })
     .await
     .unwrap_or_else(|_| Err(timed_out()))
@@ -70,7 +80,7 @@ pub async fn connect(
 /// SSLRequest and handshake, unless `server_mode = "disable"`.
 async fn negotiate(
     mut tcp: TcpStream,
-    target: &Target,
+    address: &str,
     tls: &ServerSide,
 ) -> Result<Stream, UpstreamError> {
     let Some(connector) = tls.connector() else {
@@ -102,7 +112,7 @@ async fn negotiate(
         }
     }
     let name = tls
-        .server_name(&target.address)
+        .server_name(address)
         .map_err(|e| UpstreamError::Tls(UpstreamTlsError::ServerName(e)))?;
     match connector.connect(name, tcp).await {
         Ok(s) => Ok(Stream::Connected(Box::new(s))),

@@ -135,3 +135,75 @@ async fn a_cancel_crosses_peers_over_mutual_tls_and_reaches_a_tls_server() {
     s.cancelled(started).await;
     b.stop().await;
 }
+
+/// The first bytes of an SSLRequest (length 8, code 80877103).
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
+
+/// Forwards every connection on a new port to `target`, keeping the first 8 bytes each
+/// connection sent: an SSLRequest for a connection that asked for TLS first.
+async fn recorder(target: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<Vec<[u8; 8]>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 8];
+                if tokio::io::AsyncReadExt::read_exact(&mut client, &mut first)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                record.lock().unwrap().push(first);
+                if let Ok(mut server) = TcpStream::connect(target).await
+                    && server.write_all(&first).await.is_ok()
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_and_a_forwarded_cancel_reach_postgres_over_verify_full_tls() {
+    let pki = Pki::new();
+    let secret = SecretFile::new();
+    let cluster = tls_cluster(&pki).await;
+    let direct = SocketAddr::from(([127, 0, 0, 1], cluster.node("pg-0").port));
+    let (via, seen) = recorder(direct).await;
+    let (a, b) = two_proxies_on(cluster, &secret.0, |c| {
+        verify_full(c, &pki);
+        c.discovery.members[0].address = via.to_string();
+    })
+    .await;
+    let s = sleeper(&a.cluster, a.rw()).await;
+    let before = seen.lock().unwrap().len();
+    let started = Instant::now();
+    s.cancel_via(b.rw()).await;
+    let took = s.cancelled(started).await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(peer_requests(&a.proxy, "forwarded"), 1);
+
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.len() > before,
+        "the cancel went to the server through the recorder"
+    );
+    assert!(
+        seen.iter().all(|first| *first == SSL_REQUEST),
+        "every connection to Postgres (probes, the session, the cancel) began with an SSLRequest: {seen:?}"
+    );
+    // As a superuser sees it: the probe connections of both proxies are encrypted.
+    let sql = "SELECT count(*) || ' ' || coalesce(bool_and(s.ssl), false) FROM pg_stat_activity a \
+               JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'pgsteer-probe'";
+    let probes = tokio::task::block_in_place(|| a.cluster.psql("pg-0", sql)).expect("psql");
+    assert_eq!(probes.trim(), "2 true", "both proxies' probes use TLS");
+    b.stop().await;
+}
