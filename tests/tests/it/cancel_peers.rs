@@ -445,3 +445,32 @@ async fn peers_are_found_as_pgsteer_pods_as_they_come_and_go() {
     s.cancelled(started).await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_is_rate_limited_per_source_address() {
+    let secret = SecretFile::new();
+    let (a, b) = two_proxies(&secret.0, |c| c.peers.forward_rate = 2).await;
+    let keys = pgsteer::cancel::KeyMaker::owned(1, SECRET.as_bytes());
+    for pid in 1..=6 {
+        let key = keys.make(pid, 4);
+        assert!(
+            send_and_read(b.rw(), &cancel_packet(pid, &key))
+                .await
+                .is_empty()
+        );
+    }
+    eventually("all six counted", || async {
+        cancels(&b.running, "to_peer") + cancels(&b.running, "rate_limited") == 6
+    })
+    .await;
+    assert!(cancels(&b.running, "to_peer") >= 2, "the burst passes");
+    assert!(
+        cancels(&b.running, "rate_limited") >= 3,
+        "the excess is dropped"
+    );
+    eventually("A dropped what arrived", || async {
+        peer_requests(&a.proxy, "unknown") == cancels(&b.running, "to_peer")
+    })
+    .await;
+    b.stop().await;
+}

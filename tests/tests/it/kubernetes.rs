@@ -679,6 +679,9 @@ fn the_shipped_kustomize_configs_are_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kustomize");
     let password = std::env::temp_dir().join(format!("pgsteer-probe-pw-{}", std::process::id()));
     std::fs::write(&password, "secret\n").unwrap();
+    let peer_secret =
+        std::env::temp_dir().join(format!("pgsteer-peer-secret-{}", std::process::id()));
+    std::fs::write(&peer_secret, "0123456789abcdef0123456789abcdef\n").unwrap();
     let mut dirs = vec![root.join("base")];
     let mut overlays: Vec<_> = std::fs::read_dir(root.join("overlays"))
         .unwrap()
@@ -690,18 +693,29 @@ fn the_shipped_kustomize_configs_are_valid() {
     for dir in dirs {
         let path = dir.join("pgsteer.toml");
         let text = std::fs::read_to_string(&path).unwrap();
-        let env = [(
-            "PGSTEER_DISCOVERY_PROBE_PASSWORD_FILE".to_owned(),
-            password.display().to_string(),
-        )];
+        let env = [
+            (
+                "PGSTEER_DISCOVERY_PROBE_PASSWORD_FILE".to_owned(),
+                password.display().to_string(),
+            ),
+            (
+                "PGSTEER_PEERS_SECRET_FILE".to_owned(),
+                peer_secret.display().to_string(),
+            ),
+        ];
         let config =
             Config::parse(&text, env).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let settings = pgsteer::discovery::kubernetes_settings(&config)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(!settings.selector.is_empty());
         assert!(config.discovery.probe.is_some(), "{}", path.display());
+        // Peering on, with pgsteer's own pods (the Deployment's label) as peers.
+        assert!(config.listen.peer.is_some(), "{}", path.display());
+        let peers = config.peers.kubernetes.as_ref().expect("peers.kubernetes");
+        assert_eq!(peers.selector, "app.kubernetes.io/name=pgsteer");
     }
     let _ = std::fs::remove_file(password);
+    let _ = std::fs::remove_file(peer_secret);
 }
 
 #[test]
