@@ -49,6 +49,7 @@ pgsteer_sessions_drained_total
 pgsteer_held_connections
 pgsteer_refused_after_hold_total
 pgsteer_cancel_requests_total
+pgsteer_peer_requests_total
 """.split()
 HISTOGRAMS = """
 pgsteer_backend_connect_seconds

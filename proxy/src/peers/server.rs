@@ -43,9 +43,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let result = tokio::time::timeout(REQUEST_TIMEOUT, one(&shared, tcp))
-                .await
-                .unwrap_or("timeout");
+            let result = one(&shared, tcp).await;
             debug!(peer = %from, result, "peer request");
             shared
                 .metrics
@@ -57,23 +55,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
     }
 }
 
-/// Serves one connection; returns the `result` label.
+/// Serves one connection; returns the `result` label. Receiving the request (TLS handshake
+/// included) is bounded by [`REQUEST_TIMEOUT`]; the cancel to the backend by its own timeout.
 async fn one(shared: &Shared, tcp: TcpStream) -> &'static str {
-    let msg = match shared.tls.client.as_ref().and_then(|c| c.peer()) {
-        Some(configs) if shared.config.peer_ca().is_some() => {
-            match configs.acceptor().accept(tcp).await {
-                Ok(mut s) => read_request(&mut s).await,
-                Err(_) => return "tls_refused",
-            }
-        }
-        _ if shared.config.peer_ca().is_some() => return "tls_refused",
-        _ => {
-            let mut tcp = tcp;
-            read_request(&mut tcp).await
-        }
-    };
-    let Some(msg) = msg else {
-        return wire::Refusal::Malformed.as_str();
+    let msg = match tokio::time::timeout(REQUEST_TIMEOUT, receive(shared, tcp)).await {
+        Ok(Ok(msg)) => msg,
+        Ok(Err(refused)) => return refused,
+        Err(_) => return "timeout",
     };
     let Some(peering) = &shared.peering else {
         return "not_ours";
@@ -92,6 +80,25 @@ async fn one(shared: &Shared, tcp: TcpStream) -> &'static str {
         }
         None => "unknown",
     }
+}
+
+/// Reads one request, through TLS when the peer port is mutual TLS; `Err` is the `result`
+/// label of a connection that did not deliver one.
+async fn receive(shared: &Shared, tcp: TcpStream) -> Result<Vec<u8>, &'static str> {
+    let msg = match shared.tls.client.as_ref().and_then(|c| c.peer()) {
+        Some(configs) if shared.config.peer_ca().is_some() => {
+            match configs.acceptor().accept(tcp).await {
+                Ok(mut s) => read_request(&mut s).await,
+                Err(_) => return Err("tls_refused"),
+            }
+        }
+        _ if shared.config.peer_ca().is_some() => return Err("tls_refused"),
+        _ => {
+            let mut tcp = tcp;
+            read_request(&mut tcp).await
+        }
+    };
+    msg.ok_or(wire::Refusal::Malformed.as_str())
 }
 
 /// Reads one request: the header, then exactly the key and HMAC it announces.

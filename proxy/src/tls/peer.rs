@@ -78,3 +78,32 @@ pub(super) fn peer_configs(c: &Contents, ca: &[u8]) -> Result<PeerConfigs, TlsEr
         connector: Arc::new(connector),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn the_peer_configs_are_built_from_the_tls_pair_and_the_peer_ca_and_a_bad_ca_is_named() {
+        let (cert, key) = self_signed();
+        let mut c = Contents {
+            cert: cert.clone().into_bytes(),
+            key: key.into_bytes(),
+            client_ca: None,
+            peer_ca: Some(cert.into_bytes()),
+        };
+        let (_, peer) = super::super::configs(&c).unwrap();
+        assert!(peer.is_some(), "built with the pair, as a reload does");
+        c.peer_ca = Some(b"not a certificate".to_vec());
+        let e = super::super::configs(&c).err().unwrap().to_string();
+        assert!(e.contains("peers.ca_file"), "{e}");
+    }
+}
