@@ -130,20 +130,23 @@ impl CancelRegistry {
 
     fn insert(&self, pid: i32, target: KeyTarget, key_len: usize) -> (KeyHandle, Vec<u8>) {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let entries = map.entry(pid).or_default();
-        let key = loop {
-            let key = self.keys.make(pid, key_len);
+        // The key (an HMAC when peering) is made outside the lock; a key that another session
+        // of the same pid already has (16 random bits in 3.0) is made again.
+        let mut key = self.keys.make(pid, key_len);
+        loop {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            let entries = map.entry(pid).or_default();
             if !entries.iter().any(|e| e.key == key) {
-                break key;
+                entries.push(Entry {
+                    serial,
+                    key: key.clone(),
+                    target,
+                });
+                return (KeyHandle { pid, serial }, key);
             }
-        };
-        entries.push(Entry {
-            serial,
-            key: key.clone(),
-            target,
-        });
-        (KeyHandle { pid, serial }, key)
+            drop(map);
+            key = self.keys.make(pid, key_len);
+        }
     }
 
     /// Forgets a session's key.
