@@ -23,7 +23,8 @@ pub struct Peers {
     /// against `ca_file`).
     #[serde(default)]
     pub tls: PeerTls,
-    /// PEM CA bundle peers' certificates are verified against (`tls = "mutual"`).
+    /// PEM CA bundle peers' certificates are verified against (`tls = "mutual"`; ignored with
+    /// `tls = "off"`, so a deployment can mount it before turning mutual TLS on).
     pub ca_file: Option<PathBuf>,
     /// Most cancel requests forwarded per second per source address; excess dropped.
     #[serde(default = "default_forward_rate")]
@@ -140,11 +141,6 @@ impl Peers {
                     "peers.tls = \"mutual\" needs tls.cert_file and tls.key_file",
                 ));
             }
-            (PeerTls::Off, Some(_), _) => {
-                return Err(err(
-                    "peers.ca_file is only used with peers.tls = \"mutual\"",
-                ));
-            }
             _ => {}
         }
         let mut ids = std::collections::HashSet::new();
@@ -240,6 +236,31 @@ mod tests {
     }
 
     #[test]
+    fn the_shape_with_tls_off_and_a_ca_file_parses_and_ignores_the_ca() {
+        let s = secret_file("0123456789abcdef0123456789");
+        let c = with(
+            r#"
+            [peers]
+            id = 3
+            secret_file = "SECRET"
+            tls = "off"
+            ca_file = "/etc/pgsteer-peer/ca.crt"
+            forward_rate = 100
+            [[peers.member]]
+            id = 1
+            address = "10.0.0.5:6440"
+            [peers.kubernetes]
+            selector = "app.kubernetes.io/name=pgsteer"
+            port = 6440
+            "#,
+            &s,
+        )
+        .unwrap();
+        assert_eq!(c.peers.tls, PeerTls::Off);
+        assert_eq!(c.peer_ca(), None);
+    }
+
+    #[test]
     fn peering_mistakes_are_one_line_errors_naming_the_setting() {
         let s = secret_file("0123456789abcdef-long-enough");
         let short = secret_file("short");
@@ -256,10 +277,6 @@ mod tests {
             (
                 "[peers]\nsecret_file = \"SECRET\"\ntls = \"mutual\"\n",
                 "peers.ca_file",
-            ),
-            (
-                "[peers]\nsecret_file = \"SECRET\"\nca_file = \"/x\"\n",
-                "peers.ca_file is only used",
             ),
             (
                 "[peers]\nsecret_file = \"SECRET\"\n[[peers.member]]\nid = 1\naddress = \"a:1\"\n[[peers.member]]\nid = 1\naddress = \"b:1\"\n",
