@@ -102,7 +102,23 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             StatusCode::OK,
             serde_json::json!({ "pools": shared.pools.snapshot() }),
         ),
+        "/peers" => json(StatusCode::OK, peers_json(shared)),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// This process's peer id and the peers it forwards cancel requests to (id → address).
+fn peers_json(shared: &Shared) -> serde_json::Value {
+    match &shared.peering {
+        None => serde_json::json!({ "enabled": false }),
+        Some(p) => {
+            let peers: serde_json::Map<String, serde_json::Value> = p
+                .table()
+                .into_iter()
+                .map(|(id, address)| (id.to_string(), address.into()))
+                .collect();
+            serde_json::json!({ "enabled": true, "id": p.id(), "peers": peers })
+        }
     }
 }
 

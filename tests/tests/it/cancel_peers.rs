@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use crate::backend_pid::client_key;
 use crate::harness::*;
+use crate::routing::http_get;
 
 pub const SECRET: &str = "a shared secret of the test peers";
 static FILES: AtomicU64 = AtomicU64::new(0);
@@ -394,7 +395,14 @@ async fn peers_are_found_as_pgsteer_pods_as_they_come_and_go() {
     let mut config = config_for(&a.cluster);
     pod_peers(&mut config, id_b, [127, 0, 0, 3]);
     let b = Proxy::start(config).await;
-    let table = |r: &Running| r.shared.peering.as_ref().expect("peering").table();
+    // What an operator sees: GET /peers on the admin port.
+    let b_admin = b.running.admin.expect("admin");
+    let peers_of_b = || async move {
+        let v: serde_json::Value =
+            serde_json::from_str(&http_get(b_admin, "/peers").await).expect("json");
+        assert_eq!(v["id"], id_b);
+        v["peers"].as_object().cloned().unwrap_or_default()
+    };
 
     // No pods yet: B does not know A, and drops A's keys.
     let mut s = sleeper(&a.cluster, a.rw()).await;
@@ -413,16 +421,13 @@ async fn peers_are_found_as_pgsteer_pods_as_they_come_and_go() {
     api.apply(pod("pgsteer-a", "127.0.0.2"));
     api.apply(pod("pgsteer-b", "127.0.0.3"));
     api.apply(FakePod::new("pg-0").label("app", "pg").ip("127.0.0.9"));
+    let a_there = format!("127.0.0.2:{port}");
     eventually("B found A's pod", || async {
-        table(&b.running).get(&id_a).map(String::as_str) == Some(&format!("127.0.0.2:{port}"))
+        peers_of_b().await.get(&id_a.to_string()) == Some(&a_there.clone().into())
     })
     .await;
-    assert_eq!(
-        table(&b.running).len(),
-        1,
-        "only the other pgsteer pod: {:?}",
-        table(&b.running)
-    );
+    let peers = peers_of_b().await;
+    assert_eq!(peers.len(), 1, "only the other pgsteer pod: {peers:?}");
     let started = Instant::now();
     s.cancel_via(b.rw()).await;
     let took = s.cancelled(started).await;
@@ -430,7 +435,7 @@ async fn peers_are_found_as_pgsteer_pods_as_they_come_and_go() {
 
     api.delete("pgsteer-a");
     eventually("B forgot A's pod", || async {
-        !table(&b.running).contains_key(&id_a)
+        !peers_of_b().await.contains_key(&id_a.to_string())
     })
     .await;
     let mut s = sleeper(&a.cluster, a.rw()).await;
