@@ -150,6 +150,16 @@ mod tests {
         assert!(wrong > 56, "{wrong} of 64");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn every_key_names_its_owner(id in 0u16.., pid in proptest::prelude::any::<i32>(), len in 4usize..=256) {
+            let k = KeyMaker::owned(id, b"0123456789abcdef");
+            let key = k.make(pid, len);
+            proptest::prop_assert_eq!(key.len(), len);
+            proptest::prop_assert_eq!(KeyMaker::owned(id ^ 1, b"0123456789abcdef").owner(pid, &key), Some(id));
+        }
+    }
+
     #[test]
     fn without_peering_keys_are_random_and_name_no_owner() {
         let r = KeyMaker::random();

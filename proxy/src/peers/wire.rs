@@ -201,6 +201,17 @@ mod tests {
         assert_eq!(n.check(&long, SECRET), Err(Refusal::Malformed));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_refused_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let mut n = Nonces::default();
+            proptest::prop_assert!(n.check(&bytes, SECRET).is_err());
+            if let Some(h) = bytes.get(..HEADER_LEN).and_then(|h| <&[u8; HEADER_LEN]>::try_from(h).ok()) {
+                let _ = key_len(h);
+            }
+        }
+    }
+
     #[test]
     fn nonces_are_forgotten_after_the_window() {
         let mut n = Nonces::default();
