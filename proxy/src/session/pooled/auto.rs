@@ -291,7 +291,8 @@ impl SafetyNet {
         self.armed = true;
     }
 
-    fn disarm(&mut self) {
+    /// Forgets the transaction (it ended, or its server connection was lost).
+    pub fn disarm(&mut self) {
         self.saved.clear();
         self.armed = false;
         self.refused = false;
