@@ -18,9 +18,11 @@ use serde::{Deserialize, Deserializer};
 
 mod error;
 mod pool;
+mod switchover;
 mod tls;
 pub use error::ConfigError;
 pub use pool::{Auth, AuthMethod, ExtraListener, Pool, PoolMode};
+pub use switchover::Switchover;
 pub use tls::{ClientTlsMode, ServerTlsMode, Tls};
 
 /// The whole configuration.
@@ -56,6 +58,9 @@ pub struct Config {
     /// Client authentication by pgsteer (pooled mode).
     #[serde(default)]
     pub auth: Auth,
+    /// Switchovers led by pgsteer.
+    #[serde(default)]
+    pub switchover: Switchover,
 }
 
 /// `[admin]`.

@@ -379,6 +379,16 @@ impl<'a> Session<'a> {
         let shared = self.shared;
         let mut hold = Hold::new(Backends::of(shared));
         let mut routing = Routing::new(Backends::of(shared));
+        // A switchover led by pgsteer holds transactions bound for the primary here.
+        let _passed = match self.route_now.route {
+            Route::Replica => None,
+            _ => Some(
+                shared
+                    .switchover
+                    .pass(shared.config.switchover.timeout, &shared.metrics)
+                    .await,
+            ),
+        };
         loop {
             let target = routing.next(client, &self.route_now, &mut hold).await?;
             let decided = hold.generation();
