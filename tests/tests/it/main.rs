@@ -13,6 +13,7 @@ mod pgbench;
 mod pooled;
 mod pooled_auth;
 mod pooled_login;
+mod pooled_lost;
 mod pooled_state;
 mod routing;
 mod shutdown;
