@@ -1,7 +1,8 @@
 //! A pooled client whose server connection is lost keeps its connection to pgsteer: a
 //! transaction in progress is rolled back and reported once, the client's view of it stays
 //! consistent (a failed block until its ROLLBACK), and a transaction that has sent nothing
-//! but BEGIN starts on another server connection. One cluster for every case.
+//! but BEGIN starts on another server connection; a route `auto` read whose replica stops
+//! before it answered runs again on another. One cluster for every case.
 
 use std::net::SocketAddr;
 
@@ -39,7 +40,10 @@ async fn end_server_connections(direct: &tokio_postgres::Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_client_stays_when_its_server_connection_is_lost() {
-    let pooled = Pooled::start(0, |_| {}).await;
+    let pooled = Pooled::start(2, |c| {
+        c.routing.read_only_functions = vec!["inet_server_port".into()];
+    })
+    .await;
     let primary: SocketAddr = pooled.env.cluster.nodes()[0]
         .address()
         .parse()
@@ -135,4 +139,65 @@ async fn a_pooled_client_stays_when_its_server_connection_is_lost() {
     let tx = client.transaction().await.unwrap();
     tx.commit().await.unwrap();
     assert!(!client.is_closed());
+
+    // 5. Route `auto`: a read on a replica that stops before answering runs again on the
+    //    other replica, and the client sees only the answer.
+    pooled
+        .env
+        .cluster
+        .wait_streaming(2, crate::harness::DEADLINE)
+        .expect("replicas stream");
+    const EVENTUAL: &str = "-c pgsteer.route=auto -c pgsteer.consistency=eventual";
+    let reader = connect(pooled.rw(), Some(EVENTUAL)).await;
+    // Reads go to the least busy replica, ties broken by name: find where this one goes.
+    let port: i32 = reader
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (name, other) = match u16::try_from(port).unwrap() {
+        p if p == pooled.env.port_of("pg-1") => ("pg-1", pooled.env.port_of("pg-2")),
+        p if p == pooled.env.port_of("pg-2") => ("pg-2", pooled.env.port_of("pg-1")),
+        p => panic!("an eventual read ran on port {p}, not on a replica"),
+    };
+    // Sleeps there only: it is still running when that replica stops.
+    let sql = format!(
+        "SELECT pg_sleep(CASE WHEN inet_server_port() = {port} THEN 60 ELSE 0 END), \
+         inet_server_port()"
+    );
+    let read = tokio::spawn(async move { (reader.query_one(&sql, &[]).await, reader) });
+    let there: SocketAddr = ([127, 0, 0, 1], pooled.env.port_of(name)).into();
+    let watcher = connect(there, None).await;
+    eventually("the read sleeps on its replica", || async {
+        let n: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(CASE%' \
+                 AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 1
+    })
+    .await;
+    drop(watcher);
+    let cluster = &pooled.env.cluster;
+    tokio::task::block_in_place(|| {
+        cluster
+            .stop_node(name, pgsteer_cluster::StopMode::Fast)
+            .expect("the replica stops")
+    });
+    let (r, reader) = tokio::time::timeout(crate::harness::DEADLINE, read)
+        .await
+        .expect("the read finishes")
+        .unwrap();
+    let row = r.expect("the read was run again, not failed");
+    assert_eq!(
+        row.get::<_, i32>(1),
+        i32::from(other),
+        "it ran on the other replica"
+    );
+    assert!(!reader.is_closed());
+    drop(reader);
 }

@@ -17,6 +17,7 @@ impl Session<'_> {
         if let Some(l) = lent {
             self.finish_transaction(l).await;
         }
+        self.ran_again = false;
         self.retry_on_primary(relay);
     }
 

@@ -10,6 +10,8 @@ use pgsteer_protocol::frontend::tag as ftag;
 use pgsteer_protocol::sqlstate::SqlState;
 use tracing::{debug, info};
 
+use pgsteer_discovery::Role;
+
 use super::owner::InFlight;
 use super::stand_in::{Local, StandIn};
 use super::{Lent, Session};
@@ -106,6 +108,17 @@ impl<'a> Session<'a> {
     /// client is told (now if a request was in flight, else at its next one) and keeps its
     /// connection to pgsteer; `why` names the cause (empty: the server went away).
     fn lose(&mut self, l: Lent, why: &str, relay: &mut Relay<'a>, sent: &mut InFlight) {
+        if self.run_again(&l, relay) {
+            sent.clear();
+            self.state.server_fatal = None;
+            self.state.may_commit = false;
+            let mut l = l;
+            l.conn.broken = true;
+            self.give_back(l, TxStatus::Idle, false);
+            self.lent_binding.set(None);
+            relay.rebind(self.drain_order(), None);
+            return;
+        }
         let member = l.target.member.clone();
         let in_block = relay.tx() != TxStatus::Idle;
         let in_flight = relay.awaiting_answer();
@@ -165,5 +178,29 @@ impl<'a> Session<'a> {
         self.give_back(l, TxStatus::Idle, false);
         self.lent_binding.set(None);
         relay.rebind(self.drain_order(), None);
+    }
+
+    /// Route `auto`: a read-only transaction on a replica that went away before anything of
+    /// its answer reached the client runs again (once) wherever `auto` sends it now: `true`.
+    fn run_again(&mut self, l: &Lent, relay: &mut Relay<'a>) -> bool {
+        let Some(auto) = &mut self.auto else {
+            return false;
+        };
+        if l.target.role != Role::Replica
+            || self.ran_again
+            || !auto.net.untouched()
+            || !relay.client_unscanned().is_empty()
+        {
+            return false;
+        }
+        let saved = auto.net.saved().to_vec();
+        relay.forget_server();
+        auto.net.disarm();
+        if !relay.replay_client(&saved) {
+            return false;
+        }
+        info!(member = %l.target.member, "a replica went away before answering; the transaction runs again");
+        self.ran_again = true;
+        true
     }
 }

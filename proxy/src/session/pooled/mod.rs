@@ -82,6 +82,8 @@ struct Session<'a> {
     begin: Option<Vec<u8>>,
     /// The stand-in's replies, written before they go to the relay.
     reply: BytesMut,
+    /// The current transaction was sent again after its replica went away (only once).
+    ran_again: bool,
 }
 
 impl Drop for Session<'_> {
@@ -265,6 +267,7 @@ async fn log_in<'a>(
         stand_in: StandIn::Off,
         begin: None,
         reply: BytesMut::new(),
+        ran_again: false,
     };
     let (parameters, first) = session.first_parameters(client).await?;
     session.welcome(client, parameters, &key).await?;

@@ -34,6 +34,16 @@ impl Relay<'_> {
     /// `error`, each with ReadyForQuery `tx`. `true` if the client got `error` (a request
     /// was in flight).
     pub fn lose_server(&mut self, error: &[u8], tx: TxStatus) -> bool {
+        self.drop_server(Some(error), tx)
+    }
+
+    /// The server connection is gone and the client's transaction will be sent again
+    /// elsewhere: nothing it had sent reached the client, which is owed nothing for it.
+    pub fn forget_server(&mut self) {
+        self.drop_server(None, TxStatus::Idle);
+    }
+
+    fn drop_server(&mut self, error: Option<&[u8]>, tx: TxStatus) -> bool {
         self.s2c.win.discard_unscanned();
         self.s2c.held = false;
         self.s2c.eof = false;
@@ -41,11 +51,15 @@ impl Relay<'_> {
         self.c2s.inject.clear();
         self.rejecting = None;
         self.drain = DrainState::default();
-        let pending = self.state.pending;
-        for i in 0..pending {
-            if i == 0 {
-                self.s2c.inject.extend_from_slice(error);
-            }
+        let pending = if error.is_some() {
+            self.state.pending
+        } else {
+            0
+        };
+        if let Some(error) = error.filter(|_| pending > 0) {
+            self.s2c.inject.extend_from_slice(error);
+        }
+        for _ in 0..pending {
             encode::ready_for_query(&mut self.s2c.inject, tx);
         }
         self.state = State {
