@@ -49,6 +49,12 @@ pgsteer_sessions_drained_total
 pgsteer_held_connections
 pgsteer_refused_after_hold_total
 pgsteer_cancel_requests_total
+pgsteer_transactions_held
+pgsteer_switchover_phase
+pgsteer_switchovers_total
+pgsteer_switchover_transactions_total
+pgsteer_pool_transactions_lost_total
+pgsteer_pool_deferred_begins_total
 """.split()
 HISTOGRAMS = """
 pgsteer_backend_connect_seconds
