@@ -132,7 +132,8 @@ impl<'a> Session<'a> {
         let why = match (why, self.state.server_fatal.take()) {
             ("", Some(fatal)) => format!("{member} ended the connection ({fatal}); {now}"),
             ("", None) => format!("the connection to {member} was lost; {now}"),
-            (why, _) => format!("{why}; {now}"),
+            // A drain's reason names the new primary already ("… (now pg-1)").
+            (why, _) => why.to_owned(),
         };
         let (code, message) = if unknown {
             (
