@@ -270,6 +270,7 @@ def check_config(binary, files):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGSTEER_")}
     env.pop("KUBERNETES_SERVICE_HOST", None)
+    env["POD_NAME"] = "pgsteer-0"  # as the Deployment sets it (the peer id)
     with tempfile.TemporaryDirectory() as root:
         kubeconfig = os.path.join(root, "kubeconfig")
         with open(kubeconfig, "w") as f:
