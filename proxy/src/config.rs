@@ -684,6 +684,20 @@ mod tests {
     }
 
     #[test]
+    fn auth_methods_have_the_names_the_readme_gives() {
+        for (name, method) in [
+            ("scram-sha-256", AuthMethod::ScramSha256),
+            ("md5", AuthMethod::Md5),
+            ("password", AuthMethod::Password),
+            ("trust", AuthMethod::Trust),
+        ] {
+            let text = format!("{MIN}\n[auth]\nmethod = \"{name}\"");
+            let c = Config::parse(&text, []).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.auth.method, method);
+        }
+    }
+
+    #[test]
     fn mistakes_are_reported_in_one_line() {
         for (text, needle) in [
             (
