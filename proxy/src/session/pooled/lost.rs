@@ -39,7 +39,12 @@ impl<'a> Session<'a> {
         }
         let mut reply = std::mem::take(&mut self.reply);
         reply.clear();
-        let next = match self.stand_in.step(relay.client_unscanned(), &mut reply) {
+        let read_only_begin = self.auto.is_none();
+        let waiting = relay.client_unscanned();
+        let next = match self
+            .stand_in
+            .step_with(waiting, &mut reply, read_only_begin)
+        {
             Local::Answer { consumed, tx } => {
                 if matches!(self.stand_in, StandIn::Begun(_)) {
                     self.shared.metrics.deferred_begins.inc();

@@ -68,22 +68,37 @@ pub enum Local {
 /// A transaction command that needs no server when nothing is open on one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Command {
-    Begin,
+    Begin { read_only: bool },
     Commit,
     Rollback,
 }
 
 impl StandIn {
-    /// Decides what happens to `waiting` (the client's unread input, at a message
-    /// boundary), writing any reply to `out`.
+    /// [`StandIn::step_with`], deferring every kind of `BEGIN`.
+    #[cfg(test)]
     pub fn step(&mut self, waiting: &[u8], out: &mut BytesMut) -> Local {
+        self.step_with(waiting, out, true)
+    }
+
+    /// Decides what happens to `waiting` (the client's unread input, at a message
+    /// boundary), writing any reply to `out`. `read_only_begin`: a `BEGIN … READ ONLY` may be
+    /// deferred too (not for route `auto`, whose safety net sends a read-only transaction's
+    /// messages again as the client sent them).
+    pub fn step_with(
+        &mut self,
+        waiting: &[u8],
+        out: &mut BytesMut,
+        read_only_begin: bool,
+    ) -> Local {
         let query = match first_query(waiting) {
             Err(n) => return self.incomplete(waiting, n, out),
             Ok(q) => q,
         };
         match std::mem::take(self) {
             StandIn::Off => match query.map(|(sql, len)| (command(sql), len)) {
-                Some((Some(Command::Begin), len)) => {
+                Some((Some(Command::Begin { read_only }), len))
+                    if read_only_begin || !read_only =>
+                {
                     *self = StandIn::Begun(waiting[..len].to_vec());
                     reply(out, "BEGIN", TxStatus::InTransaction, len)
                 }
@@ -232,7 +247,7 @@ fn command(sql: &[u8]) -> Option<Command> {
         return None;
     }
     match first {
-        Effect::Transaction(Tx::Begin { .. }) => Some(Command::Begin),
+        Effect::Transaction(Tx::Begin { read_only }) => Some(Command::Begin { read_only }),
         Effect::Transaction(Tx::Commit) => Some(Command::Commit),
         Effect::Transaction(Tx::Rollback) => Some(Command::Rollback),
         _ => None,
@@ -361,6 +376,20 @@ mod tests {
             assert_eq!(s.step(&query(sql), &mut out), Local::Server(None), "{sql}");
             assert!(out.is_empty());
         }
+    }
+
+    #[test]
+    fn a_read_only_begin_is_sent_on_when_the_caller_says_so() {
+        let mut s = StandIn::Off;
+        let mut out = BytesMut::new();
+        let q = query("BEGIN READ ONLY");
+        assert_eq!(s.step_with(&q, &mut out, false), Local::Server(None));
+        assert!(out.is_empty());
+        let q = query("BEGIN");
+        assert!(matches!(
+            s.step_with(&q, &mut out, false),
+            Local::Answer { .. }
+        ));
     }
 
     #[test]
