@@ -78,6 +78,8 @@ pub async fn run(shared: &Shared, candidate: Option<String>) -> (StatusCode, Rep
     let mut drained = None;
     let outcome = steps(shared, candidate.as_deref(), &mut report, &mut drained).await;
     gate.open();
+    // The held transactions count themselves released once they run: let them.
+    gate.settle(Duration::from_secs(1)).await;
     if let Some(member) = drained {
         shared.topology.undrain(&member);
     }
