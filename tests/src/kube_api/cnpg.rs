@@ -6,9 +6,10 @@
 //! `/status` changes only `status`, a patch of the object changes everything but `status` (and
 //! bumps `metadata.generation` when `spec` changes); every change takes a new resourceVersion
 //! from the same counter as the pods; a `metadata.resourceVersion` in the patch is an optimistic
-//! lock (409 `Conflict` when stale); an unknown cluster is a 404 `NotFound`; a patch type other
-//! than merge patch is a 415 (custom resources have no strategic merge patch); the stored
-//! object is echoed back. Every accepted patch is recorded for the tests.
+//! lock (409 `Conflict` when stale); an unknown cluster is a 404 `NotFound`; the stored object
+//! is echoed back. Every accepted patch is recorded for the tests. Any other patch type is a
+//! 415: right for strategic merge patch (custom resources have none); JSON patch and
+//! server-side apply, which the real server accepts, are not implemented here.
 
 use std::collections::BTreeMap;
 

@@ -205,3 +205,82 @@ async fn a_cloudnativepg_switchover_without_its_cluster_fails_at_switching_and_r
     assert_eq!(on_primary(&client).await, p0);
     assert!(!client.is_closed());
 }
+
+/// No Postgres: the fixture's Cluster objects as kube-rs sees them (what pgsteer relies on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fixture_serves_cloudnativepg_clusters_to_kube_rs_as_the_api_server_does() {
+    use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+    use serde_json::json;
+
+    let api = KubeApi::start(NAMESPACE).await;
+    let kubeconfig = api.write_kubeconfig(None);
+    let client = pgsteer_discovery::kubernetes::connect(Some(&kubeconfig))
+        .await
+        .expect("client")
+        .client()
+        .clone();
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("postgresql.cnpg.io", "v1", "Cluster"),
+        "clusters",
+    );
+    let clusters: Api<DynamicObject> = Api::namespaced_with(client, NAMESPACE, &resource);
+    let api_error = |r: Result<DynamicObject, kube::Error>| match r {
+        Err(kube::Error::Api(s)) => s,
+        other => panic!("expected an API error, got {other:?}"),
+    };
+    let params = PatchParams::default();
+
+    assert!(api_error(clusters.get("pg").await).is_not_found());
+    let absent = clusters
+        .patch_status("pg", &params, &Patch::Merge(json!({"status": {}})))
+        .await;
+    assert!(api_error(absent).is_not_found());
+
+    api.create_cnpg_cluster("pg", 2, "pg-0");
+    let read = clusters.get("pg").await.expect("get");
+    let rv0 = read
+        .metadata
+        .resource_version
+        .clone()
+        .expect("resourceVersion");
+    assert_eq!(read.data["status"]["currentPrimary"], "pg-0");
+
+    // The status subresource changes the status only, at a new resourceVersion.
+    let patch = json!({"status": {"targetPrimary": "pg-1"}, "spec": {"instances": 5}});
+    let after = clusters
+        .patch_status("pg", &params, &Patch::Merge(&patch))
+        .await
+        .expect("status patch");
+    assert_eq!(after.data["status"]["targetPrimary"], "pg-1");
+    assert_eq!(after.data["status"]["currentPrimary"], "pg-0");
+    assert_eq!(after.data["spec"]["instances"], 2);
+    assert_ne!(after.metadata.resource_version, Some(rv0.clone()));
+    // The object itself: everything but the status; a spec change is a new generation.
+    let patch = json!({"status": {"targetPrimary": "pg-9"}, "spec": {"instances": 3}});
+    let after = clusters
+        .patch("pg", &params, &Patch::Merge(&patch))
+        .await
+        .expect("object patch");
+    assert_eq!(after.data["status"]["targetPrimary"], "pg-1");
+    assert_eq!(after.data["spec"]["instances"], 3);
+    assert_eq!(after.metadata.generation, Some(2));
+    // A stale resourceVersion is a conflict, as for controller-runtime's optimistic lock.
+    let stale = json!({"metadata": {"resourceVersion": rv0}, "status": {"targetPrimary": "pg-0"}});
+    let conflict = clusters
+        .patch_status("pg", &params, &Patch::Merge(&stale))
+        .await;
+    assert!(api_error(conflict).is_conflict());
+    // Custom resources have no strategic merge patch.
+    let strategic = clusters
+        .patch_status("pg", &params, &Patch::Strategic(json!({"status": {}})))
+        .await;
+    assert_eq!(api_error(strategic).code, 415);
+
+    assert_eq!(api.cnpg_patches().len(), 2, "accepted patches are recorded");
+    let stored = api.cnpg_cluster("pg").expect("stored");
+    assert_eq!(stored["status"]["targetPrimary"], "pg-1");
+    assert_eq!(
+        stored["metadata"]["resourceVersion"],
+        json!(after.metadata.resource_version)
+    );
+}
