@@ -358,3 +358,77 @@ fn phase(shared: &Shared, name: &str) {
             .set(i64::from(p == name));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pgsteer_discovery::kubernetes::AddressMode;
+    use pgsteer_discovery::{Member, Role};
+
+    use super::*;
+
+    fn cloudnativepg() -> Manager {
+        Manager::CloudNativePg {
+            settings: Box::new(KubernetesSettings {
+                namespace: None,
+                selector: "cnpg.io/cluster=pg".into(),
+                port: 5432,
+                preset: Preset::CloudNativePg,
+                address: AddressMode::Ip,
+                kubeconfig: None,
+            }),
+            cluster: "pg".into(),
+        }
+    }
+
+    fn topology(members: &[(&str, Role, bool, Option<u64>)]) -> Topology {
+        let members = members
+            .iter()
+            .map(|&(name, role, routable, lag)| {
+                let mut m = Member::new(name, "127.0.0.1:5432");
+                m.role = role;
+                m.routable = routable;
+                m.lag_bytes = lag;
+                (name.to_owned(), m)
+            })
+            .collect();
+        Topology {
+            members,
+            ..Topology::default()
+        }
+    }
+
+    #[test]
+    fn cloudnativepg_promotes_the_least_lagging_routable_replica_unless_one_is_asked_for() {
+        let t = topology(&[
+            ("pg-0", Role::Primary, true, None),
+            ("pg-1", Role::Replica, true, Some(800)),
+            ("pg-2", Role::Replica, true, Some(10)),
+            ("pg-3", Role::Replica, false, Some(0)),
+            ("pg-4", Role::Replica, true, None),
+        ]);
+        let m = cloudnativepg();
+        assert_eq!(
+            m.candidate(&t, None).ok().flatten().as_deref(),
+            Some("pg-2")
+        );
+        assert_eq!(
+            m.candidate(&t, Some("pg-1")).ok().flatten().as_deref(),
+            Some("pg-1")
+        );
+        let patroni = Manager::Patroni {
+            endpoints: vec![],
+            auth: None,
+        };
+        assert_eq!(
+            patroni.candidate(&t, None).ok(),
+            Some(None),
+            "Patroni chooses"
+        );
+        let alone = topology(&[("pg-0", Role::Primary, true, None)]);
+        let Err(Failed(step, status, why)) = m.candidate(&alone, None) else {
+            panic!("a candidate without replicas");
+        };
+        assert_eq!((step, status), ("start", StatusCode::CONFLICT));
+        assert!(why.contains("replica"), "{why}");
+    }
+}
