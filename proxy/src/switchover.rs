@@ -5,13 +5,16 @@
 //! 2. **draining**: transactions in flight on the old primary may finish for
 //!    `[switchover] drain_timeout`; the rest are ended (their clients stay, see
 //!    `session/pooled/lost.rs`);
-//! 3. **switching**: the cluster manager is asked to switch (Patroni's REST `/switchover`);
-//! 4. **confirming**: pgsteer waits until its probe confirms another primary;
+//! 3. **switching**: the cluster manager is asked to switch ([`Manager`]: Patroni's REST
+//!    `/switchover`, or CloudNativePG's `Cluster` `status.targetPrimary`);
+//! 4. **confirming**: pgsteer waits until its probe confirms another primary (the candidate
+//!    when one was asked for or chosen);
 //! 5. the held transactions are released there.
 //!
 //! Any failure opens the gate again: transactions go on on whatever primary is confirmed,
 //! and the answer says which step failed and why.
 
+mod cnpg;
 mod gate;
 mod patroni;
 
@@ -19,6 +22,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
+use pgsteer_discovery::Topology;
+use pgsteer_discovery::kubernetes::{KubernetesSettings, Preset};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -55,7 +60,8 @@ pub struct Report {
 /// A step that failed: its name, the HTTP status for the answer, and why.
 struct Failed(&'static str, StatusCode, String);
 
-/// Runs a switchover to `candidate` (Patroni chooses when `None`) and reports on it.
+/// Runs a switchover to `candidate` (when `None`, Patroni chooses; for CloudNativePG, pgsteer
+/// chooses the replica with the least lag) and reports on it.
 pub async fn run(shared: &Shared, candidate: Option<String>) -> (StatusCode, Report) {
     let gate = &shared.switchover;
     if gate.running.swap(true, Ordering::AcqRel) {
@@ -72,6 +78,8 @@ pub async fn run(shared: &Shared, candidate: Option<String>) -> (StatusCode, Rep
     let mut drained = None;
     let outcome = steps(shared, candidate.as_deref(), &mut report, &mut drained).await;
     gate.open();
+    // The held transactions count themselves released once they run: let them.
+    gate.settle(Duration::from_secs(1)).await;
     if let Some(member) = drained {
         shared.topology.undrain(&member);
     }
@@ -121,7 +129,8 @@ async fn steps(
 ) -> Result<(), Failed> {
     let config = &shared.config.switchover;
     let deadline = Instant::now() + config.timeout;
-    let old = check_start(shared, candidate)?;
+    let (old, manager, candidate) = check_start(shared, candidate)?;
+    let candidate = candidate.as_deref();
     report.old_primary = Some(old.clone());
     info!(old = %old, candidate = ?candidate, "switchover: holding new transactions");
     phase(shared, "holding");
@@ -138,18 +147,8 @@ async fn steps(
     }
 
     phase(shared, "switching");
-    let endpoints = shared
-        .config
-        .discovery
-        .patroni
-        .as_ref()
-        .map(|p| p.endpoints.clone())
-        .unwrap_or_default();
-    let auth = patroni_auth(shared)?;
     let left_time = deadline.saturating_duration_since(Instant::now());
-    patroni::switchover(&endpoints, &old, candidate, auth.as_deref(), left_time)
-        .await
-        .map_err(|e| Failed("switching", StatusCode::BAD_GATEWAY, e))?;
+    manager.switch(&old, candidate, left_time).await?;
 
     phase(shared, "confirming");
     let mut rx = shared.topology.subscribe();
@@ -171,13 +170,18 @@ async fn steps(
     }
 }
 
-/// The primary to switch from, after checking that a switchover can be asked for.
-fn check_start(shared: &Shared, candidate: Option<&str>) -> Result<String, Failed> {
-    if shared.config.discovery.source != Source::Patroni {
+/// The primary to switch from, the manager to ask and the candidate to confirm, after
+/// checking that a switchover can be asked for.
+fn check_start(
+    shared: &Shared,
+    candidate: Option<&str>,
+) -> Result<(String, Manager, Option<String>), Failed> {
+    if !Manager::supported(shared) {
         return Err(Failed(
             "start",
             StatusCode::NOT_IMPLEMENTED,
-            "pgsteer leads switchovers through Patroni ([discovery] source = \"patroni\") only"
+            "pgsteer leads switchovers through Patroni ([discovery] source = \"patroni\") or \
+             CloudNativePG (source = \"kubernetes\", preset = \"cloudnativepg\") only"
                 .into(),
         ));
     }
@@ -198,7 +202,123 @@ fn check_start(shared: &Shared, candidate: Option<&str>) -> Result<String, Faile
             format!("{c} is not a replica of the cluster"),
         ));
     }
-    Ok(old)
+    let manager = Manager::of(shared, &old)?;
+    let candidate = manager.candidate(&t, candidate)?;
+    Ok((old, manager, candidate))
+}
+
+/// The cluster manager asked to switch.
+enum Manager {
+    /// Patroni: `POST /switchover` on its REST API (the discovery endpoints).
+    Patroni {
+        endpoints: Vec<String>,
+        auth: Option<String>,
+    },
+    /// CloudNativePG: the `Cluster`'s `status.targetPrimary`, through the Kubernetes API the
+    /// discovery source uses.
+    CloudNativePg {
+        settings: Box<KubernetesSettings>,
+        cluster: String,
+    },
+}
+
+impl Manager {
+    /// Whether pgsteer can lead switchovers with the configured discovery source.
+    fn supported(shared: &Shared) -> bool {
+        let d = &shared.config.discovery;
+        match d.source {
+            Source::Patroni => true,
+            Source::Kubernetes => d
+                .kubernetes
+                .as_ref()
+                .is_some_and(|k| k.preset == Preset::CloudNativePg),
+            Source::Static => false,
+        }
+    }
+
+    /// The manager of the configured source; `old` names the CloudNativePG cluster unless
+    /// `[switchover] cluster` does.
+    fn of(shared: &Shared, old: &str) -> Result<Manager, Failed> {
+        let config = &shared.config;
+        if config.discovery.source == Source::Patroni {
+            let endpoints = config
+                .discovery
+                .patroni
+                .as_ref()
+                .map(|p| p.endpoints.clone())
+                .unwrap_or_default();
+            let auth = patroni_auth(shared)?;
+            return Ok(Manager::Patroni { endpoints, auth });
+        }
+        let settings = crate::discovery::kubernetes_settings(config)
+            .map_err(|e| Failed("start", StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let cluster = match &config.switchover.cluster {
+            Some(c) => c.clone(),
+            None => cnpg::cluster_of(old).map(str::to_owned).ok_or_else(|| {
+                Failed(
+                    "start",
+                    StatusCode::CONFLICT,
+                    format!(
+                        "cannot tell the CloudNativePG cluster from pod {old}: set [switchover] cluster"
+                    ),
+                )
+            })?,
+        };
+        Ok(Manager::CloudNativePg {
+            settings: Box::new(settings),
+            cluster,
+        })
+    }
+
+    /// The candidate to confirm: the one asked for; else none for Patroni (it chooses), and
+    /// the routable replica with the least lag for CloudNativePG (which needs a name).
+    fn candidate(&self, t: &Topology, asked: Option<&str>) -> Result<Option<String>, Failed> {
+        if let Some(c) = asked {
+            return Ok(Some(c.to_owned()));
+        }
+        if let Manager::Patroni { .. } = self {
+            return Ok(None);
+        }
+        t.replicas()
+            .min_by_key(|m| (m.lag_bytes.unwrap_or(u64::MAX), m.name.clone()))
+            .map(|m| Some(m.name.clone()))
+            .ok_or_else(|| {
+                Failed(
+                    "start",
+                    StatusCode::CONFLICT,
+                    "no routable replica to promote".into(),
+                )
+            })
+    }
+
+    /// Asks the manager to switch from `old` to `candidate`, within `timeout`.
+    async fn switch(
+        &self,
+        old: &str,
+        candidate: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), Failed> {
+        let failed = |e| Failed("switching", StatusCode::BAD_GATEWAY, e);
+        match self {
+            Manager::Patroni { endpoints, auth } => {
+                patroni::switchover(endpoints, old, candidate, auth.as_deref(), timeout)
+                    .await
+                    .map(drop)
+                    .map_err(failed)
+            }
+            Manager::CloudNativePg { settings, cluster } => {
+                let candidate = candidate.ok_or_else(|| failed("no candidate".into()))?;
+                let asked = cnpg::promote(settings, cluster, candidate);
+                match tokio::time::timeout(timeout, asked).await {
+                    Ok(done) => done.map_err(failed),
+                    Err(_) => Err(failed(format!(
+                        "the Kubernetes API did not answer within {}",
+                        humantime::format_duration(timeout)
+                    ))),
+                }
+            }
+        }
+    }
 }
 
 /// Waits until nothing is lent on `old` any more (or `timeout`): what is still lent.
@@ -236,5 +356,79 @@ fn phase(shared: &Shared, name: &str) {
             .switchover_phase
             .with_label_values(&[p])
             .set(i64::from(p == name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pgsteer_discovery::kubernetes::AddressMode;
+    use pgsteer_discovery::{Member, Role};
+
+    use super::*;
+
+    fn cloudnativepg() -> Manager {
+        Manager::CloudNativePg {
+            settings: Box::new(KubernetesSettings {
+                namespace: None,
+                selector: "cnpg.io/cluster=pg".into(),
+                port: 5432,
+                preset: Preset::CloudNativePg,
+                address: AddressMode::Ip,
+                kubeconfig: None,
+            }),
+            cluster: "pg".into(),
+        }
+    }
+
+    fn topology(members: &[(&str, Role, bool, Option<u64>)]) -> Topology {
+        let members = members
+            .iter()
+            .map(|&(name, role, routable, lag)| {
+                let mut m = Member::new(name, "127.0.0.1:5432");
+                m.role = role;
+                m.routable = routable;
+                m.lag_bytes = lag;
+                (name.to_owned(), m)
+            })
+            .collect();
+        Topology {
+            members,
+            ..Topology::default()
+        }
+    }
+
+    #[test]
+    fn cloudnativepg_promotes_the_least_lagging_routable_replica_unless_one_is_asked_for() {
+        let t = topology(&[
+            ("pg-0", Role::Primary, true, None),
+            ("pg-1", Role::Replica, true, Some(800)),
+            ("pg-2", Role::Replica, true, Some(10)),
+            ("pg-3", Role::Replica, false, Some(0)),
+            ("pg-4", Role::Replica, true, None),
+        ]);
+        let m = cloudnativepg();
+        assert_eq!(
+            m.candidate(&t, None).ok().flatten().as_deref(),
+            Some("pg-2")
+        );
+        assert_eq!(
+            m.candidate(&t, Some("pg-1")).ok().flatten().as_deref(),
+            Some("pg-1")
+        );
+        let patroni = Manager::Patroni {
+            endpoints: vec![],
+            auth: None,
+        };
+        assert_eq!(
+            patroni.candidate(&t, None).ok(),
+            Some(None),
+            "Patroni chooses"
+        );
+        let alone = topology(&[("pg-0", Role::Primary, true, None)]);
+        let Err(Failed(step, status, why)) = m.candidate(&alone, None) else {
+            panic!("a candidate without replicas");
+        };
+        assert_eq!((step, status), ("start", StatusCode::CONFLICT));
+        assert!(why.contains("replica"), "{why}");
     }
 }

@@ -21,6 +21,10 @@ pub struct Switchover {
     /// `user:password` for Patroni's REST API when it asks for basic authentication
     /// (`restapi.authentication`).
     pub patroni_auth_file: Option<PathBuf>,
+    /// CloudNativePG: the name of the `Cluster` whose `status.targetPrimary` is set; default:
+    /// the old primary's pod name without its `-<n>` suffix (CloudNativePG names pods
+    /// `<cluster>-<n>`).
+    pub cluster: Option<String>,
 }
 
 fn default_drain_timeout() -> Duration {
@@ -37,6 +41,7 @@ impl Default for Switchover {
             drain_timeout: default_drain_timeout(),
             timeout: default_timeout(),
             patroni_auth_file: None,
+            cluster: None,
         }
     }
 }

@@ -87,6 +87,16 @@ impl Gate {
         self.holding.send_replace(false);
     }
 
+    /// Waits (at most `limit`) until every transaction held at the gate has woken up after
+    /// [`Gate::open`] and counted itself released (or gone away with its client), so that a
+    /// report read afterwards is complete.
+    pub async fn settle(&self, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        while self.holding.receiver_count() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Transactions past the gate still taking their connection.
     pub fn entering(&self) -> usize {
         self.entering.load(Ordering::Acquire)

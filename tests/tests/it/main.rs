@@ -17,4 +17,5 @@ mod pooled_lost;
 mod pooled_state;
 mod routing;
 mod shutdown;
+mod switchover_cnpg;
 mod tls;
