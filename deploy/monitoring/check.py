@@ -50,6 +50,12 @@ pgsteer_held_connections
 pgsteer_refused_after_hold_total
 pgsteer_cancel_requests_total
 pgsteer_peer_requests_total
+pgsteer_transactions_held
+pgsteer_switchover_phase
+pgsteer_switchovers_total
+pgsteer_switchover_transactions_total
+pgsteer_pool_transactions_lost_total
+pgsteer_pool_deferred_begins_total
 """.split()
 HISTOGRAMS = """
 pgsteer_backend_connect_seconds

@@ -171,6 +171,13 @@ pub fn ready_for_query(buf: &mut BytesMut, status: TxStatus) {
     finish(buf, at);
 }
 
+/// CommandComplete (`C`) with its command tag (`BEGIN`, `ROLLBACK`, …).
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    let at = begin(buf, b'C');
+    put_cstr(buf, tag.as_bytes());
+    finish(buf, at);
+}
+
 /// AuthenticationOk (`R`, code 0).
 pub fn authentication_ok(buf: &mut BytesMut) {
     let at = begin(buf, b'R');

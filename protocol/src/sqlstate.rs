@@ -38,6 +38,14 @@ impl SqlState {
     pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
     /// `22023 invalid_parameter_value`: a bad value for a `pgsteer.*` setting.
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    /// `40001 serialization_failure`: the transaction was rolled back and may be run again
+    /// (its primary went away while it was open).
+    pub const SERIALIZATION_FAILURE: SqlState = SqlState("40001");
+    /// `08007 transaction_resolution_unknown`: the connection was lost while a statement that
+    /// may have committed ran.
+    pub const TRANSACTION_RESOLUTION_UNKNOWN: SqlState = SqlState("08007");
+    /// `25P02 in_failed_sql_transaction`: commands are ignored until the end of the block.
+    pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
     /// `XX000 internal_error`.
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
 }

@@ -1,6 +1,6 @@
 //! The admin HTTP endpoint (hyper 1): `/metrics`, `/healthz`, `/readyz`, `/topology`, `/pools`,
 //! and the operator controls `POST /drain/{member}`, `/undrain/{member}`,
-//! `/pause`, `/resume` (bearer token from `[admin] token_file` when set).
+//! `/pause`, `/resume`, `/switchover` (bearer token from `[admin] token_file` when set).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -35,9 +35,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req)) }
+                async move {
+                    if req.method() == Method::POST && req.uri().path() == "/switchover" {
+                        return Ok::<_, Infallible>(switchover(&shared, &req).await);
+                    }
+                    Ok::<_, Infallible>(handle(&shared, req))
+                }
             });
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
@@ -181,6 +186,25 @@ fn control(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "drained": topology.drained(),
             "paused": *shared.paused.borrow(),
         }),
+    )
+}
+
+/// `POST /switchover[?candidate=pg-1]`: a switchover led by pgsteer; answers when it is over.
+async fn switchover(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(denied) = unauthorized(shared, req) {
+        return denied;
+    }
+    let candidate = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "candidate")
+            .map(|(_, v)| v.to_owned())
+    });
+    info!(candidate = ?candidate, "switchover asked for");
+    let (status, report) = crate::switchover::run(shared, candidate).await;
+    json(
+        status,
+        serde_json::to_value(report).unwrap_or(serde_json::Value::Null),
     )
 }
 

@@ -19,10 +19,12 @@ use serde::{Deserialize, Deserializer};
 mod error;
 mod peers;
 mod pool;
+mod switchover;
 mod tls;
 pub use error::ConfigError;
 pub use peers::{PeerKubernetes, PeerMember, PeerTls, Peers};
 pub use pool::{Auth, AuthMethod, ExtraListener, Pool, PoolMode};
+pub use switchover::Switchover;
 pub use tls::{ClientTlsMode, ServerTlsMode, Tls};
 
 /// The whole configuration.
@@ -61,6 +63,9 @@ pub struct Config {
     /// Other pgsteer processes, for cancel requests (`[listen] peer` turns peering on).
     #[serde(default)]
     pub peers: Peers,
+    /// Switchovers led by pgsteer.
+    #[serde(default)]
+    pub switchover: Switchover,
 }
 
 /// `[admin]`.
@@ -695,6 +700,20 @@ mod tests {
         assert_eq!(c.routing.hold_timeout, Duration::from_secs(2));
         assert!(c.routing.replica_fallback);
         assert_eq!(c.discovery.probe.unwrap().user, "other");
+    }
+
+    #[test]
+    fn auth_methods_have_the_names_the_readme_gives() {
+        for (name, method) in [
+            ("scram-sha-256", AuthMethod::ScramSha256),
+            ("md5", AuthMethod::Md5),
+            ("password", AuthMethod::Password),
+            ("trust", AuthMethod::Trust),
+        ] {
+            let text = format!("{MIN}\n[auth]\nmethod = \"{name}\"");
+            let c = Config::parse(&text, []).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.auth.method, method);
+        }
     }
 
     #[test]

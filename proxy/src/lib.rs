@@ -27,6 +27,7 @@ pub mod pool;
 pub mod router;
 pub mod session;
 pub mod state;
+pub mod switchover;
 pub mod tls;
 pub mod topology;
 
@@ -263,6 +264,7 @@ fn share(
         reprobe,
         tls,
         pools,
+        switchover: Default::default(),
         auth,
     });
     Ok((shared, discovery_task))

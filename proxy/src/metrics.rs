@@ -129,7 +129,24 @@ pub struct Metrics {
     pub classify_seconds: Counter,
     /// Replicas kept from new reads by the lag bound.
     pub replicas_lagging: IntGauge,
+    /// Pooled transactions whose server connection was lost while they ran, by what the
+    /// client was told (`rolled_back`, `unknown`); the clients stayed.
+    pub transactions_lost: IntCounterVec,
+    /// `BEGIN`s pgsteer answered itself (sent on with the first statement, or never).
+    pub deferred_begins: IntCounter,
+    /// Pooled transactions held now by a switchover.
+    pub transactions_held: IntGauge,
+    /// The phase of the switchover pgsteer leads (1 for the current one).
+    pub switchover_phase: IntGaugeVec,
+    /// Switchovers led by pgsteer, by result.
+    pub switchovers: IntCounterVec,
+    /// Transactions of switchovers led by pgsteer, by what happened to them (held,
+    /// released, ended).
+    pub switchover_transactions: IntCounterVec,
 }
+
+/// The phases of a switchover led by pgsteer (`pgsteer_switchover_phase`).
+pub const SWITCHOVER_PHASES: [&str; 5] = ["idle", "holding", "draining", "switching", "confirming"];
 
 /// The route decisions of `auto` transactions (`pgsteer_auto_transactions_total`).
 pub const AUTO_DECISIONS: [&str; 5] = [
@@ -185,6 +202,24 @@ families! {
     REPLICAS_LAGGING = "pgsteer_replicas_lagging",
         "Replicas over the lag bound, taking no new reads",
         &[];
+    TRANSACTIONS_LOST = "pgsteer_pool_transactions_lost_total",
+        "Pooled transactions whose server connection was lost while they ran (the client stays), by what the client was told",
+        &["outcome"];
+    DEFERRED_BEGINS = "pgsteer_pool_deferred_begins_total",
+        "BEGINs answered by pgsteer and sent on with the transaction's first statement",
+        &[];
+    TRANSACTIONS_HELD = "pgsteer_transactions_held",
+        "Pooled transactions held now by a switchover",
+        &[];
+    SWITCHOVER_PHASE = "pgsteer_switchover_phase",
+        "Phase of the switchover pgsteer leads (1 for the current phase)",
+        &["phase"];
+    SWITCHOVERS = "pgsteer_switchovers_total",
+        "Switchovers led by pgsteer, by result",
+        &["result"];
+    SWITCHOVER_TRANSACTIONS = "pgsteer_switchover_transactions_total",
+        "Transactions of switchovers led by pgsteer: held, released on the new primary, ended",
+        &["outcome"];
     CLIENT_CONNECTIONS = "pgsteer_client_connections",
         "Open client connections",
         LISTENER;
@@ -384,6 +419,12 @@ impl Metrics {
             auto_decided,
             classify_seconds: r.float_counter(&CLASSIFY_SECONDS)?,
             replicas_lagging: r.int_gauge(&REPLICAS_LAGGING)?,
+            transactions_lost: r.counters(&TRANSACTIONS_LOST)?,
+            deferred_begins: r.int_counter(&DEFERRED_BEGINS)?,
+            transactions_held: r.int_gauge(&TRANSACTIONS_HELD)?,
+            switchover_phase: r.gauges(&SWITCHOVER_PHASE)?,
+            switchovers: r.counters(&SWITCHOVERS)?,
+            switchover_transactions: r.counters(&SWITCHOVER_TRANSACTIONS)?,
             registry: r.0,
         };
         m.start_at_zero();
@@ -411,6 +452,20 @@ impl Metrics {
         }
         for reason in pgsteer_protocol::classify::Reason::ALL {
             self.pool_pins.with_label_values(&[reason.as_str()]);
+        }
+        for outcome in ["rolled_back", "unknown"] {
+            self.transactions_lost.with_label_values(&[outcome]);
+        }
+        for (i, phase) in SWITCHOVER_PHASES.iter().enumerate() {
+            self.switchover_phase
+                .with_label_values(&[phase])
+                .set(i64::from(i == 0));
+        }
+        for result in ["ok", "failed"] {
+            self.switchovers.with_label_values(&[result]);
+        }
+        for outcome in ["held", "released", "ended"] {
+            self.switchover_transactions.with_label_values(&[outcome]);
         }
     }
 

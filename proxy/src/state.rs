@@ -102,6 +102,8 @@ pub struct Shared {
     pub tls: Arc<crate::tls::Tls>,
     /// Server connections of pooled listeners.
     pub pools: Arc<crate::pool::Pools>,
+    /// The gate a switchover led by pgsteer closes.
+    pub switchover: crate::switchover::Gate,
     /// User secrets, when a listener is pooled.
     pub auth: Option<Arc<crate::auth::store::AuthStore>>,
 }

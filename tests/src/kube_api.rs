@@ -12,7 +12,10 @@
 //! Tests drive it with [`KubeApi::apply`], [`KubeApi::delete`], [`KubeApi::recreate`],
 //! [`KubeApi::drop_watches`] (streams end mid-way), [`KubeApi::stop`] / [`KubeApi::start`]
 //! (an outage on the same port) and [`KubeApi::expire_history`] (forces a 410 relist), and
-//! point clients at it with [`KubeApi::write_kubeconfig`].
+//! point clients at it with [`KubeApi::write_kubeconfig`]. CloudNativePG `Cluster` objects
+//! (get, merge-patch, `/status`) are served by [`cnpg`].
+
+mod cnpg;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -34,6 +37,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+pub use cnpg::CnpgPatch;
 
 /// One pod as the tests describe it; the fixture adds uid, resourceVersion and timestamps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +133,7 @@ struct State {
     compacted: u64,
     watchers: Vec<Watcher>,
     stats: Stats,
+    cnpg: cnpg::Store,
 }
 
 #[derive(Clone)]
@@ -446,7 +452,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
                 service_fn(move |req| {
                     let shared = Arc::clone(&shared);
                     let stop = stop.clone();
-                    async move { Ok::<_, Infallible>(handle(&shared, req, &stop)) }
+                    async move {
+                        if cnpg::serves(req.uri().path()) {
+                            return Ok::<_, Infallible>(cnpg::handle(&shared, req).await);
+                        }
+                        Ok(handle(&shared, req, &stop))
+                    }
                 })
             };
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);

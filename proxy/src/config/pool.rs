@@ -118,8 +118,10 @@ impl Default for Pool {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
-    /// SCRAM-SHA-256 (and -PLUS over TLS) for everyone.
+    /// SCRAM-SHA-256 (and -PLUS over TLS) for everyone. Written `scram-sha-256`, as in
+    /// `pg_hba.conf` and the README (kebab-case alone would make it `scram-sha256`).
     #[default]
+    #[serde(rename = "scram-sha-256", alias = "scram-sha256")]
     ScramSha256,
     /// md5 for users whose secret is an md5 hash, SCRAM for the others.
     Md5,

@@ -357,7 +357,17 @@ impl ServerConn {
     /// Runs a simple query of pgsteer's own to its ReadyForQuery and gives back the text
     /// of each row's columns. ParameterStatus messages update [`ServerConn::reported`].
     pub async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, QueryError> {
-        let result = self.exchange(sql).await;
+        self.query_leaving(sql, TxStatus::Idle).await
+    }
+
+    /// [`ServerConn::query`] of a statement that leaves the connection in status `after`
+    /// (a client's deferred `BEGIN` leaves it in a transaction block).
+    pub async fn query_leaving(
+        &mut self,
+        sql: &str,
+        after: TxStatus,
+    ) -> Result<Vec<Vec<Option<String>>>, QueryError> {
+        let result = self.exchange(sql, after).await;
         self.reported_fingerprint = fingerprint(&self.reported);
         if let Err(QueryError::Broken(_)) = &result {
             self.broken = true;
@@ -365,7 +375,11 @@ impl ServerConn {
         result
     }
 
-    async fn exchange(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, QueryError> {
+    async fn exchange(
+        &mut self,
+        sql: &str,
+        after: TxStatus,
+    ) -> Result<Vec<Vec<Option<String>>>, QueryError> {
         let mut out = BytesMut::with_capacity(sql.len() + 6);
         encode::query(&mut out, sql);
         send(&mut self.stream, &out).await?;
@@ -396,7 +410,7 @@ impl ServerConn {
                             }
                         }
                         BackendMessage::ReadyForQuery(tx) => {
-                            if !buf.is_empty() || tx != TxStatus::Idle {
+                            if !buf.is_empty() || (tx != after && failed.is_none()) {
                                 return Err(OpenError::Protocol(
                                     "unexpected state after pgsteer's own query".into(),
                                 )

@@ -86,6 +86,16 @@ impl Window {
         self.consume(n);
     }
 
+    /// Drops every unscanned byte (what a lost server had half sent).
+    pub fn discard_unscanned(&mut self) {
+        self.end = self.fwd;
+        if self.start == self.end {
+            self.start = 0;
+            self.fwd = 0;
+            self.end = 0;
+        }
+    }
+
     /// Whether nothing at all is held.
     pub fn is_empty(&self) -> bool {
         self.start == self.end

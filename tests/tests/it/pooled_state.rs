@@ -218,7 +218,9 @@ async fn a_client_that_waits_past_checkout_timeout_gets_53300_and_stays_connecte
     })
     .await;
     let holder = connect(p.rw(), None).await;
+    // BEGIN alone takes no connection (pgsteer answers it): the first statement does.
     holder.batch_execute("BEGIN").await.unwrap();
+    holder.batch_execute("SELECT 1").await.unwrap();
     let waiter = connect(p.rw(), None).await;
     let e = waiter.query_one("SELECT 1", &[]).await.unwrap_err();
     let db = e.as_db_error().expect("an ErrorResponse");

@@ -291,10 +291,18 @@ impl SafetyNet {
         self.armed = true;
     }
 
-    fn disarm(&mut self) {
+    /// Forgets the transaction (it ended, or its server connection was lost).
+    pub fn disarm(&mut self) {
         self.saved.clear();
+        self.stash.clear();
         self.armed = false;
         self.refused = false;
+    }
+
+    /// Whether the transaction's client messages are all saved and nothing of the server's
+    /// answer reached the client yet: it can run again elsewhere.
+    pub fn untouched(&self) -> bool {
+        self.armed
     }
 
     /// The client messages to send again (while [`SafetyNet::retry`]).

@@ -17,6 +17,7 @@ impl Session<'_> {
         if let Some(l) = lent {
             self.finish_transaction(l).await;
         }
+        self.ran_again = false;
         self.retry_on_primary(relay);
     }
 
@@ -74,13 +75,23 @@ impl Session<'_> {
 
     /// Route `auto`: where the transaction that starts with the `waiting` messages goes.
     pub(super) fn route_transaction(&mut self, waiting: &[u8]) {
-        if let Some(auto) = &mut self.auto {
-            self.route_now = auto.route(
-                waiting,
-                &self.state.statements,
-                &self.shared.topology.current(),
-                &self.shared.metrics,
-            );
-        }
+        let Some(auto) = &mut self.auto else {
+            return;
+        };
+        // A deferred `BEGIN` is part of the transaction: it is read with what follows.
+        let with_begin;
+        let waiting = match &self.begin {
+            Some(begin) => {
+                with_begin = [begin.as_slice(), waiting].concat();
+                with_begin.as_slice()
+            }
+            None => waiting,
+        };
+        self.route_now = auto.route(
+            waiting,
+            &self.state.statements,
+            &self.shared.topology.current(),
+            &self.shared.metrics,
+        );
     }
 }

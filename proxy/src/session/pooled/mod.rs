@@ -10,7 +10,9 @@
 mod auto;
 mod auto_session;
 mod login;
+mod lost;
 pub mod owner;
+mod stand_in;
 pub mod state;
 
 use std::sync::Arc;
@@ -18,7 +20,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use pgsteer_protocol::backend::TxStatus;
 use pgsteer_protocol::encode::{self, ErrorInfo};
-use pgsteer_protocol::frontend::tag as ftag;
 use pgsteer_protocol::sqlstate::SqlState;
 use pgsteer_protocol::startup::{Negotiation, StartupMessage};
 use tokio::io::AsyncWriteExt;
@@ -39,7 +40,9 @@ use crate::pool::{Acquired, Pool};
 use crate::router::{Request, Route, Target};
 use crate::state::Shared;
 use auto::{Auto, ReadOnlyFunctions, WRITTEN_LSN_SQL};
+use lost::Next;
 use owner::{InFlight, Pooled};
+use stand_in::StandIn;
 use state::{ClientState, SESSION_SETTINGS_SQL, sync_sql};
 
 /// A server connection lent to the client.
@@ -73,6 +76,14 @@ struct Session<'a> {
     lent_binding: Arc<drain::Lent>,
     /// The pool of the last connection, reused while it is current.
     last_pool: Option<Arc<Pool>>,
+    /// What pgsteer answers for the server while nothing is lent (`stand_in.rs`).
+    stand_in: StandIn,
+    /// The deferred `BEGIN` to run on the connection lent next.
+    begin: Option<Vec<u8>>,
+    /// The stand-in's replies, written before they go to the relay.
+    reply: BytesMut,
+    /// The current transaction was sent again after its replica went away (only once).
+    ran_again: bool,
 }
 
 impl Drop for Session<'_> {
@@ -142,6 +153,9 @@ pub async fn serve(
             }
             None => relay.run(client, None, &mut Passthrough).await,
         };
+        if session.lost(&event, &mut relay, &mut lent, &mut sent) {
+            continue;
+        }
         match event {
             Err(e) => {
                 if let Some(l) = lent.take() {
@@ -150,8 +164,10 @@ pub async fn serve(
                 return Err(e);
             }
             Ok(Event::NeedServer) => {
-                if relay.client_unscanned().first() == Some(&ftag::TERMINATE) {
-                    break None;
+                match session.stand_in(&mut relay) {
+                    Next::Relay => continue,
+                    Next::Leave => break None,
+                    Next::Lend => {}
                 }
                 session.route_transaction(relay.client_unscanned());
                 lent = session.lend_for(client, &mut relay).await?;
@@ -162,12 +178,7 @@ pub async fn serve(
             Ok(Event::End(end))
                 if end.kind == EndKind::Drained && !shared.shutdown.drain.is_cancelled() =>
             {
-                if let Some(l) = lent.take() {
-                    session.give_back(l, relay.tx(), true);
-                }
-                // The binding that drained is forgotten, or the new order would fire at once.
-                session.lent_binding.set(None);
-                relay.rebind(session.drain_order(), None);
+                session.drained(lent.take(), &mut relay);
             }
             Ok(Event::End(end)) => break Some(end),
         }
@@ -253,6 +264,10 @@ async fn log_in<'a>(
         tally_pod: String::new(),
         lent_binding: Arc::default(),
         last_pool: None,
+        stand_in: StandIn::Off,
+        begin: None,
+        reply: BytesMut::new(),
+        ran_again: false,
     };
     let (parameters, first) = session.first_parameters(client).await?;
     session.welcome(client, parameters, &key).await?;
@@ -349,6 +364,11 @@ impl<'a> Session<'a> {
                 let mut out = BytesMut::new();
                 let code = e.code.unwrap_or(SqlState::CANNOT_CONNECT_NOW);
                 encode::error_response(&mut out, &ErrorInfo::error(code, &e.message));
+                if self.begin.take().is_some() {
+                    // The client was told its `BEGIN` worked: it is in a failed block now.
+                    relay.set_tx(TxStatus::Failed);
+                    self.stand_in.abort(Vec::new(), true);
+                }
                 relay.reject(&out);
                 Ok(None)
             }
@@ -362,6 +382,16 @@ impl<'a> Session<'a> {
         let shared = self.shared;
         let mut hold = Hold::new(Backends::of(shared));
         let mut routing = Routing::new(Backends::of(shared));
+        // A switchover led by pgsteer holds transactions bound for the primary here.
+        let _passed = match self.route_now.route {
+            Route::Replica => None,
+            _ => Some(
+                shared
+                    .switchover
+                    .pass(shared.config.switchover.timeout, &shared.metrics)
+                    .await,
+            ),
+        };
         loop {
             let target = routing.next(client, &self.route_now, &mut hold).await?;
             let decided = hold.generation();
@@ -390,6 +420,16 @@ impl<'a> Session<'a> {
             if !self.fresh_enough(&mut lent).await {
                 self.return_conn(lent, false);
                 continue;
+            }
+            if let Some(begin) = &self.begin {
+                let sql = stand_in::query_text(begin);
+                let opened = lent.conn.query_leaving(sql, TxStatus::InTransaction);
+                if let Err(e) = Box::pin(opened).await {
+                    let broken = matches!(e, QueryError::Broken(_));
+                    self.return_conn(lent, broken);
+                    return Err(begin_error(e));
+                }
+                self.begin = None;
             }
             lent.pool
                 .member_lent
@@ -686,6 +726,17 @@ impl<'a> Session<'a> {
         ))
     }
 
+    /// The member of the lent connection lost its role and the client reached an idle
+    /// point: the connection goes (its pool is retired), the client stays.
+    fn drained(&mut self, lent: Option<Lent>, relay: &mut Relay<'a>) {
+        if let Some(l) = lent {
+            self.give_back(l, relay.tx(), true);
+        }
+        // The binding that drained is forgotten, or the new order would fire at once.
+        self.lent_binding.set(None);
+        relay.rebind(self.drain_order(), None);
+    }
+
     /// Signals of a session with no connection lent.
     fn idle_signals(&self) -> Signals<'a> {
         Signals {
@@ -715,6 +766,19 @@ fn settings_error(e: QueryError) -> SessionError {
         Side::Server,
         code,
         format!("pgsteer: cannot apply the session's settings: {message}"),
+    )
+}
+
+/// The client's error when its deferred `BEGIN` fails on the connection lent.
+fn begin_error(e: QueryError) -> SessionError {
+    let (code, message) = match &e {
+        QueryError::Failed { message, .. } => (SqlState::INVALID_PARAMETER_VALUE, message.clone()),
+        QueryError::Broken(b) => (SqlState::CONNECTION_FAILURE, b.to_string()),
+    };
+    SessionError::fatal(
+        Side::Server,
+        code,
+        format!("pgsteer: the transaction's BEGIN failed: {message}"),
     )
 }
 

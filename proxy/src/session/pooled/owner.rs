@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use pgsteer_protocol::backend::tag as btag;
-use pgsteer_protocol::classify::{Discard, Effect, Reason, session_effects};
+use pgsteer_protocol::backend::{BackendMessage, tag as btag};
+use pgsteer_protocol::classify::{Discard, Effect, Reason, Tx, session_effects};
 use pgsteer_protocol::frontend::tag as ftag;
 use pgsteer_protocol::{Flow, FrameRef, TagSet};
 
@@ -171,6 +171,14 @@ impl Pooled<'_> {
                 _ => Flow::Continue,
             },
             btag::ERROR_RESPONSE => {
+                if self.client.lends()
+                    && let Some(message) = f.body.and_then(Self::fatal)
+                {
+                    // The connection ends (its server shuts down): the client does not. It
+                    // hears of it from pgsteer, with the reason, once the connection closes.
+                    self.client.server_fatal = Some(message);
+                    return Flow::Hold;
+                }
                 // The server skips to the next Sync: so do the answers we wait for.
                 while let Some(s) = self.sent.front() {
                     match s {
@@ -206,11 +214,24 @@ impl Pooled<'_> {
         }
     }
 
+    /// The message of a FATAL or PANIC ErrorResponse.
+    fn fatal(body: &[u8]) -> Option<String> {
+        match BackendMessage::parse(btag::ERROR_RESPONSE, body) {
+            Ok(BackendMessage::ErrorResponse(fields))
+                if matches!(fields.severity().as_deref(), Some("FATAL" | "PANIC")) =>
+            {
+                Some(fields.message().unwrap_or_default().into_owned())
+            }
+            _ => None,
+        }
+    }
+
     /// Acts on what a query string does to the session.
     fn effects(&mut self, sql: &[u8]) {
         for effect in session_effects(sql) {
             match effect {
                 Effect::Pin(reason) => self.client.pin(reason),
+                Effect::Transaction(Tx::Commit) => self.client.may_commit = true,
                 Effect::Set { local: false, .. } | Effect::Reset { .. } | Effect::ResetAll => {
                     self.client.settings_changed = true;
                 }

@@ -40,6 +40,12 @@ pub struct ClientState {
     pub settings_changed: bool,
     /// Statements prepared again on a connection that lacked them.
     pub reprepared: u64,
+    /// A `COMMIT` went to the connection lent now: if it is lost before the answer, whether
+    /// the transaction committed is unknown.
+    pub may_commit: bool,
+    /// The FATAL message the connection lent now sent before closing (kept from the client,
+    /// which stays).
+    pub server_fatal: Option<String>,
     /// The pool of the connection it has now.
     pub pool: Option<Arc<Pool>>,
     pins: IntCounterVec,
@@ -77,6 +83,8 @@ impl ClientState {
             pinned: None,
             settings_changed: false,
             reprepared: 0,
+            may_commit: false,
+            server_fatal: None,
             pool: None,
             pins,
         })

@@ -32,6 +32,7 @@
 mod control;
 mod half;
 mod owner;
+mod recover;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -167,6 +168,9 @@ pub struct Relay<'a> {
     rejecting: Option<Rejecting>,
     /// `idle_transaction_timeout` (pooled sessions).
     idle_tx_limit: Option<std::time::Duration>,
+    /// With no server attached: client bytes to wait for before asking for one (a pooled
+    /// session answering a small message itself needs it whole).
+    want_client: usize,
 }
 
 /// Discarding a refused request up to its end.
@@ -226,6 +230,7 @@ impl<'a> Relay<'a> {
             reads: 0,
             rejecting: None,
             idle_tx_limit: None,
+            want_client: 0,
             short_read_drains: tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         }
@@ -409,7 +414,11 @@ impl<'a> Relay<'a> {
                     return Poll::Ready(Ok(Event::End(self.end(EndKind::ClientClosed))));
                 }
                 if self.rejecting.is_none() && !self.c2s.win.is_empty() && self.s2c.delivered() {
-                    return Poll::Ready(Ok(Event::NeedServer));
+                    let waiting = self.c2s.win.unscanned().len();
+                    if waiting >= self.want_client || self.c2s.eof || !self.c2s.win.has_room() {
+                        self.want_client = 0;
+                        return Poll::Ready(Ok(Event::NeedServer));
+                    }
                 }
                 if !progress {
                     self.arm_flush();

@@ -1,0 +1,98 @@
+//! What a pooled session asks of the relay when pgsteer answers its client itself: after the
+//! server connection of a transaction in progress was lost, and while it stands in for a
+//! server (a deferred `BEGIN`, a failed block). See `session/pooled/stand_in.rs`.
+
+use pgsteer_protocol::backend::{TxStatus, tag as btag};
+use pgsteer_protocol::encode;
+
+use super::{Relay, State};
+use crate::drain::DrainState;
+
+impl Relay<'_> {
+    /// Whether the client can be told that its server connection was lost and carry on:
+    /// every message the client was sent is whole, and every message it sent either reached
+    /// the server whole or was not looked at yet.
+    pub fn can_lose_server(&self) -> bool {
+        self.c2s.win.approved().is_empty()
+            && self.c2s.scanner.at_boundary()
+            && self.s2c.scanner.at_boundary()
+            && self.s2c.delivered()
+    }
+
+    /// Whether a request the server has not answered yet is in flight.
+    pub fn awaiting_answer(&self) -> bool {
+        self.state.pending > 0
+    }
+
+    /// Whether the client's input ended.
+    pub fn client_ended(&self) -> bool {
+        self.c2s.eof
+    }
+
+    /// The server connection is gone (it is no longer attached): what it had half sent is
+    /// dropped, and the requests it had not answered are answered here, the first with
+    /// `error`, each with ReadyForQuery `tx`. `true` if the client got `error` (a request
+    /// was in flight).
+    pub fn lose_server(&mut self, error: &[u8], tx: TxStatus) -> bool {
+        self.drop_server(Some(error), tx)
+    }
+
+    /// The server connection is gone and the client's transaction will be sent again
+    /// elsewhere: nothing it had sent reached the client, which is owed nothing for it.
+    pub fn forget_server(&mut self) {
+        self.drop_server(None, TxStatus::Idle);
+    }
+
+    fn drop_server(&mut self, error: Option<&[u8]>, tx: TxStatus) -> bool {
+        self.s2c.win.discard_unscanned();
+        self.s2c.held = false;
+        self.s2c.eof = false;
+        self.c2s.held = false;
+        self.c2s.inject.clear();
+        self.rejecting = None;
+        self.drain = DrainState::default();
+        let pending = if error.is_some() {
+            self.state.pending
+        } else {
+            0
+        };
+        if let Some(error) = error.filter(|_| pending > 0) {
+            self.s2c.inject.extend_from_slice(error);
+        }
+        for _ in 0..pending {
+            encode::ready_for_query(&mut self.s2c.inject, tx);
+        }
+        self.state = State {
+            pending: 0,
+            tx,
+            last_server_tag: if pending > 0 {
+                btag::READY_FOR_QUERY
+            } else {
+                self.state.last_server_tag
+            },
+            query_start: None,
+            tx_start: None,
+            ..self.state
+        };
+        pending > 0
+    }
+
+    /// With no server attached: `reply` answers the first `consumed` bytes of the client's
+    /// input, which leaves it in status `tx`.
+    pub fn answer_client(&mut self, consumed: usize, reply: &[u8], tx: TxStatus) {
+        self.c2s.win.skip(consumed);
+        self.s2c.inject.extend_from_slice(reply);
+        self.state.tx = tx;
+    }
+
+    /// With no server attached: ask for one only once `n` bytes of the client are waiting
+    /// (or the client's input can take no more).
+    pub fn want_client(&mut self, n: usize) {
+        self.want_client = n;
+    }
+
+    /// Sets the client's transaction status (a request pgsteer refuses is answered with it).
+    pub fn set_tx(&mut self, tx: TxStatus) {
+        self.state.tx = tx;
+    }
+}
