@@ -39,7 +39,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
                 let shared = shared.clone();
                 async move {
                     if req.method() == Method::POST && req.uri().path() == "/switchover" {
-                        return Ok::<_, Infallible>(switchover(&shared, &req).await);
+                        return Ok::<_, Infallible>(switchover(shared, &req).await);
                     }
                     Ok::<_, Infallible>(handle(&shared, req))
                 }
@@ -190,8 +190,8 @@ fn control(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 /// `POST /switchover[?candidate=pg-1]`: a switchover led by pgsteer; answers when it is over.
-async fn switchover(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if let Some(denied) = unauthorized(shared, req) {
+async fn switchover(shared: Arc<Shared>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(denied) = unauthorized(&shared, req) {
         return denied;
     }
     let candidate = req.uri().query().and_then(|q| {
@@ -201,7 +201,15 @@ async fn switchover(shared: &Shared, req: &Request<Incoming>) -> Response<Full<B
             .map(|(_, v)| v.to_owned())
     });
     info!(candidate = ?candidate, "switchover asked for");
-    let (status, report) = crate::switchover::run(shared, candidate).await;
+    // Its own task: a client that hangs up (or a timeout shorter than the switchover) must
+    // not cancel it half-way, with transactions held at a closed gate.
+    let task = tokio::spawn(async move { crate::switchover::run(&shared, candidate).await });
+    let Ok((status, report)) = task.await else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the switchover task failed\n",
+        );
+    };
     json(
         status,
         serde_json::to_value(report).unwrap_or(serde_json::Value::Null),

@@ -141,8 +141,11 @@ async fn steps(
     if left > 0 {
         // Ended where they are: their clients get an error and stay.
         report.transactions_ended = left as u64;
-        shared.topology.drain(&old);
-        *drained = Some(old.clone());
+        // An operator's drain of the old primary is the operator's to lift.
+        if !shared.topology.drained().contains(&old) {
+            shared.topology.drain(&old);
+            *drained = Some(old.clone());
+        }
         info!(old = %old, left, "switchover: transactions still in flight were ended");
     }
 
@@ -325,7 +328,7 @@ impl Manager {
 async fn drain(shared: &Shared, old: &str, timeout: Duration) -> usize {
     let until = Instant::now() + timeout;
     loop {
-        let left = shared.pools.lent_on(old) + shared.switchover.entering();
+        let left = shared.pools.lent_on(old);
         if left == 0 || Instant::now() >= until {
             return left;
         }

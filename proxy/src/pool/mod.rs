@@ -440,7 +440,8 @@ impl Pools {
     /// Lent connections on `member` now, for least-loaded routing.
     pub fn lent_on(&self, member: &str) -> usize {
         let lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
-        lent.get(member).map_or(0, |n| n.load(Ordering::Relaxed))
+        // SeqCst: read after the switchover gate closed (see `switchover::Gate`).
+        lent.get(member).map_or(0, |n| n.load(Ordering::SeqCst))
     }
 
     /// Retires the pools of members that are gone or whose role or address changed between

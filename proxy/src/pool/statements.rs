@@ -23,6 +23,14 @@ pub struct Statement {
     pub verdict: std::sync::OnceLock<pgsteer_protocol::classify::Verdict>,
 }
 
+impl Statement {
+    /// Its query text.
+    pub fn query(&self) -> &[u8] {
+        let end = memchr::memchr(0, &self.parse_rest).unwrap_or(self.parse_rest.len());
+        &self.parse_rest[..end]
+    }
+}
+
 /// Interns statements across sessions by their Parse body, so equal statements share one
 /// server-side name.
 #[derive(Default)]

@@ -1,7 +1,7 @@
 //! The gate a switchover closes: pooled transactions bound for the primary wait at it (their
 //! clients stay connected) until the new primary is confirmed.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -9,15 +9,17 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 
 /// Holds new primary-bound transactions while a switchover runs.
+///
+/// No transaction slips past it onto the old primary: a session increments its pool's lent
+/// count before it looks at the gate again (SeqCst), and the switchover closes the gate
+/// (SeqCst) before it reads the lent counts, so either the session sees the gate closed and
+/// gives the connection back, or the switchover sees the connection lent and waits for it.
 pub struct Gate {
-    /// Closed: checked first, one atomic load per transaction.
+    /// Closed: one atomic load per transaction while open.
     closed: AtomicBool,
     /// Closed, for waiters.
     holding: watch::Sender<bool>,
-    /// Transactions past the gate that have not taken their connection yet: the drain
-    /// waits for them as for those that have.
-    entering: AtomicUsize,
-    /// Transactions held by the current switchover, and those let through after it.
+    /// Transactions held by the current switchover.
     pub held: AtomicU64,
     /// Those released.
     pub released: AtomicU64,
@@ -30,7 +32,6 @@ impl Default for Gate {
         Gate {
             closed: AtomicBool::new(false),
             holding: watch::Sender::new(false),
-            entering: AtomicUsize::new(0),
             held: AtomicU64::new(0),
             released: AtomicU64::new(0),
             running: AtomicBool::new(false),
@@ -38,52 +39,52 @@ impl Default for Gate {
     }
 }
 
-/// A transaction on its way to a connection: counted until dropped.
-pub struct Passed<'g>(&'g Gate);
+/// One held transaction: counted in the gauge while it waits.
+struct Held<'g> {
+    gate: &'g Gate,
+    metrics: &'g Metrics,
+}
 
-impl Drop for Passed<'_> {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.0.entering.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.transactions_held.dec();
+        self.gate.released.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 impl Gate {
-    /// Lets a primary-bound transaction through: at once while the gate is open, else once
-    /// it opens (or after `limit`). The transaction counts as entering until the returned
-    /// value is dropped (it holds its connection by then).
-    pub async fn pass(&self, limit: Duration, metrics: &Metrics) -> Passed<'_> {
-        loop {
-            self.entering.fetch_add(1, Ordering::AcqRel);
-            if !self.closed.load(Ordering::Acquire) {
-                return Passed(self);
-            }
-            self.entering.fetch_sub(1, Ordering::AcqRel);
-            let mut rx = self.holding.subscribe();
-            self.held.fetch_add(1, Ordering::Relaxed);
-            metrics.transactions_held.inc();
-            let opened = tokio::time::timeout(limit, rx.wait_for(|closed| !*closed)).await;
-            metrics.transactions_held.dec();
-            self.released.fetch_add(1, Ordering::Relaxed);
-            if opened.is_err() {
-                // Held as long as a switchover may take: let it try (the router holds or
-                // refuses it if there is still no primary).
-                self.entering.fetch_add(1, Ordering::AcqRel);
-                return Passed(self);
-            }
+    /// Whether primary-bound transactions are held now.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Waits while the gate is closed (at most `limit`: then the router holds or refuses the
+    /// transaction as it would without a switchover).
+    pub async fn wait(&self, limit: Duration, metrics: &Metrics) {
+        if !self.is_closed() {
+            return;
         }
+        let mut rx = self.holding.subscribe();
+        self.held.fetch_add(1, Ordering::Relaxed);
+        metrics.transactions_held.inc();
+        let _held = Held {
+            gate: self,
+            metrics,
+        };
+        let _ = tokio::time::timeout(limit, rx.wait_for(|closed| !*closed)).await;
     }
 
     /// Closes the gate: new primary-bound transactions wait.
     pub fn close(&self) {
         self.held.store(0, Ordering::Relaxed);
         self.released.store(0, Ordering::Relaxed);
-        self.closed.store(true, Ordering::Release);
+        self.closed.store(true, Ordering::SeqCst);
         self.holding.send_replace(true);
     }
 
     /// Opens it: the held transactions go on.
     pub fn open(&self) {
-        self.closed.store(false, Ordering::Release);
+        self.closed.store(false, Ordering::SeqCst);
         self.holding.send_replace(false);
     }
 
@@ -95,10 +96,5 @@ impl Gate {
         while self.holding.receiver_count() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-    }
-
-    /// Transactions past the gate still taking their connection.
-    pub fn entering(&self) -> usize {
-        self.entering.load(Ordering::Acquire)
     }
 }

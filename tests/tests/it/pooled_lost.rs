@@ -135,7 +135,27 @@ async fn a_pooled_client_stays_when_its_server_connection_is_lost() {
         .collect();
     assert_eq!(ids, [3]);
 
-    // 4. An empty transaction never needs a server.
+    // 4. After that COMMIT, the same client loses a transaction again and sends COMMIT: the
+    //    COMMIT fails with the loss (it must not look like it worked), and nothing committed.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("INSERT INTO lost VALUES (4)")
+        .await
+        .unwrap();
+    end_server_connections(&direct).await;
+    let e = client
+        .batch_execute("COMMIT")
+        .await
+        .expect_err("the COMMIT of a lost transaction fails");
+    assert_eq!(code(&e), "40001", "{e:?}");
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM lost WHERE id = 4", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+
+    // An empty transaction never needs a server.
     let tx = client.transaction().await.unwrap();
     tx.commit().await.unwrap();
     assert!(!client.is_closed());

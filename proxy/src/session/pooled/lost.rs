@@ -12,11 +12,33 @@ use tracing::{debug, info};
 
 use pgsteer_discovery::Role;
 
-use super::owner::InFlight;
+use super::owner::{InFlight, Sent, TxEnd};
 use super::stand_in::{Local, StandIn};
 use super::{Lent, Session};
 use crate::session::relay::{EndKind, Event, Relay};
 use crate::session::{SessionError, Side};
+
+/// The SQLSTATE and message of a lost transaction: rolled back for sure, or `unknown`
+/// (a statement that may have committed was in flight).
+fn loss_message(why: String, unknown: bool) -> (SqlState, String) {
+    if unknown {
+        (
+            SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
+            format!(
+                "pgsteer: {why}: whether the statement in flight took effect is unknown; \
+                 this connection stays open"
+            ),
+        )
+    } else {
+        (
+            SqlState::SERIALIZATION_FAILURE,
+            format!(
+                "pgsteer: the transaction was rolled back: {why}; run it again, this \
+                 connection stays open"
+            ),
+        )
+    }
+}
 
 /// What the serve loop does after the stand-in looked at the client's waiting bytes.
 pub(super) enum Next {
@@ -55,6 +77,10 @@ impl<'a> Session<'a> {
             Local::Reject { tx } => {
                 relay.set_tx(tx);
                 relay.reject(&reply);
+                Next::Relay
+            }
+            Local::DropFrame => {
+                relay.drop_client_frame();
                 Next::Relay
             }
             Local::Wait(_) if relay.client_ended() => Next::Leave,
@@ -113,50 +139,44 @@ impl<'a> Session<'a> {
     /// client is told (now if a request was in flight, else at its next one) and keeps its
     /// connection to pgsteer; `why` names the cause (empty: the server went away).
     fn lose(&mut self, l: Lent, why: &str, relay: &mut Relay<'a>, sent: &mut InFlight) {
-        if self.run_again(&l, relay) {
-            sent.clear();
-            self.state.server_fatal = None;
-            self.state.may_commit = false;
-            let mut l = l;
-            l.conn.broken = true;
-            self.give_back(l, TxStatus::Idle, false);
-            self.lent_binding.set(None);
-            relay.rebind(self.drain_order(), None);
-            return;
+        if !self.run_again(&l, relay) {
+            self.report_loss(&l.target.member, why, relay, sent);
         }
-        let member = l.target.member.clone();
+        sent.clear();
+        self.state.server_fatal = None;
+        self.state.batch_end = TxEnd::No;
+        if let Some(auto) = &mut self.auto {
+            auto.net.disarm();
+        }
+        let mut l = l;
+        l.conn.broken = true;
+        self.give_back(l, TxStatus::Idle, false);
+        self.lent_binding.set(None);
+        relay.rebind(self.drain_order(), None);
+    }
+
+    /// Tells the client its transaction was lost (now, or at its next request) and leaves it
+    /// in the state Postgres would: in a failed block, or idle.
+    fn report_loss(&mut self, member: &str, why: &str, relay: &mut Relay<'a>, sent: &InFlight) {
         let in_block = relay.tx() != TxStatus::Idle;
         let in_flight = relay.awaiting_answer();
-        let may_commit = std::mem::take(&mut self.state.may_commit);
+        let ends = || {
+            sent.iter().filter_map(|s| match s {
+                Sent::Sync(end) => Some(*end),
+                _ => None,
+            })
+        };
+        self.stand_in = StandIn::Off;
+        if in_flight && ends().next().is_some() && ends().all(|e| e == TxEnd::Rollback) {
+            // The client was rolling back anyway: its ROLLBACK is answered.
+            let mut done = BytesMut::new();
+            encode::command_complete(&mut done, "ROLLBACK");
+            relay.lose_server(&done, TxStatus::Idle);
+            return;
+        }
+        let may_commit = ends().any(|e| e == TxEnd::Commit);
         let unknown = in_flight && (!in_block || may_commit);
-        let now = match self.shared.topology.current().primary() {
-            Some(p) if p.name != member => format!("the primary is now {}", p.name),
-            Some(_) => format!("{member} is still the primary"),
-            None => "no primary is confirmed yet".to_owned(),
-        };
-        let why = match (why, self.state.server_fatal.take()) {
-            ("", Some(fatal)) => format!("{member} ended the connection ({fatal}); {now}"),
-            ("", None) => format!("the connection to {member} was lost; {now}"),
-            // A drain's reason names the new primary already ("… (now pg-1)").
-            (why, _) => why.to_owned(),
-        };
-        let (code, message) = if unknown {
-            (
-                SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
-                format!(
-                    "pgsteer: {why}: whether the statement in flight took effect is unknown; \
-                     this connection stays open"
-                ),
-            )
-        } else {
-            (
-                SqlState::SERIALIZATION_FAILURE,
-                format!(
-                    "pgsteer: the transaction was rolled back: {why}; run it again, this \
-                     connection stays open"
-                ),
-            )
-        };
+        let (code, message) = loss_message(self.loss_reason(member, why), unknown);
         let mut error = BytesMut::new();
         encode::error_response(&mut error, &ErrorInfo::error(code, &message));
         let tx = if in_block && !may_commit {
@@ -171,19 +191,26 @@ impl<'a> Session<'a> {
             .with_label_values(&[if unknown { "unknown" } else { "rolled_back" }])
             .inc();
         let reported = relay.lose_server(&error, tx);
-        self.stand_in = StandIn::Off;
         if tx == TxStatus::Failed {
             self.stand_in.abort(error.to_vec(), reported);
         }
-        sent.clear();
-        if let Some(auto) = &mut self.auto {
-            auto.net.disarm();
+    }
+
+    /// Why the connection to `member` was lost, naming the primary now.
+    fn loss_reason(&mut self, member: &str, why: &str) -> String {
+        if !why.is_empty() {
+            // A drain's reason names the new primary already ("… (now pg-1)").
+            return why.to_owned();
         }
-        let mut l = l;
-        l.conn.broken = true;
-        self.give_back(l, TxStatus::Idle, false);
-        self.lent_binding.set(None);
-        relay.rebind(self.drain_order(), None);
+        let now = match self.shared.topology.current().primary() {
+            Some(p) if p.name != member => format!("the primary is now {}", p.name),
+            Some(_) => format!("{member} is still the primary"),
+            None => "no primary is confirmed yet".to_owned(),
+        };
+        match self.state.server_fatal.take() {
+            Some(fatal) => format!("{member} ended the connection ({fatal}); {now}"),
+            None => format!("the connection to {member} was lost; {now}"),
+        }
     }
 
     /// Route `auto`: a read-only transaction on a replica that went away before anything of
@@ -192,17 +219,17 @@ impl<'a> Session<'a> {
         let Some(auto) = &mut self.auto else {
             return false;
         };
-        if l.target.role != Role::Replica
-            || self.ran_again
-            || !auto.net.untouched()
-            || !relay.client_unscanned().is_empty()
-        {
+        if l.target.role != Role::Replica || self.ran_again || !auto.net.untouched() {
+            return false;
+        }
+        if !relay.can_replay(auto.net.saved().len()) {
             return false;
         }
         let saved = auto.net.saved().to_vec();
         relay.forget_server();
         auto.net.disarm();
         if !relay.replay_client(&saved) {
+            // Checked above: it fits.
             return false;
         }
         info!(member = %l.target.member, "a replica went away before answering; the transaction runs again");

@@ -382,17 +382,14 @@ impl<'a> Session<'a> {
         let shared = self.shared;
         let mut hold = Hold::new(Backends::of(shared));
         let mut routing = Routing::new(Backends::of(shared));
-        // A switchover led by pgsteer holds transactions bound for the primary here.
-        let _passed = match self.route_now.route {
-            Route::Replica => None,
-            _ => Some(
-                shared
-                    .switchover
-                    .pass(shared.config.switchover.timeout, &shared.metrics)
-                    .await,
-            ),
-        };
+        let gate = &shared.switchover;
+        let mut broken_begins = 0;
         loop {
+            // A switchover led by pgsteer holds transactions bound for the primary here.
+            if self.route_now.route != Route::Replica {
+                gate.wait(shared.config.switchover.timeout, &shared.metrics)
+                    .await;
+            }
             let target = routing.next(client, &self.route_now, &mut hold).await?;
             let decided = hold.generation();
             let mut lent = match self.take(target).await {
@@ -421,19 +418,30 @@ impl<'a> Session<'a> {
                 self.return_conn(lent, false);
                 continue;
             }
+            // Counted as lent before the gate is looked at again (see `switchover::Gate`).
+            let lent_count = lent.pool.member_lent.clone();
+            lent_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.route_now.route != Route::Replica && gate.is_closed() {
+                lent_count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                self.return_conn(lent, false);
+                continue;
+            }
             if let Some(begin) = &self.begin {
                 let sql = stand_in::query_text(begin);
                 let opened = lent.conn.query_leaving(sql, TxStatus::InTransaction);
                 if let Err(e) = Box::pin(opened).await {
+                    lent_count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     let broken = matches!(e, QueryError::Broken(_));
                     self.return_conn(lent, broken);
+                    // Nothing of the client's reached a server: another connection will do.
+                    broken_begins += 1;
+                    if broken && broken_begins < 3 {
+                        continue;
+                    }
                     return Err(begin_error(e));
                 }
                 self.begin = None;
             }
-            lent.pool
-                .member_lent
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.state.pool = Some(lent.pool.clone());
             return Ok(lent);
         }

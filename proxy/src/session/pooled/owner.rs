@@ -50,8 +50,21 @@ pub enum Sent {
     },
     /// A Close; `ours` as for Parse.
     Close { ours: bool },
-    /// Sync, Query or FunctionCall: answered by ReadyForQuery.
-    Sync,
+    /// Sync, Query or FunctionCall: answered by ReadyForQuery. Whether the request ends
+    /// the transaction (tells a lost `COMMIT`, whose outcome is unknown, from the rest).
+    Sync(TxEnd),
+}
+
+/// Whether a request ends its transaction block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TxEnd {
+    /// It does not.
+    #[default]
+    No,
+    /// `COMMIT`/`END` (or a statement bound to one).
+    Commit,
+    /// `ROLLBACK`/`ABORT`.
+    Rollback,
 }
 
 /// What the relay asks of a pooled session, borrowing the client's state and the server
@@ -102,11 +115,13 @@ impl Owner for Pooled<'_> {
                     Some(body) => self.effects(body.strip_suffix(b"\0").unwrap_or(body)),
                     None => self.client.pin(Reason::Unsure),
                 }
-                self.sent.push_back(Sent::Sync);
+                let end = std::mem::take(&mut self.client.batch_end);
+                self.sent.push_back(Sent::Sync(end));
                 Flow::Continue
             }
             ftag::SYNC | ftag::FUNCTION_CALL => {
-                self.sent.push_back(Sent::Sync);
+                let end = std::mem::take(&mut self.client.batch_end);
+                self.sent.push_back(Sent::Sync(end));
                 Flow::Continue
             }
             // The client leaves; the pooled connection stays: its Terminate is dropped.
@@ -182,7 +197,7 @@ impl Pooled<'_> {
                 // The server skips to the next Sync: so do the answers we wait for.
                 while let Some(s) = self.sent.front() {
                     match s {
-                        Sent::Sync => break,
+                        Sent::Sync(_) => break,
                         Sent::Parse {
                             statement: Some(st),
                             ..
@@ -195,7 +210,7 @@ impl Pooled<'_> {
             }
             btag::READY_FOR_QUERY => {
                 while let Some(s) = self.sent.pop_front() {
-                    if matches!(s, Sent::Sync) {
+                    if matches!(s, Sent::Sync(_)) {
                         break;
                     }
                 }
@@ -231,7 +246,10 @@ impl Pooled<'_> {
         for effect in session_effects(sql) {
             match effect {
                 Effect::Pin(reason) => self.client.pin(reason),
-                Effect::Transaction(Tx::Commit) => self.client.may_commit = true,
+                Effect::Transaction(Tx::Commit) => self.client.batch_end = TxEnd::Commit,
+                Effect::Transaction(Tx::Rollback) if self.client.batch_end == TxEnd::No => {
+                    self.client.batch_end = TxEnd::Rollback;
+                }
                 Effect::Set { local: false, .. } | Effect::Reset { .. } | Effect::ResetAll => {
                     self.client.settings_changed = true;
                 }
@@ -331,6 +349,11 @@ impl Pooled<'_> {
             frame_header(out, ftag::BIND, body_len);
             return Ok(Some(0));
         };
+        // A driver's prepared `COMMIT` (pgjdbc prepares it after a few uses).
+        match super::stand_in::tx_end(statement.query()) {
+            TxEnd::No => {}
+            end => self.client.batch_end = end,
+        }
         self.ensure(&statement, out);
         let taken = portal.len() + 1 + name.len() + 1;
         let new_len = body_len - taken + portal.len() + 1 + statement.server_name.len();

@@ -22,6 +22,8 @@ use pgsteer_protocol::frame::{HEADER_LEN, Header};
 use pgsteer_protocol::frontend::tag as ftag;
 use pgsteer_protocol::sqlstate::SqlState;
 
+use super::owner::TxEnd;
+
 /// Bytes of a Query worth waiting for to see whether it is a transaction command.
 const SMALL_QUERY: usize = 512;
 
@@ -61,6 +63,9 @@ pub enum Local {
     },
     /// Nothing can be decided before `n` bytes are waiting.
     Wait(usize),
+    /// The first message (CopyData, CopyDone or CopyFail of a COPY whose connection was
+    /// lost) is dropped, whole or as it arrives.
+    DropFrame,
     /// The request needs a server. The deferred `BEGIN`, if any, runs there first.
     Server(Option<Vec<u8>>),
 }
@@ -90,9 +95,14 @@ impl StandIn {
         out: &mut BytesMut,
         read_only_begin: bool,
     ) -> Local {
-        let query = match first_query(waiting) {
-            Err(n) => return self.incomplete(waiting, n, out),
-            Ok(q) => q,
+        let query = match first_message(waiting) {
+            First::Query(sql, len) => Some((sql, len)),
+            First::Other => None,
+            // After a lost COPY, Postgres drops the client's copy messages: so does pgsteer.
+            First::Copy => return Local::DropFrame,
+            First::Incomplete(n) => return self.incomplete(waiting, n, out),
+            // Not a message: left to the relay, which ends the session with a protocol error.
+            First::Malformed => return self.give_up(out),
         };
         match std::mem::take(self) {
             StandIn::Off => match query.map(|(sql, len)| (command(sql), len)) {
@@ -122,8 +132,21 @@ impl StandIn {
         out: &mut BytesMut,
     ) -> Local {
         if let Some((sql, len)) = query {
-            if matches!(command(sql), Some(Command::Commit | Command::Rollback)) {
-                return reply(out, "ROLLBACK", TxStatus::Idle, len);
+            match command(sql) {
+                // The loss was not reported yet: the COMMIT fails with it, as a deferred
+                // constraint would fail a COMMIT, and the block is over.
+                Some(Command::Commit) if error.is_some() => {
+                    refuse(out, error);
+                    encode::ready_for_query(out, TxStatus::Idle);
+                    return Local::Answer {
+                        consumed: len,
+                        tx: TxStatus::Idle,
+                    };
+                }
+                Some(Command::Commit | Command::Rollback) => {
+                    return reply(out, "ROLLBACK", TxStatus::Idle, len);
+                }
+                _ => {}
             }
             *self = StandIn::Aborted { error: None };
             refuse(out, error);
@@ -133,7 +156,7 @@ impl StandIn {
                 tx: TxStatus::Failed,
             };
         }
-        if let Some(consumed) = extended_rollback(waiting, out) {
+        if let Some(consumed) = extended_rollback(waiting, error.as_deref(), out) {
             return Local::Answer {
                 consumed,
                 tx: TxStatus::Idle,
@@ -150,7 +173,7 @@ impl StandIn {
     fn incomplete(&mut self, waiting: &[u8], n: usize, out: &mut BytesMut) -> Local {
         match std::mem::take(self) {
             // Only a failed block must see its requests whole; it waits for small ones.
-            StandIn::Aborted { error } if n <= SMALL_QUERY || waiting.len() < HEADER_LEN => {
+            StandIn::Aborted { error } if n <= SMALL_QUERY => {
                 *self = StandIn::Aborted { error };
                 Local::Wait(n)
             }
@@ -163,6 +186,21 @@ impl StandIn {
             }
             StandIn::Begun(begin) => Local::Server(Some(begin)),
             StandIn::Off if n <= SMALL_QUERY && is_query(waiting) => Local::Wait(n),
+            StandIn::Off => Local::Server(None),
+        }
+    }
+
+    /// Input that is not a message: whatever is owed, the request goes on to where the relay
+    /// reads it (and ends the session).
+    fn give_up(&mut self, out: &mut BytesMut) -> Local {
+        match std::mem::take(self) {
+            StandIn::Aborted { error } => {
+                refuse(out, error);
+                Local::Reject {
+                    tx: TxStatus::Failed,
+                }
+            }
+            StandIn::Begun(begin) => Local::Server(Some(begin)),
             StandIn::Off => Local::Server(None),
         }
     }
@@ -206,35 +244,56 @@ fn is_query(waiting: &[u8]) -> bool {
     waiting.first() == Some(&ftag::QUERY)
 }
 
-/// The first message, if it is a complete Query: its SQL and frame length. `Ok(None)`: a
-/// complete message of another kind. `Err(n)`: `n` bytes make the first message whole.
-fn first_query(waiting: &[u8]) -> Result<Option<(&[u8], usize)>, usize> {
-    let Ok(Some(h)) = Header::parse(waiting, u32::MAX) else {
-        return Err(HEADER_LEN);
+/// What the first waiting message is.
+enum First<'a> {
+    /// A complete Query: its SQL and frame length.
+    Query(&'a [u8], usize),
+    /// A copy message (whole or not).
+    Copy,
+    /// A complete message of another kind.
+    Other,
+    /// `n` bytes make it whole.
+    Incomplete(usize),
+    /// Not a message.
+    Malformed,
+}
+
+fn first_message(waiting: &[u8]) -> First<'_> {
+    let h = match Header::parse(waiting, u32::MAX) {
+        Ok(Some(h)) => h,
+        Ok(None) => return First::Incomplete(HEADER_LEN),
+        Err(_) => return First::Malformed,
     };
+    if matches!(h.tag, b'd' | b'c' | b'f') {
+        return First::Copy;
+    }
     let len = h.frame_len();
     if waiting.len() < len {
-        return Err(len);
+        return First::Incomplete(len);
     }
     if h.tag != ftag::QUERY {
-        return Ok(None);
+        return First::Other;
     }
     let body = &waiting[HEADER_LEN..len];
-    Ok(Some((body.strip_suffix(b"\0").unwrap_or(body), len)))
+    First::Query(body.strip_suffix(b"\0").unwrap_or(body), len)
+}
+
+/// Whether `sql` (one statement) ends the transaction block.
+pub fn tx_end(sql: &[u8]) -> TxEnd {
+    match command(sql) {
+        Some(Command::Commit) => TxEnd::Commit,
+        Some(Command::Rollback) => TxEnd::Rollback,
+        _ => TxEnd::No,
+    }
 }
 
 /// The transaction command `sql` is, when it is one statement and nothing else.
 fn command(sql: &[u8]) -> Option<Command> {
-    if !sql.is_ascii() {
-        return None;
-    }
     let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
     let word = sql.get(start..start + 3)?;
     // Cheap first: most transactions start with something else.
-    if !matches!(
-        word.to_ascii_lowercase().as_slice(),
-        b"beg" | b"sta" | b"com" | b"end" | b"rol" | b"abo"
-    ) {
+    const FIRST: [&[u8]; 6] = [b"beg", b"sta", b"com", b"end", b"rol", b"abo"];
+    if !FIRST.iter().any(|f| word.eq_ignore_ascii_case(f)) || !sql.is_ascii() {
         return None;
     }
     // `… AND CHAIN` opens the next block at once: left to a server.
@@ -255,24 +314,32 @@ fn command(sql: &[u8]) -> Option<Command> {
 }
 
 /// An extended-protocol `ROLLBACK` or `COMMIT` (Parse, Bind, Describe, Execute, … Sync,
-/// all waiting) in a failed block, answered as Postgres would: the bytes it took.
-fn extended_rollback(waiting: &[u8], out: &mut BytesMut) -> Option<usize> {
+/// all waiting) in a failed block, answered as Postgres would: the bytes it took. A
+/// `COMMIT` while the loss is still to be reported (`error`) fails with it.
+fn extended_rollback(waiting: &[u8], error: Option<&[u8]>, out: &mut BytesMut) -> Option<usize> {
     let mut at = 0;
     let mut reply = BytesMut::new();
-    let mut ends = false;
+    let mut ends = None;
+    let mut failed = false;
     loop {
         let rest = waiting.get(at..)?;
         let h = Header::parse(rest, u32::MAX).ok()??;
         let body = rest.get(HEADER_LEN..h.frame_len())?;
         at += h.frame_len();
         match h.tag {
+            ftag::SYNC if ends.is_some() => {
+                encode::ready_for_query(&mut reply, TxStatus::Idle);
+                out.extend_from_slice(&reply);
+                return Some(at);
+            }
+            // After an error, everything up to Sync is skipped.
+            _ if failed => {}
             ftag::PARSE => {
                 let mut parts = body.splitn(3, |&b| b == 0);
                 let (_, sql) = (parts.next()?, parts.next()?);
-                if !matches!(command(sql), Some(Command::Commit | Command::Rollback)) {
-                    return None;
-                }
-                ends = true;
+                let c =
+                    command(sql).filter(|c| matches!(c, Command::Commit | Command::Rollback))?;
+                ends = Some(c);
                 encode::frame(&mut reply, b'1', &[]);
             }
             ftag::BIND => encode::frame(&mut reply, b'2', &[]),
@@ -281,14 +348,15 @@ fn extended_rollback(waiting: &[u8], out: &mut BytesMut) -> Option<usize> {
                 encode::frame(&mut reply, b'n', &[]);
             }
             b'D' => encode::frame(&mut reply, b'n', &[]),
-            b'E' => encode::command_complete(&mut reply, "ROLLBACK"),
+            b'E' => match (ends, error) {
+                (Some(Command::Commit), Some(e)) => {
+                    reply.extend_from_slice(e);
+                    failed = true;
+                }
+                _ => encode::command_complete(&mut reply, "ROLLBACK"),
+            },
             b'C' => encode::frame(&mut reply, b'3', &[]),
             b'H' => {}
-            ftag::SYNC if ends => {
-                encode::ready_for_query(&mut reply, TxStatus::Idle);
-                out.extend_from_slice(&reply);
-                return Some(at);
-            }
             _ => return None,
         }
     }
@@ -390,6 +458,61 @@ mod tests {
             s.step_with(&q, &mut out, false),
             Local::Answer { .. }
         ));
+    }
+
+    #[test]
+    fn a_commit_after_an_unreported_loss_fails_with_it() {
+        let mut lost = BytesMut::new();
+        encode::error_response(
+            &mut lost,
+            &ErrorInfo::error(SqlState::SERIALIZATION_FAILURE, "lost"),
+        );
+        let mut s = StandIn::Off;
+        s.abort(lost.to_vec(), false);
+        let mut out = BytesMut::new();
+        let commit = query("COMMIT");
+        assert_eq!(
+            s.step(&commit, &mut out),
+            Local::Answer {
+                consumed: commit.len(),
+                tx: TxStatus::Idle
+            }
+        );
+        let mut expected = lost.clone();
+        encode::ready_for_query(&mut expected, TxStatus::Idle);
+        assert_eq!(out, expected, "the COMMIT gets the loss, not ROLLBACK");
+
+        // The same COMMIT in the extended protocol.
+        let mut batch = BytesMut::new();
+        encode::frame(&mut batch, ftag::PARSE, b"\0COMMIT\0\0\0");
+        encode::frame(&mut batch, ftag::BIND, b"\0\0\0\0\0\0\0\0");
+        encode::frame(&mut batch, b'E', b"\0\0\0\0\0");
+        encode::frame(&mut batch, ftag::SYNC, b"");
+        let mut s = StandIn::Off;
+        s.abort(lost.to_vec(), false);
+        out.clear();
+        s.step(&batch, &mut out);
+        assert_eq!(tags(&out), [b'1', b'2', btag::ERROR_RESPONSE, b'Z']);
+    }
+
+    #[test]
+    fn malformed_input_and_copy_messages_are_not_waited_for() {
+        let bad = [ftag::QUERY, 0, 0, 0, 0, b'x'];
+        for mut s in [StandIn::Off, StandIn::Aborted { error: None }] {
+            let mut out = BytesMut::new();
+            let step = s.step(&bad, &mut out);
+            assert!(
+                matches!(step, Local::Server(None) | Local::Reject { .. }),
+                "{step:?}"
+            );
+        }
+        let mut copy = BytesMut::new();
+        encode::frame(&mut copy, b'd', &[7; 100]);
+        let mut s = StandIn::Aborted { error: None };
+        let mut out = BytesMut::new();
+        assert_eq!(s.step(&copy[..20], &mut out), Local::DropFrame);
+        assert!(out.is_empty());
+        assert_eq!(s, StandIn::Aborted { error: None });
     }
 
     #[test]

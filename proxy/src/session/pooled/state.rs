@@ -40,9 +40,9 @@ pub struct ClientState {
     pub settings_changed: bool,
     /// Statements prepared again on a connection that lacked them.
     pub reprepared: u64,
-    /// A `COMMIT` went to the connection lent now: if it is lost before the answer, whether
-    /// the transaction committed is unknown.
-    pub may_commit: bool,
+    /// Whether the request being sent (up to its Sync) ends the transaction block: recorded
+    /// with it in the pooled owner's queue.
+    pub batch_end: super::owner::TxEnd,
     /// The FATAL message the connection lent now sent before closing (kept from the client,
     /// which stays).
     pub server_fatal: Option<String>,
@@ -83,7 +83,7 @@ impl ClientState {
             pinned: None,
             settings_changed: false,
             reprepared: 0,
-            may_commit: false,
+            batch_end: super::owner::TxEnd::No,
             server_fatal: None,
             pool: None,
             pins,

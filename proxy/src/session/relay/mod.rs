@@ -177,6 +177,8 @@ pub struct Relay<'a> {
 struct Rejecting {
     /// Body bytes of the message being discarded that have not arrived yet.
     skip_left: usize,
+    /// Only one message is dropped, and nothing is answered.
+    one_frame: bool,
 }
 
 /// Reads per flush interval from which a session counts as busy. A session
@@ -319,7 +321,10 @@ impl<'a> Relay<'a> {
     /// Runs while no server is attached.
     pub fn reject(&mut self, error: &[u8]) {
         self.s2c.inject.extend_from_slice(error);
-        self.rejecting = Some(Rejecting { skip_left: 0 });
+        self.rejecting = Some(Rejecting {
+            skip_left: 0,
+            one_frame: false,
+        });
     }
 
     /// Discards what [`Relay::reject`] refused; `true` if anything was.
@@ -338,6 +343,10 @@ impl<'a> Relay<'a> {
                 win.skip(n);
                 rej.skip_left -= n;
                 progress = true;
+                if rej.one_frame && rej.skip_left == 0 {
+                    self.rejecting = None;
+                    return Ok(true);
+                }
                 continue;
             }
             let Some(h) = Header::parse(win.unscanned(), u32::MAX).map_err(client_error)? else {
@@ -352,6 +361,13 @@ impl<'a> Relay<'a> {
             win.skip(have);
             rej.skip_left = h.frame_len() - have;
             progress = true;
+            if rej.one_frame {
+                if rej.skip_left == 0 {
+                    self.rejecting = None;
+                    return Ok(true);
+                }
+                continue;
+            }
             if matches!(h.tag, ftag::QUERY | ftag::FUNCTION_CALL | ftag::SYNC) && rej.skip_left == 0
             {
                 pgsteer_protocol::encode::ready_for_query(&mut self.s2c.inject, self.state.tx);

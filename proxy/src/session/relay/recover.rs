@@ -30,8 +30,8 @@ impl Relay<'_> {
     }
 
     /// The server connection is gone (it is no longer attached): what it had half sent is
-    /// dropped, and the requests it had not answered are answered here, the first with
-    /// `error`, each with ReadyForQuery `tx`. `true` if the client got `error` (a request
+    /// dropped, and the requests it had not answered are answered here, each with `error`
+    /// (or another answer) and ReadyForQuery `tx`. `true` if the client got `error` (a request
     /// was in flight).
     pub fn lose_server(&mut self, error: &[u8], tx: TxStatus) -> bool {
         self.drop_server(Some(error), tx)
@@ -56,10 +56,10 @@ impl Relay<'_> {
         } else {
             0
         };
-        if let Some(error) = error.filter(|_| pending > 0) {
-            self.s2c.inject.extend_from_slice(error);
-        }
+        // Every request in flight gets an answer before its ReadyForQuery: a pipelined
+        // Query answered by ReadyForQuery alone would confuse the client.
         for _ in 0..pending {
+            self.s2c.inject.extend_from_slice(error.unwrap_or_default());
             encode::ready_for_query(&mut self.s2c.inject, tx);
         }
         self.state = State {
@@ -89,6 +89,22 @@ impl Relay<'_> {
     /// (or the client's input can take no more).
     pub fn want_client(&mut self, n: usize) {
         self.want_client = n;
+    }
+
+    /// With no server attached: the client's first message is dropped, whole or as it
+    /// arrives, and not answered (a copy message of a COPY whose connection was lost).
+    pub fn drop_client_frame(&mut self) {
+        self.rejecting = Some(super::Rejecting {
+            skip_left: 0,
+            one_frame: true,
+        });
+    }
+
+    /// Whether `n` bytes can be put back in front of the client's input now.
+    pub fn can_replay(&self, n: usize) -> bool {
+        self.c2s.win.unscanned().is_empty()
+            && self.c2s.win.approved().is_empty()
+            && n <= super::BUF_SIZE
     }
 
     /// Sets the client's transaction status (a request pgsteer refuses is answered with it).
