@@ -14,6 +14,7 @@ mod lost;
 pub mod owner;
 mod stand_in;
 pub mod state;
+mod take;
 
 use std::sync::Arc;
 
@@ -25,18 +26,18 @@ use pgsteer_protocol::startup::{Negotiation, StartupMessage};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
-use super::hold::{self, Backends, Hold, Refused, Routing};
+use super::hold::{Backends, Hold, Routing};
 use super::relay::{End, EndKind, Event, Passthrough, Relay, Signals};
 use super::stream::Stream;
 use super::{ListenerKind, SessionError, Side, close};
 use crate::auth::Credentials;
 use crate::cancel::{KeyHandle, LentSlot};
 use crate::config::PoolMode;
-use crate::drain::{self, Binding, DrainOrder, Graces};
+use crate::drain::{self, DrainOrder, Graces};
 use crate::metrics::PodTally;
+use crate::pool::Pool;
 use crate::pool::lifecycle::{self, CloseReason, Disposition, Returned};
-use crate::pool::server::{self, Login, OpenError, QueryError, ServerConn};
-use crate::pool::{Acquired, Pool};
+use crate::pool::server::{self, OpenError, QueryError, ServerConn};
 use crate::router::{Request, Route, Target};
 use crate::state::Shared;
 use auto::{Auto, ReadOnlyFunctions, WRITTEN_LSN_SQL};
@@ -445,132 +446,6 @@ impl<'a> Session<'a> {
             self.state.pool = Some(lent.pool.clone());
             return Ok(lent);
         }
-    }
-
-    /// A connection from `target`'s pool: an idle one or a new one.
-    async fn take(&mut self, target: Target) -> Result<Lent, (Refused, Target)> {
-        match self.take_from(&target).await {
-            Ok((conn, pool)) => Ok(Lent { conn, pool, target }),
-            Err(refused) => Err((refused, target)),
-        }
-    }
-
-    /// The pool of `target` for this client: the last one used while it is current.
-    fn pool_of(&mut self, target: &Target) -> Arc<Pool> {
-        if let Some(p) = &self.last_pool
-            && p.key.member == target.member
-            && p.address == target.address
-            && !p.retired()
-        {
-            return p.clone();
-        }
-        let p = self
-            .shared
-            .pools
-            .get(&target.member, &target.address, &self.db_user);
-        self.last_pool = Some(p.clone());
-        p
-    }
-
-    async fn take_from(&mut self, target: &Target) -> Result<(ServerConn, Arc<Pool>), Refused> {
-        let shared = self.shared;
-        let pool = self.pool_of(target);
-        let settings = &shared.pools.settings;
-        let acquired = pool
-            .acquire(settings, &shared.metrics)
-            .await
-            .map_err(|e| {
-                shared.metrics.pool_checkout_timeouts.inc();
-                Refused::Fatal(SessionError::fatal(
-                    Side::Internal,
-                    SqlState::TOO_MANY_CONNECTIONS,
-                    format!(
-                        "pgsteer: no server connection free on {} for {} after waiting {} (pool size {})",
-                        target.member,
-                        self.user,
-                        humantime::format_duration(settings.checkout_timeout),
-                        e.size
-                    ),
-                ))
-            })?;
-        let conn = match acquired {
-            Acquired::Idle(c) => c,
-            Acquired::Open => match Box::pin(self.open(target)).await {
-                Ok(c) => {
-                    pool.greeting().remember_defaults(&c.reported);
-                    c
-                }
-                Err(e) => {
-                    pool.forget();
-                    return Err(e);
-                }
-            },
-        };
-        Ok((conn, pool))
-    }
-
-    async fn open(&self, target: &Target) -> Result<ServerConn, Refused> {
-        let shared = self.shared;
-        let started = std::time::Instant::now();
-        let login = Login {
-            user: &self.user,
-            database: &self.database,
-            credentials: &self.credentials,
-            tls: &shared.tls.server,
-            timeout: shared.pools.settings.connect_timeout,
-        };
-        match server::open(target, login).await {
-            Ok(c) => {
-                shared
-                    .metrics
-                    .backend_connect_seconds
-                    .with_label_values(&[&target.member])
-                    .observe(started.elapsed().as_secs_f64());
-                Ok(c)
-            }
-            Err(OpenError::Unreachable(e)) => Err(hold::refused(
-                Backends::of(shared),
-                target,
-                super::upstream::UpstreamError::Unreachable(e),
-            )),
-            Err(OpenError::Tls(e)) => Err(hold::refused(
-                Backends::of(shared),
-                target,
-                super::upstream::UpstreamError::Tls(e),
-            )),
-            Err(OpenError::Refused { code, message, .. }) if code == "57P03" => {
-                shared.reprobe.reprobe();
-                Err(Refused::Wait(format!(
-                    "{} cannot take sessions now: {message}",
-                    target.member
-                )))
-            }
-            Err(e) => Err(Refused::Fatal(login_error(e))),
-        }
-    }
-
-    /// What a connection to `target` was lent for.
-    fn binding(&self, target: &Target) -> Binding {
-        Binding::new(
-            &target.member,
-            target.role,
-            self.route_now.route,
-            self.route_now.explicit_route,
-            self.route_now.pin.is_some(),
-        )
-    }
-
-    /// Whether `target`, chosen at topology generation `decided`, is still where the
-    /// client's request goes.
-    fn still_fits(&self, target: &Target, decided: u64) -> bool {
-        let t = self.shared.topology.current();
-        if t.generation == decided {
-            return true;
-        }
-        let b = self.binding(target);
-        drain::check(&t, &b, Graces::from(&self.shared.config.drain)).is_none()
-            && t.member(&target.member)
-                .is_some_and(|m| m.address == target.address)
     }
 
     /// Ends a transaction: reads the settings back if a statement may have changed them,
