@@ -20,5 +20,6 @@ mod pooled_lost;
 mod pooled_state;
 mod routing;
 mod shutdown;
+mod switchover;
 mod switchover_cnpg;
 mod tls;

@@ -167,7 +167,11 @@ impl<'a> Session<'a> {
             })
         };
         self.stand_in = StandIn::Off;
-        if in_flight && ends().next().is_some() && ends().all(|e| e == TxEnd::Rollback) {
+        if in_flight
+            && !relay.batch_open()
+            && ends().next().is_some()
+            && ends().all(|e| e == TxEnd::Rollback)
+        {
             // The client was rolling back anyway: its ROLLBACK is answered.
             let mut done = BytesMut::new();
             encode::command_complete(&mut done, "ROLLBACK");

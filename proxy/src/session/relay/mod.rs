@@ -111,11 +111,15 @@ struct State {
     query_start: Option<Instant>,
     /// When the current transaction's first request was sent.
     tx_start: Option<Instant>,
+    /// Extended-protocol messages went out since the last request (Sync, Query,
+    /// FunctionCall): a batch is open.
+    batch_open: bool,
 }
 
 impl State {
     /// Book-keeping for one client request.
     fn request(&mut self) {
+        self.batch_open = false;
         if self.pending == 0 {
             let now = Instant::now();
             self.query_start = Some(now);
@@ -222,6 +226,7 @@ impl<'a> Relay<'a> {
                 last_server_tag: btag::READY_FOR_QUERY,
                 query_start: None,
                 tx_start: None,
+                batch_open: false,
             },
             control: Control::new(signals),
             drain: DrainState::default(),
@@ -621,7 +626,7 @@ impl<'a> Relay<'a> {
                     match f.tag {
                         ftag::QUERY | ftag::SYNC | ftag::FUNCTION_CALL => state.request(),
                         ftag::TERMINATE => state.client_terminated = true,
-                        _ => {}
+                        _ => state.batch_open = true,
                     }
                 }
                 flow
@@ -655,7 +660,7 @@ impl<'a> Relay<'a> {
         match h.tag {
             ftag::QUERY | ftag::SYNC | ftag::FUNCTION_CALL => self.state.request(),
             ftag::TERMINATE => self.state.client_terminated = true,
-            _ => {}
+            _ => self.state.batch_open = true,
         }
         half.win.skip(HEADER_LEN + taken);
         if taken < body_len {

@@ -24,6 +24,11 @@ impl Relay<'_> {
         self.state.pending > 0
     }
 
+    /// Whether a batch of extended-protocol messages is open (no Sync after them yet).
+    pub fn batch_open(&self) -> bool {
+        self.state.batch_open
+    }
+
     /// Whether the client's input ended.
     pub fn client_ended(&self) -> bool {
         self.c2s.eof
@@ -62,8 +67,20 @@ impl Relay<'_> {
             self.s2c.inject.extend_from_slice(error.unwrap_or_default());
             encode::ready_for_query(&mut self.s2c.inject, tx);
         }
+        // Part of a batch went to the lost server: the rest of it is refused up to its Sync,
+        // as Postgres skips to the Sync after an error (a client that sent Flush and waits
+        // hears of the loss now).
+        let batch_open = self.state.batch_open && error.is_some();
+        if batch_open {
+            self.s2c.inject.extend_from_slice(error.unwrap_or_default());
+            self.rejecting = Some(super::Rejecting {
+                skip_left: 0,
+                one_frame: false,
+            });
+        }
         self.state = State {
             pending: 0,
+            batch_open: false,
             tx,
             last_server_tag: if pending > 0 {
                 btag::READY_FOR_QUERY
@@ -74,7 +91,7 @@ impl Relay<'_> {
             tx_start: None,
             ..self.state
         };
-        pending > 0
+        pending > 0 || batch_open
     }
 
     /// With no server attached: `reply` answers the first `consumed` bytes of the client's
