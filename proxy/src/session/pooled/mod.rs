@@ -410,7 +410,7 @@ impl<'a> Session<'a> {
                 if let Err(e) = Box::pin(lent.conn.query(&sql)).await {
                     let broken = matches!(e, QueryError::Broken(_));
                     self.return_conn(lent, broken);
-                    return Err(settings_error(e));
+                    return Err(query_error("cannot apply the session's settings", e));
                 }
                 lent.conn.applied = self.state.desired.clone();
                 lent.conn.applied_fingerprint = self.state.desired_fingerprint;
@@ -439,7 +439,7 @@ impl<'a> Session<'a> {
                     if broken && broken_begins < 3 {
                         continue;
                     }
-                    return Err(begin_error(e));
+                    return Err(query_error("the transaction's BEGIN failed", e));
                 }
                 self.begin = None;
             }
@@ -639,30 +639,14 @@ impl<'a> Session<'a> {
     }
 }
 
-/// The client's error when its settings cannot be applied on a connection.
-fn settings_error(e: QueryError) -> SessionError {
+/// The client's error when pgsteer's own query `what` fails on the connection lent
+/// ("cannot apply the session's settings", "the transaction's BEGIN failed").
+fn query_error(what: &str, e: QueryError) -> SessionError {
     let (code, message) = match &e {
         QueryError::Failed { message, .. } => (SqlState::INVALID_PARAMETER_VALUE, message.clone()),
         QueryError::Broken(b) => (SqlState::CONNECTION_FAILURE, b.to_string()),
     };
-    SessionError::fatal(
-        Side::Server,
-        code,
-        format!("pgsteer: cannot apply the session's settings: {message}"),
-    )
-}
-
-/// The client's error when its deferred `BEGIN` fails on the connection lent.
-fn begin_error(e: QueryError) -> SessionError {
-    let (code, message) = match &e {
-        QueryError::Failed { message, .. } => (SqlState::INVALID_PARAMETER_VALUE, message.clone()),
-        QueryError::Broken(b) => (SqlState::CONNECTION_FAILURE, b.to_string()),
-    };
-    SessionError::fatal(
-        Side::Server,
-        code,
-        format!("pgsteer: the transaction's BEGIN failed: {message}"),
-    )
+    SessionError::fatal(Side::Server, code, format!("pgsteer: {what}: {message}"))
 }
 
 /// The client's error when pgsteer cannot log in as its user.
