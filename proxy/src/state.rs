@@ -103,7 +103,7 @@ pub struct Shared {
     /// Server connections of pooled listeners.
     pub pools: Arc<crate::pool::Pools>,
     /// The gate a switchover led by pgsteer closes.
-    pub switchover: crate::switchover::Gate,
+    pub switchover: crate::switchover::gate::Gate,
     /// User secrets, when a listener is pooled.
     pub auth: Option<Arc<crate::auth::store::AuthStore>>,
 }

@@ -15,7 +15,7 @@
 //! and the answer says which step failed and why.
 
 mod cnpg;
-mod gate;
+pub mod gate;
 mod patroni;
 
 use std::sync::atomic::Ordering;

@@ -75,7 +75,7 @@ async fn one(shared: &Shared, tcp: TcpStream) -> &'static str {
     }
     match shared.cancels.lookup(cancel.pid, &cancel.key) {
         Some(target) => {
-            crate::cancel::to_backend(shared, &target).await;
+            crate::cancel_forward::to_backend(shared, &target).await;
             "forwarded"
         }
         None => "unknown",

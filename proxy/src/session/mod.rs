@@ -248,7 +248,7 @@ async fn establish<'a>(
 ) -> Result<Opened<'a>, SessionError> {
     let (mut message, negotiation) = match opening(shared, client).await? {
         Opening::Cancel(c) => {
-            crate::cancel::serve_request(shared, c, source).await;
+            crate::cancel_forward::serve_request(shared, c, source).await;
             return Ok(Opened::Done);
         }
         Opening::Session {

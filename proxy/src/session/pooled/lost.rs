@@ -12,8 +12,9 @@ use tracing::{debug, info};
 
 use pgsteer_discovery::Role;
 
-use super::owner::{InFlight, Sent, TxEnd};
+use super::owner::{InFlight, Sent};
 use super::stand_in::{Local, StandIn};
+use super::state::TxEnd;
 use super::{Lent, Session};
 use crate::session::relay::{EndKind, Event, Relay};
 use crate::session::{SessionError, Side};

@@ -18,7 +18,7 @@ use pgsteer_protocol::frontend::tag as ftag;
 use pgsteer_protocol::{Flow, FrameRef, TagSet};
 
 use super::auto::SafetyNet;
-use super::state::ClientState;
+use super::state::{ClientState, TxEnd};
 use crate::pool::server::Settings;
 use crate::pool::statements::{ServerStatements, Statement};
 use crate::session::SessionError;
@@ -53,18 +53,6 @@ pub enum Sent {
     /// Sync, Query or FunctionCall: answered by ReadyForQuery. Whether the request ends
     /// the transaction (tells a lost `COMMIT`, whose outcome is unknown, from the rest).
     Sync(TxEnd),
-}
-
-/// Whether a request ends its transaction block.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum TxEnd {
-    /// It does not.
-    #[default]
-    No,
-    /// `COMMIT`/`END` (or a statement bound to one).
-    Commit,
-    /// `ROLLBACK`/`ABORT`.
-    Rollback,
 }
 
 /// What the relay asks of a pooled session, borrowing the client's state and the server

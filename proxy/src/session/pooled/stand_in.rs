@@ -22,7 +22,7 @@ use pgsteer_protocol::frame::{HEADER_LEN, Header};
 use pgsteer_protocol::frontend::tag as ftag;
 use pgsteer_protocol::sqlstate::SqlState;
 
-use super::owner::TxEnd;
+use super::state::TxEnd;
 
 /// Bytes of a Query worth waiting for to see whether it is a transaction command.
 const SMALL_QUERY: usize = 512;

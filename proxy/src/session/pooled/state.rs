@@ -42,7 +42,7 @@ pub struct ClientState {
     pub reprepared: u64,
     /// Whether the request being sent (up to its Sync) ends the transaction block: recorded
     /// with it in the pooled owner's queue.
-    pub batch_end: super::owner::TxEnd,
+    pub batch_end: TxEnd,
     /// The FATAL message the connection lent now sent before closing (kept from the client,
     /// which stays).
     pub server_fatal: Option<String>,
@@ -83,7 +83,7 @@ impl ClientState {
             pinned: None,
             settings_changed: false,
             reprepared: 0,
-            batch_end: super::owner::TxEnd::No,
+            batch_end: TxEnd::No,
             server_fatal: None,
             pool: None,
             pins,
@@ -222,4 +222,16 @@ mod tests {
         );
         assert_eq!(sync_sql(&desired, &desired), "");
     }
+}
+
+/// Whether a request ends its transaction block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TxEnd {
+    /// It does not.
+    #[default]
+    No,
+    /// `COMMIT`/`END` (or a statement bound to one).
+    Commit,
+    /// `ROLLBACK`/`ABORT`.
+    Rollback,
 }
