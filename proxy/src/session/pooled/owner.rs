@@ -159,6 +159,10 @@ impl Owner for Pooled<'_> {
         }
     }
 
+    fn server_gone(&self) -> bool {
+        self.client.server_fatal.is_some()
+    }
+
     fn lends(&self) -> bool {
         self.client.lends() && self.sent.is_empty()
     }

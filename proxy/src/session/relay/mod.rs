@@ -490,7 +490,7 @@ impl<'a> Relay<'a> {
         if self.c2s.eof && self.c2s.delivered() {
             return end(self, EndKind::ClientClosed);
         }
-        if self.s2c.eof && self.s2c.delivered() {
+        if (self.s2c.eof || owner.server_gone()) && self.s2c.delivered() {
             return end(self, EndKind::ServerClosed);
         }
         (owner.lends() && self.idle()).then_some(Event::Idle)

@@ -46,6 +46,13 @@ pub trait Owner {
         Ok(Some(0))
     }
 
+    /// Whether the server said it is closing the connection (a FATAL the owner kept): the
+    /// relay stops at once instead of sending it more and waiting for the end of stream.
+    #[inline]
+    fn server_gone(&self) -> bool {
+        false
+    }
+
     /// Whether the server connection is given back at the next idle point
     /// ([`super::Event::Idle`]): nothing in flight, no transaction open.
     #[inline]

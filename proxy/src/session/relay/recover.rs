@@ -10,13 +10,11 @@ use crate::drain::DrainState;
 
 impl Relay<'_> {
     /// Whether the client can be told that its server connection was lost and carry on:
-    /// every message the client was sent is whole, and every message it sent either reached
-    /// the server whole or was not looked at yet.
+    /// every message the client was sent is whole, and the client's messages looked at so
+    /// far end at a message boundary (those not written yet, when a write to the dead server
+    /// failed, are lost with it: their requests are answered as lost).
     pub fn can_lose_server(&self) -> bool {
-        self.c2s.win.approved().is_empty()
-            && self.c2s.scanner.at_boundary()
-            && self.s2c.scanner.at_boundary()
-            && self.s2c.delivered()
+        self.c2s.scanner.at_boundary() && self.s2c.scanner.at_boundary() && self.s2c.delivered()
     }
 
     /// Whether a request the server has not answered yet is in flight.
@@ -49,6 +47,8 @@ impl Relay<'_> {
     }
 
     fn drop_server(&mut self, error: Option<&[u8]>, tx: TxStatus) -> bool {
+        let unwritten = self.c2s.win.approved().len();
+        self.c2s.win.consume(unwritten);
         self.s2c.win.discard_unscanned();
         self.s2c.held = false;
         self.s2c.eof = false;
@@ -117,11 +117,11 @@ impl Relay<'_> {
         });
     }
 
-    /// Whether `n` bytes can be put back in front of the client's input now.
+    /// Whether `n` bytes can be put back in front of the client's input once the server is
+    /// forgotten.
     pub fn can_replay(&self, n: usize) -> bool {
-        self.c2s.win.unscanned().is_empty()
-            && self.c2s.win.approved().is_empty()
-            && n <= super::BUF_SIZE
+        // What is approved and unwritten is dropped with the server first.
+        self.c2s.win.unscanned().is_empty() && n <= super::BUF_SIZE
     }
 
     /// Sets the client's transaction status (a request pgsteer refuses is answered with it).

@@ -109,7 +109,11 @@ pub(super) struct Watched {
 
 /// Sends `POST /switchover[?candidate=…]` and watches the metrics until it is answered; sends
 /// a second request once a busy phase shows.
-pub(super) async fn watch_switchover(b: &mut Bench, phase: usize, candidate: Option<&str>) -> Watched {
+pub(super) async fn watch_switchover(
+    b: &mut Bench,
+    phase: usize,
+    candidate: Option<&str>,
+) -> Watched {
     let admin = b.admin();
     let path = match candidate {
         Some(c) => format!("/switchover?candidate={c}"),

@@ -169,7 +169,11 @@ impl Failure {
     }
 }
 
-pub(super) async fn autocommit(c: &tokio_postgres::Client, id: i32, seq: i32) -> Result<u16, Failure> {
+pub(super) async fn autocommit(
+    c: &tokio_postgres::Client,
+    id: i32,
+    seq: i32,
+) -> Result<u16, Failure> {
     let row = c
         .query_one(INSERT, &[&id, &seq])
         .await
@@ -178,7 +182,11 @@ pub(super) async fn autocommit(c: &tokio_postgres::Client, id: i32, seq: i32) ->
 }
 
 /// `BEGIN; INSERT …; COMMIT` in three round trips; a failed INSERT is rolled back.
-pub(super) async fn block(c: &mut tokio_postgres::Client, id: i32, seq: i32) -> Result<u16, Failure> {
+pub(super) async fn block(
+    c: &mut tokio_postgres::Client,
+    id: i32,
+    seq: i32,
+) -> Result<u16, Failure> {
     let tx = c
         .transaction()
         .await
@@ -258,7 +266,11 @@ pub(super) async fn write_loop(addr: SocketAddr, w: Arc<Writer>, run: Arc<Run>) 
 }
 
 /// A new connection for writer `w`, or None (counted) if it cannot get one.
-pub(super) async fn open(addr: SocketAddr, w: &Writer, run: &Run) -> Option<tokio_postgres::Client> {
+pub(super) async fn open(
+    addr: SocketAddr,
+    w: &Writer,
+    run: &Run,
+) -> Option<tokio_postgres::Client> {
     let connect = try_connect(addr, APP_USER, APP_PASSWORD, None);
     let why = match tokio::time::timeout(STUCK, connect).await {
         Ok(Ok(c)) => return Some(c),
