@@ -127,6 +127,13 @@ impl Scanner {
         self.body_left = n;
     }
 
+    /// Gives up the frame being streamed (what it was going to has gone): returns how many
+    /// of its body bytes have not been seen yet, for the caller to skip; the scanner is at a
+    /// frame boundary again.
+    pub fn abandon(&mut self) -> usize {
+        std::mem::take(&mut self.body_left)
+    }
+
     /// Whether the stream is at a frame boundary (not inside a streamed body).
     pub fn at_boundary(&self) -> bool {
         self.body_left == 0
@@ -242,6 +249,26 @@ mod tests {
         }
         assert_eq!(forwarded, stream);
         assert_eq!(seen, vec![(b'D', None), (b'Z', Some(b"I".to_vec()))]);
+    }
+
+    #[test]
+    fn an_abandoned_frame_leaves_its_rest_to_the_caller() {
+        let mut s = Scanner::new(1 << 30, TagSet::of(b"Z"), 64);
+        let big = frame(b'D', &[7u8; 100]);
+        let scan = s.scan(&big[..30], |_| Flow::Continue).unwrap();
+        assert_eq!(scan.forward, 30);
+        assert!(!s.at_boundary());
+        assert_eq!(s.abandon(), big.len() - 30);
+        assert!(s.at_boundary());
+        // What comes next is read as a new frame.
+        let z = frame(b'Z', b"I");
+        let mut seen = Vec::new();
+        s.scan(&z, |f| {
+            seen.push(f.tag);
+            Flow::Continue
+        })
+        .unwrap();
+        assert_eq!(seen, [b'Z']);
     }
 
     #[test]

@@ -5,9 +5,68 @@
 //! before it answered runs again on another. One cluster for every case.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::harness::{connect, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::harness::{DEADLINE, connect, eventually};
 use crate::pooled::Pooled;
+
+/// A forwarder between one client and pgsteer that can hold back the end of a client write,
+/// so that pgsteer has seen only part of a message.
+#[derive(Default)]
+struct Split {
+    /// Bytes to hold back at the end of the next read from the client (0: none).
+    hold_back: AtomicUsize,
+    /// Length of the read that was cut.
+    cut_read: AtomicUsize,
+    /// Signalled once the first part of a cut read was written to pgsteer.
+    cut: Notify,
+    /// Signal to write the part held back.
+    release: Notify,
+}
+
+/// Starts a [`Split`] forwarder for one connection to `to`; returns where to connect.
+async fn split_forwarder(to: SocketAddr) -> (SocketAddr, Arc<Split>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let split = Arc::new(Split::default());
+    let s = split.clone();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.expect("accept");
+        let server = TcpStream::connect(to).await.expect("connect to pgsteer");
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+            let _ = to_client.shutdown().await;
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from_client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let hold = s.hold_back.swap(0, Ordering::SeqCst).min(n);
+            if to_server.write_all(&buf[..n - hold]).await.is_err() {
+                break;
+            }
+            if hold > 0 {
+                s.cut_read.store(n, Ordering::SeqCst);
+                s.cut.notify_one();
+                s.release.notified().await;
+                if to_server.write_all(&buf[n - hold..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = to_server.shutdown().await;
+    });
+    (addr, split)
+}
 
 /// The SQLSTATE of a failed statement.
 fn code(e: &tokio_postgres::Error) -> String {
@@ -220,4 +279,48 @@ async fn a_pooled_client_stays_when_its_server_connection_is_lost() {
     );
     assert!(!reader.is_closed());
     drop(reader);
+
+    // 6. The client is half-way through a message when the connection goes (the Bind of a
+    //    prepared INSERT, whose parameters stream on after pgsteer renamed its statement, and
+    //    the Execute after it, cut short): the rest is skipped as it comes, the transaction
+    //    is reported lost (40001), and the client stays.
+    let (via, split) = split_forwarder(pooled.rw()).await;
+    let cut = connect(via, None).await;
+    cut.batch_execute("BEGIN").await.unwrap();
+    cut.batch_execute("INSERT INTO lost VALUES (6)")
+        .await
+        .unwrap();
+    let insert = cut.prepare("INSERT INTO lost VALUES ($1)").await.unwrap();
+    // Bind, Execute (10 bytes), Sync (5 bytes) in one write: Execute's last 2 bytes and Sync
+    // wait.
+    split.hold_back.store(7, Ordering::SeqCst);
+    let executed = tokio::spawn(async move {
+        let r = cut.execute(&insert, &[&7i32]).await;
+        (cut, r)
+    });
+    tokio::time::timeout(DEADLINE, split.cut.notified())
+        .await
+        .expect("the client's Bind went through the forwarder");
+    assert!(
+        split.cut_read.load(Ordering::SeqCst) > 15,
+        "Bind, Execute and Sync came in one read, so Execute was cut"
+    );
+    end_server_connections(&direct).await;
+    split.release.notify_one();
+    let (cut, r) = tokio::time::timeout(DEADLINE, executed)
+        .await
+        .expect("the INSERT is answered")
+        .unwrap();
+    let e = r.expect_err("the transaction was lost");
+    assert_eq!(code(&e), "40001", "{e:?}");
+    cut.batch_execute("ROLLBACK").await.unwrap();
+    let one: i32 = cut.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    assert!(!cut.is_closed(), "the client stays");
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM lost WHERE id IN (6, 7)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the lost transaction did not commit");
 }

@@ -102,8 +102,8 @@ impl<'a> Session<'a> {
     /// a transaction (its member lost its role with the transaction open, or the server
     /// went away) and the client can stay, the transaction is lost and the client stays:
     /// `true`. The client can stay when it lends per transaction (nothing of its session
-    /// lives on the connection), the proxy is not shutting down, and both streams are at
-    /// message boundaries.
+    /// lives on the connection), the proxy is not shutting down, and the client was sent
+    /// only whole messages (see `Relay::can_lose_server`).
     pub(super) fn lost(
         &mut self,
         event: &Result<Event, SessionError>,

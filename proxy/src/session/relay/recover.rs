@@ -10,11 +10,13 @@ use crate::drain::DrainState;
 
 impl Relay<'_> {
     /// Whether the client can be told that its server connection was lost and carry on:
-    /// every message the client was sent is whole, and the client's messages looked at so
-    /// far end at a message boundary (those not written yet, when a write to the dead server
-    /// failed, are lost with it: their requests are answered as lost).
+    /// every message the client was sent is whole. The client may be half-way through a
+    /// message (a Bind's parameters stream on after pgsteer renamed its statement; a large
+    /// message arrives in pieces): the rest of it is skipped when it comes. Messages not
+    /// written yet, when a write to the dead server failed, are lost with it: their requests
+    /// are answered as lost.
     pub fn can_lose_server(&self) -> bool {
-        self.c2s.scanner.at_boundary() && self.s2c.scanner.at_boundary() && self.s2c.delivered()
+        self.s2c.scanner.at_boundary() && self.s2c.delivered()
     }
 
     /// Whether a request the server has not answered yet is in flight.
@@ -49,6 +51,8 @@ impl Relay<'_> {
     fn drop_server(&mut self, error: Option<&[u8]>, tx: TxStatus) -> bool {
         let unwritten = self.c2s.win.approved().len();
         self.c2s.win.consume(unwritten);
+        // The rest of a client message half sent to the lost server is skipped as it comes.
+        let partial = self.c2s.scanner.abandon();
         self.s2c.win.discard_unscanned();
         self.s2c.held = false;
         self.s2c.eof = false;
@@ -74,8 +78,14 @@ impl Relay<'_> {
         if batch_open {
             self.s2c.inject.extend_from_slice(error.unwrap_or_default());
             self.rejecting = Some(super::Rejecting {
-                skip_left: 0,
+                skip_left: partial,
                 one_frame: false,
+            });
+        } else if partial > 0 {
+            // A request (a large Query, a COPY's data) already answered above.
+            self.rejecting = Some(super::Rejecting {
+                skip_left: partial,
+                one_frame: true,
             });
         }
         self.state = State {
@@ -120,8 +130,11 @@ impl Relay<'_> {
     /// Whether `n` bytes can be put back in front of the client's input once the server is
     /// forgotten.
     pub fn can_replay(&self, n: usize) -> bool {
-        // What is approved and unwritten is dropped with the server first.
-        self.c2s.win.unscanned().is_empty() && n <= super::BUF_SIZE
+        // What is approved and unwritten is dropped with the server first; a message half
+        // sent cannot be sent again.
+        self.c2s.scanner.at_boundary()
+            && self.c2s.win.unscanned().is_empty()
+            && n <= super::BUF_SIZE
     }
 
     /// Sets the client's transaction status (a request pgsteer refuses is answered with it).
