@@ -22,6 +22,7 @@ pub mod drain;
 pub mod lag;
 pub mod listener;
 pub mod load;
+pub mod loops;
 pub mod metrics;
 pub mod peers;
 pub mod pool;
@@ -69,6 +70,9 @@ pub enum StartError {
     /// A certificate, key or CA file named in `[tls]` does not load.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// An event loop's thread could not be started (`[runtime] threads`).
+    #[error("cannot start an event loop: {0}")]
+    Loop(#[source] std::io::Error),
     /// The metric families could not be registered.
     #[error("cannot register metrics: {0}")]
     Metrics(#[source] prometheus::Error),
@@ -124,8 +128,10 @@ async fn bind(
 /// Client listeners, bound, with their kinds.
 type Listeners = Vec<(TcpListener, ListenerKind, SocketAddr)>;
 
-/// Binds the client listeners: rw and ro in `[pool] mode`, and the extra ones.
+/// Binds the client listeners: rw and ro in `[pool] mode`, and the extra ones (shareable with
+/// the other event loops when there are several).
 async fn bind_clients(config: &Config) -> Result<Listeners, StartError> {
+    let shared_port = config.runtime.threads > 1;
     let mode = config.pool.mode;
     let mut wanted = vec![
         (config.listen.rw, ListenerKind::rw(mode)),
@@ -138,14 +144,12 @@ async fn bind_clients(config: &Config) -> Result<Listeners, StartError> {
     }
     let mut bound = Vec::new();
     for (addr, kind) in wanted {
-        if let Some(l) = bind(kind.as_str(), addr).await? {
-            let local = l.local_addr().map_err(|source| StartError::Bind {
-                what: kind.as_str(),
-                addr: addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-                source,
-            })?;
-            bound.push((l, kind, local));
-        }
+        let Some(addr) = addr else { continue };
+        let what = kind.as_str();
+        let fail = |source| StartError::Bind { what, addr, source };
+        let l = loops::bind(addr, shared_port).map_err(fail)?;
+        let local = l.local_addr().map_err(fail)?;
+        bound.push((l, kind, local));
     }
     Ok(bound)
 }
@@ -155,6 +159,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     // The files first: a bad certificate leaves nothing started behind.
     let tls = Arc::new(tls::Tls::load(&config.tls, config.peer_ca())?);
     let clients = bind_clients(&config).await?;
+    let client_addrs: Vec<_> = clients.iter().map(|c| (c.1, c.2)).collect();
+    let extra_loops = loops::bind_extra(config.runtime.threads, &client_addrs)?;
     let admin = bind("admin", config.listen.admin).await?;
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let peer = bind("peer", config.listen.peer).await?;
@@ -176,12 +182,13 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
         tokio::spawn(listener::accept_loop(
             l,
             kind,
+            0,
             shared.clone(),
-            shared.permits.clone(),
             sessions.clone(),
             accept_stop.clone(),
         ));
     }
+    loops::start(extra_loops, &shared, &sessions, &accept_stop)?;
     if let Some(l) = admin {
         tokio::spawn(admin::serve(l, shared.clone(), admin_stop.clone()));
     }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use pgsteer_protocol::sqlstate::SqlState;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -15,15 +14,21 @@ use tracing::{debug, warn};
 use crate::session::{self, ListenerKind};
 use crate::state::Shared;
 
-/// Accepts connections on `listener` until `stop` fires.
+/// Accepts connections on `listener` until `stop` fires, for event loop `event_loop` (see
+/// `loops.rs`): its sessions run there.
 pub async fn accept_loop(
     listener: TcpListener,
     kind: ListenerKind,
+    event_loop: usize,
     shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
     sessions: TaskTracker,
     stop: CancellationToken,
 ) {
+    let permits = shared.permits.clone();
+    let accepted_here = shared
+        .metrics
+        .loop_accepted
+        .with_label_values(&[&event_loop.to_string()]);
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -33,6 +38,7 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                accepted_here.inc();
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let shared = shared.clone();

@@ -144,19 +144,17 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
-    };
-    b.enable_all().build().context("cannot start the runtime")
+/// The first event loop: single-threaded. `[runtime] threads` beyond it are started by
+/// `pgsteer::start`, one thread and runtime each (`loops.rs`).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
 }
 
 fn serve(config: Config, _ready: Option<()>) -> anyhow::Result<()> {
-    let rt = runtime(config.runtime.threads)?;
+    let rt = runtime()?;
     rt.block_on(async {
         let shutdown = Shutdown::new();
         tokio::spawn(signals(shutdown.clone()));
@@ -184,7 +182,7 @@ async fn signals(shutdown: Shutdown) {
 }
 
 fn check(config: Config) -> anyhow::Result<()> {
-    let rt = runtime(1)?;
+    let rt = runtime()?;
     let topology = rt.block_on(pgsteer::discovery::once(&config))?;
     println!("{}", serde_json::to_string_pretty(&topology)?);
     Ok(())

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub client_connections: IntGaugeVec,
     /// Accepted client connections by listener.
     pub client_accepted: IntCounterVec,
+    /// Accepted client connections by event loop.
+    pub loop_accepted: IntCounterVec,
     /// Refused client connections by listener and reason.
     pub client_rejected: IntCounterVec,
     /// Sessions routed, by listener, route and pod.
@@ -226,6 +228,9 @@ families! {
     CLIENT_ACCEPTED = "pgsteer_client_connections_accepted_total",
         "Client connections accepted",
         LISTENER;
+    LOOP_ACCEPTED = "pgsteer_loop_connections_accepted_total",
+        "Client connections accepted by each event loop ([runtime] threads), on every listener",
+        &["loop"];
     CLIENT_REJECTED = "pgsteer_client_connections_rejected_total",
         "Client connections refused, by reason",
         &["listener", "reason"];
@@ -383,6 +388,7 @@ impl Metrics {
         let m = Metrics {
             client_connections: r.gauges(&CLIENT_CONNECTIONS)?,
             client_accepted: r.counters(&CLIENT_ACCEPTED)?,
+            loop_accepted: r.counters(&LOOP_ACCEPTED)?,
             client_rejected: r.counters(&CLIENT_REJECTED)?,
             sessions_routed: r.counters(&SESSIONS_ROUTED)?,
             backend_sessions: r.gauges(&BACKEND_SESSIONS)?,

@@ -44,8 +44,9 @@ impl Stream {
     /// one syscall per direction per round trip.
     ///
     /// Only sound where the IO driver cannot run while the caller's task is
-    /// being polled (the current-thread runtime): there no readiness event can
-    /// arrive between the short read and this call, so none is lost.
+    /// being polled (the current-thread runtime, with the socket registered on
+    /// that runtime's own driver): there no readiness event can arrive between
+    /// the short read and this call, so none is lost.
     #[inline]
     pub fn mark_drained(&self) {
         if let Stream::Plain(s) = self {

@@ -10,6 +10,7 @@ mod drain;
 mod hardening;
 mod harness;
 mod kubernetes;
+mod loops;
 mod metrics;
 mod patroni;
 mod pgbench;

@@ -1,0 +1,117 @@
+//! `[runtime] threads = 2`: two event loops, each with its own socket on every client
+//! address. New connections are spread over both by the kernel, and sessions on either loop
+//! are served, in passthrough and in pooled mode (whose server connections are shared by the
+//! loops), and cancelled from wherever their cancel request lands.
+
+use std::net::SocketAddr;
+
+use crate::harness::{DEADLINE, connect};
+use crate::pooled::Pooled;
+use crate::pooled_state::metric;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_event_loops_share_the_listeners_and_serve_sessions_on_both() {
+    let pooled = Pooled::start(1, |c| {
+        c.runtime.threads = 2;
+        c.listen.extra.push(pgsteer::config::ExtraListener {
+            name: "direct".into(),
+            address: ([127, 0, 0, 1], 0).into(),
+            route: "primary".into(),
+            pool_mode: Some(pgsteer::config::PoolMode::Passthrough),
+        });
+    })
+    .await;
+    let direct: SocketAddr = pooled.env.proxy.extra("direct").expect("direct listener");
+    let setup = connect(pooled.rw(), None).await;
+    setup
+        .batch_execute("CREATE TABLE looped (client int, n int)")
+        .await
+        .unwrap();
+
+    // 24 passthrough and 24 pooled clients at once, each with transactions of its own; the
+    // pooled ones share the pool's 4 server connections, whichever loop opened them.
+    let mut clients = Vec::new();
+    for i in 0..48 {
+        let addr = if i % 2 == 0 { direct } else { pooled.rw() };
+        clients.push(tokio::spawn(async move {
+            let c = connect(addr, None).await;
+            for n in 0..10 {
+                c.batch_execute(&format!(
+                    "BEGIN; INSERT INTO looped VALUES ({i}, {n}); COMMIT"
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("client {i}, transaction {n}: {e}"));
+            }
+            c
+        }));
+    }
+    let mut open = Vec::new();
+    for c in clients {
+        open.push(
+            tokio::time::timeout(DEADLINE, c)
+                .await
+                .expect("every client is served")
+                .unwrap(),
+        );
+    }
+    let rows: i64 = setup
+        .query_one("SELECT count(*) FROM looped", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 48 * 10, "every transaction committed once");
+
+    let first = metric(
+        &pooled,
+        "pgsteer_loop_connections_accepted_total{loop=\"0\"}",
+    )
+    .await;
+    let second = metric(
+        &pooled,
+        "pgsteer_loop_connections_accepted_total{loop=\"1\"}",
+    )
+    .await;
+    assert!(
+        first > 0.0 && second > 0.0,
+        "both loops accepted connections: {first} and {second}"
+    );
+    assert!(
+        first + second >= 49.0,
+        "every connection was counted by one loop: {first} + {second}"
+    );
+
+    // A cancel request is a new connection: it lands on either loop and still finds its
+    // session, in both modes.
+    for (i, c) in open.into_iter().take(4).enumerate() {
+        let token = c.cancel_token();
+        let sleep = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
+        let watcher = &setup;
+        crate::harness::eventually("the sleep runs", || async move {
+            let n: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' \
+                     AND state = 'active'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 1
+        })
+        .await;
+        token
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .expect("cancel sent");
+        let r = tokio::time::timeout(DEADLINE, sleep)
+            .await
+            .expect("the sleep ends")
+            .unwrap();
+        let e = r.expect_err("cancelled");
+        assert_eq!(
+            e.as_db_error().map(|d| d.code().code()),
+            Some("57014"),
+            "client {i}: {e}"
+        );
+    }
+}
