@@ -39,6 +39,10 @@ struct Cli {
     /// (its rw listener), compared with pgsteer-rw in the same run.
     #[arg(long, value_name = "PATH")]
     baseline_pgsteer: Option<PathBuf>,
+    /// `[runtime] threads` of the pgsteer-base instance (pgsteer-rw runs with 1): with the
+    /// same binary as `--baseline-pgsteer`, compares one event loop with several.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    baseline_threads: usize,
     /// Server connections of the pooled targets: `[pool] size` of pgsteer-pooled and
     /// `default_pool_size` of pgbouncer-tx (and of the pooled listener in `memory`).
     #[arg(long, default_value_t = 20)]
@@ -147,6 +151,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 targets,
                 pgsteer,
                 baseline_pgsteer: cli.baseline_pgsteer,
+                baseline_threads: cli.baseline_threads.max(1),
                 out_dir: cli.out,
                 pool_size: cli.pool_size.max(1),
             })

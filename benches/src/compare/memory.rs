@@ -376,6 +376,7 @@ impl IdleRun {
                 max_clients,
                 pool_size: pooled.then_some(opts.pool_size),
                 auto: false,
+                threads: 1,
             },
         )?;
         let pid = proxy.proc.pid();
@@ -519,6 +520,7 @@ impl ParkedRun {
                 max_clients,
                 pool_size: None,
                 auto: false,
+                threads: 1,
             },
         )?;
         let pid = proxy.proc.pid();

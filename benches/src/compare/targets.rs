@@ -128,6 +128,9 @@ pub struct PgsteerSpec<'a> {
     /// With a pool size: a second extra listener `auto` (`route = "auto"`, transaction mode,
     /// the same pool settings), for issue 16's read/write split.
     pub auto: bool,
+    /// `[runtime] threads` (event loops); 1 is written only when asked for otherwise (an
+    /// older build may not know the section).
+    pub threads: usize,
 }
 
 /// The TOML config of a pgsteer instance: rw and ro stay passthrough; a pooled listener is an
@@ -146,6 +149,9 @@ pub fn pgsteer_config(spec: &PgsteerSpec<'_>, ports: Ports) -> String {
         spec.hold_timeout,
         spec.max_clients,
     );
+    if spec.threads > 1 {
+        let _ = write!(text, "\n[runtime]\nthreads = {}\n", spec.threads);
+    }
     if let (Some(port), Some(size)) = (ports.pooled, spec.pool_size) {
         let _ = write!(
             text,
@@ -318,6 +324,7 @@ mod tests {
             max_clients: 10_000,
             pool_size,
             auto: false,
+            threads: 1,
         }
     }
 
@@ -347,6 +354,18 @@ mod tests {
             extra.pool_mode,
             Some(pgsteer::config::PoolMode::Transaction)
         );
+    }
+
+    #[test]
+    fn event_loops_are_written_only_when_more_than_one() {
+        let two = PgsteerSpec {
+            threads: 2,
+            ..spec(None)
+        };
+        let text = pgsteer_config(&two, PORTS);
+        let config = pgsteer::Config::parse(&text, []).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.runtime.threads, 2, "{text}");
+        assert!(!pgsteer_config(&spec(None), PORTS).contains("[runtime]"));
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct Options {
     pub pgsteer: PathBuf,
     /// A pgsteer binary from an older build, run as a second instance (target `pgsteer-base`).
     pub baseline_pgsteer: Option<PathBuf>,
+    /// `[runtime] threads` of the baseline instance.
+    pub baseline_threads: usize,
     /// Where results go (`benches/results`).
     pub out_dir: PathBuf,
     /// Server connections of the pooled targets (`[pool] size` of pgsteer-pooled,
@@ -108,6 +110,7 @@ impl Bench {
             max_clients: 10_000,
             pool_size: (wanted(Target::PgsteerPooled) || auto).then_some(opts.pool_size),
             auto,
+            threads: 1,
         };
         let pgsteer = Pgsteer::start(&opts.pgsteer, log_dir, &spec)?;
         let baseline = match &opts.baseline_pgsteer {
@@ -120,6 +123,7 @@ impl Bench {
                     name: "pgsteer-base",
                     pool_size: None,
                     auto: false,
+                    threads: opts.baseline_threads,
                     ..spec
                 };
                 let started = Pgsteer::start(bin, &dir, &spec)
@@ -534,11 +538,15 @@ fn header(opts: &Options, stamp: &str, loadavg_start: &str) -> String {
     )
 }
 
-/// Path and `--version` of the baseline pgsteer binary, if one was given.
+/// Path and `--version` of the baseline pgsteer binary, if one was given (with its event
+/// loops when more than one).
 fn baseline_version(opts: &Options) -> Option<(String, String)> {
     opts.baseline_pgsteer.as_ref().map(|bin| {
         let bin = bin.display().to_string();
-        let version = command_line(&bin, &["--version"]);
+        let mut version = command_line(&bin, &["--version"]);
+        if opts.baseline_threads > 1 {
+            version.push_str(&format!(", [runtime] threads = {}", opts.baseline_threads));
+        }
         (bin, version)
     })
 }
