@@ -270,6 +270,44 @@ pub async fn closed(s: &mut TcpStream) -> bool {
     tokio::time::timeout(DEADLINE, wait).await.unwrap_or(false)
 }
 
+/// Waits until one server session runs `query` (its text exactly), as `watcher`, a session
+/// on that server, sees `pg_stat_activity`.
+pub async fn wait_running(watcher: &tokio_postgres::Client, query: &str) {
+    eventually(&format!("{query} runs"), || async {
+        let n: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                &[&query],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        n == 1
+    })
+    .await;
+}
+
+/// Sends `token`'s cancel request and checks that the query `running` ends with 57014.
+pub async fn cancel_ends<T: std::fmt::Debug>(
+    token: tokio_postgres::CancelToken,
+    running: tokio::task::JoinHandle<Result<T, tokio_postgres::Error>>,
+) {
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    let r = tokio::time::timeout(DEADLINE, running)
+        .await
+        .expect("the query ended")
+        .expect("the query's task");
+    let e = r.expect_err("the query was cancelled");
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("57014"),
+        "{e}"
+    );
+}
+
 /// Polls `cond` until true or the deadline.
 pub async fn eventually<F, Fut>(what: &str, mut cond: F)
 where

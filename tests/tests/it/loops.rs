@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use crate::harness::{DEADLINE, connect};
+use crate::harness::{DEADLINE, cancel_ends, connect, wait_running};
 use crate::pooled::Pooled;
 use crate::pooled_state::metric;
 
@@ -82,36 +82,10 @@ async fn two_event_loops_share_the_listeners_and_serve_sessions_on_both() {
 
     // A cancel request is a new connection: it lands on either loop and still finds its
     // session, in both modes.
-    for (i, c) in open.into_iter().take(4).enumerate() {
+    for c in open.into_iter().take(4) {
         let token = c.cancel_token();
         let sleep = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
-        let watcher = &setup;
-        crate::harness::eventually("the sleep runs", || async move {
-            let n: i64 = watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' \
-                     AND state = 'active'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            n == 1
-        })
-        .await;
-        token
-            .cancel_query(tokio_postgres::NoTls)
-            .await
-            .expect("cancel sent");
-        let r = tokio::time::timeout(DEADLINE, sleep)
-            .await
-            .expect("the sleep ends")
-            .unwrap();
-        let e = r.expect_err("cancelled");
-        assert_eq!(
-            e.as_db_error().map(|d| d.code().code()),
-            Some("57014"),
-            "client {i}: {e}"
-        );
+        wait_running(&setup, "SELECT pg_sleep(30)").await;
+        cancel_ends(token, sleep).await;
     }
 }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use crate::harness::{DEADLINE, connect, eventually};
+use crate::harness::{DEADLINE, connect, eventually, wait_running};
 use crate::pooled::Pooled;
 
 /// A forwarder between one client and pgsteer that can hold back the end of a client write,
@@ -150,19 +150,7 @@ async fn a_pooled_client_stays_when_its_server_connection_is_lost() {
             (client, r)
         }
     });
-    eventually("the sleep runs", || async {
-        let n: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' \
-                 AND state = 'active'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        n == 1
-    })
-    .await;
+    wait_running(&direct, "SELECT pg_sleep(60)").await;
     end_server_connections(&direct).await;
     let (sleeper, r) = sleeper.await.unwrap();
     let e = r.expect_err("the sleep's connection was lost");
