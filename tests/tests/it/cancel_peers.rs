@@ -43,11 +43,25 @@ impl Drop for SecretFile {
 
 /// A port free on `ip` now (bound, then released), for peers that must know each other's
 /// addresses before they start.
+///
+/// Taken below the kernel's ephemeral range (32768 and up): the proxies of a test are told each
+/// other's peer ports before they start, and an outgoing connection of another test (they run
+/// in parallel) could otherwise take a port as its local one in between. Each test process
+/// starts from its own place in the range, and no port is handed out twice in a process.
 pub fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip} between {LOW} and {}", LOW + SPAN)
 }
 
 /// Peering for `config`: id, peer port, static members, the secret.
