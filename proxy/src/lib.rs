@@ -131,7 +131,7 @@ type Listeners = Vec<(TcpListener, ListenerKind, SocketAddr)>;
 /// Binds the client listeners: rw and ro in `[pool] mode`, and the extra ones (shareable with
 /// the other event loops when there are several).
 async fn bind_clients(config: &Config) -> Result<Listeners, StartError> {
-    let shared_port = config.runtime.threads > 1;
+    let several_loops = config.runtime.threads > 1;
     let mode = config.pool.mode;
     let mut wanted = vec![
         (config.listen.rw, ListenerKind::rw(mode)),
@@ -147,7 +147,7 @@ async fn bind_clients(config: &Config) -> Result<Listeners, StartError> {
         let Some(addr) = addr else { continue };
         let what = kind.as_str();
         let fail = |source| StartError::Bind { what, addr, source };
-        let l = loops::bind(addr, shared_port).map_err(fail)?;
+        let l = loops::bind(addr, several_loops && loops::spreads(kind)).map_err(fail)?;
         let local = l.local_addr().map_err(fail)?;
         bound.push((l, kind, local));
     }
@@ -159,7 +159,11 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     // The files first: a bad certificate leaves nothing started behind.
     let tls = Arc::new(tls::Tls::load(&config.tls, config.peer_ca())?);
     let clients = bind_clients(&config).await?;
-    let client_addrs: Vec<_> = clients.iter().map(|c| (c.1, c.2)).collect();
+    let client_addrs: Vec<_> = clients
+        .iter()
+        .filter(|c| loops::spreads(c.1))
+        .map(|c| (c.1, c.2))
+        .collect();
     let extra_loops = loops::bind_extra(config.runtime.threads, &client_addrs)?;
     let admin = bind("admin", config.listen.admin).await?;
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());

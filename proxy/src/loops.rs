@@ -5,10 +5,13 @@
 //! loop costs no more per transaction than a single one.
 //!
 //! Shared between loops, all behind `Arc` and none taken per relayed message: the topology
-//! (`watch`), the cancel-key registry (a lock per connect and cancel), the connection cap, the
-//! metrics (per-session tallies flushed every interval) and the server connection pools (a lock
-//! per borrow and return in pooled mode). The first loop, the caller's, also runs discovery,
-//! the admin endpoint, the peer port and the pools' janitor.
+//! (`watch`), the cancel-key registry (a lock per connect and cancel), the connection cap and
+//! the metrics (per-session tallies flushed every interval). The first loop, the caller's, also
+//! runs discovery, the admin endpoint, the peer port, and the pooled listeners with the server
+//! connection pools and their janitor: a pooled connection is lent to one session after another,
+//! and lent to a session on another loop its socket would be driven by one loop's IO driver and
+//! read by another thread, a cross-thread wake per read. Pools split per loop would lift that;
+//! until then only passthrough listeners are spread.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +25,12 @@ use crate::StartError;
 use crate::listener;
 use crate::session::ListenerKind;
 use crate::state::Shared;
+
+/// Whether the sessions of a listener of `kind` are spread over the loops: passthrough ones
+/// (each owns its server connection). Pooled ones stay on the first loop, with the pools.
+pub fn spreads(kind: ListenerKind) -> bool {
+    kind.mode == crate::config::PoolMode::Passthrough
+}
 
 /// Binds a client listener; `shared_port`: with `SO_REUSEPORT`, so that the other loops can
 /// bind the same address.

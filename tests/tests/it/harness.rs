@@ -151,7 +151,7 @@ pub fn conn_str(addr: SocketAddr, user: &str, password: &str, options: Option<&s
 pub async fn connect(addr: SocketAddr, options: Option<&str>) -> tokio_postgres::Client {
     try_connect(addr, APP_USER, APP_PASSWORD, options)
         .await
-        .unwrap_or_else(|e| panic!("connect through {addr}: {e}"))
+        .unwrap_or_else(|e| panic!("connect through {addr}: {e:?}"))
 }
 
 /// Connects with tokio-postgres, returning the error.
@@ -186,7 +186,7 @@ pub async fn connect_watched(
         tokio_postgres::NoTls,
     )
     .await
-    .unwrap_or_else(|e| panic!("connect through {addr}: {e}"));
+    .unwrap_or_else(|e| panic!("connect through {addr}: {e:?}"));
     (client, tokio::spawn(conn))
 }
 

@@ -1,7 +1,7 @@
-//! `[runtime] threads = 2`: two event loops, each with its own socket on every client
-//! address. New connections are spread over both by the kernel, and sessions on either loop
-//! are served, in passthrough and in pooled mode (whose server connections are shared by the
-//! loops), and cancelled from wherever their cancel request lands.
+//! `[runtime] threads = 2`: two event loops, each with its own socket on every passthrough
+//! listener's address. New connections are spread over both by the kernel, sessions on either
+//! loop are served, pooled ones on the first loop beside them, and a cancel request finds its
+//! session from whichever loop it lands on.
 
 use std::net::SocketAddr;
 
@@ -28,14 +28,13 @@ async fn two_event_loops_share_the_listeners_and_serve_sessions_on_both() {
         .await
         .unwrap();
 
-    // 24 passthrough and 24 pooled clients at once, each with transactions of its own; the
-    // pooled ones share the pool's 4 server connections, whichever loop opened them.
+    // 16 passthrough and 8 pooled clients at once, each with transactions of its own.
     let mut clients = Vec::new();
-    for i in 0..48 {
-        let addr = if i % 2 == 0 { direct } else { pooled.rw() };
+    for i in 0..24 {
+        let addr = if i % 3 == 2 { pooled.rw() } else { direct };
         clients.push(tokio::spawn(async move {
             let c = connect(addr, None).await;
-            for n in 0..10 {
+            for n in 0..5 {
                 c.batch_execute(&format!(
                     "BEGIN; INSERT INTO looped VALUES ({i}, {n}); COMMIT"
                 ))
@@ -59,7 +58,7 @@ async fn two_event_loops_share_the_listeners_and_serve_sessions_on_both() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(rows, 48 * 10, "every transaction committed once");
+    assert_eq!(rows, 24 * 5, "every transaction committed once");
 
     let first = metric(
         &pooled,
@@ -76,13 +75,13 @@ async fn two_event_loops_share_the_listeners_and_serve_sessions_on_both() {
         "both loops accepted connections: {first} and {second}"
     );
     assert!(
-        first + second >= 49.0,
+        first + second >= 25.0,
         "every connection was counted by one loop: {first} + {second}"
     );
 
     // A cancel request is a new connection: it lands on either loop and still finds its
-    // session, in both modes.
-    for c in open.into_iter().take(4) {
+    // session, in both modes (clients 0, 1: passthrough; 2: pooled).
+    for c in open.into_iter().take(3) {
         let token = c.cancel_token();
         let sleep = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
         wait_running(&setup, "SELECT pg_sleep(30)").await;

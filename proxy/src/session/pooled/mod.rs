@@ -124,9 +124,6 @@ pub async fn serve(
     let tally = PodTally::new(shared.metrics.pod(&session.tally_pod));
     let mut relay = Relay::new::<Pooled<'_>>(limit, TxStatus::Idle, session.idle_signals(), tally);
     relay.set_idle_transaction_timeout(shared.config.pool.idle_transaction_timeout);
-    if shared.config.runtime.threads > 1 {
-        relay.server_on_other_loops();
-    }
     let mut lent = first;
     if session.state.lends()
         && let Some(l) = lent.take()

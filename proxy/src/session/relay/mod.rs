@@ -161,9 +161,6 @@ pub struct Relay<'a> {
     resume: Option<Wait>,
     /// Skip the `EAGAIN` read after a short read (current-thread runtime only).
     short_read_drains: bool,
-    /// The server stream is registered with this session's event loop, so `short_read_drains`
-    /// holds for it too (not for a pooled connection another loop may have opened).
-    server_drains: bool,
     /// Last value seen on `signals.paused`.
     paused: bool,
     /// The session was busy in the last flush interval: it keeps its
@@ -241,7 +238,6 @@ impl<'a> Relay<'a> {
             rejecting: None,
             idle_tx_limit: None,
             want_client: 0,
-            server_drains: true,
             short_read_drains: tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         }
@@ -283,13 +279,6 @@ impl<'a> Relay<'a> {
     pub fn retally(&mut self, tally: PodTally) {
         self.tally.flush();
         self.tally = tally;
-    }
-
-    /// The server connections this relay is given may belong to another event loop's IO
-    /// driver (pooled mode with several loops): a short read from them is no proof that
-    /// they are drained, since that driver runs on another thread.
-    pub fn server_on_other_loops(&mut self) {
-        self.server_drains = false;
     }
 
     /// Ends the session when its client sits idle inside a transaction for `limit`.
@@ -610,11 +599,11 @@ impl<'a> Relay<'a> {
         cx: &mut Context<'_>,
     ) -> Result<Option<usize>, SessionError> {
         let keep = self.keeps_buffers();
-        let (half, drains) = match side {
-            Side::Client => (&mut self.c2s, self.short_read_drains),
-            _ => (&mut self.s2c, self.short_read_drains && self.server_drains),
+        let half = match side {
+            Side::Client => &mut self.c2s,
+            _ => &mut self.s2c,
         };
-        let n = poll_fill(half, from, cx, side, drains, keep)?;
+        let n = poll_fill(half, from, cx, side, self.short_read_drains, keep)?;
         if n.is_some_and(|n| n > 0) {
             self.reads += 1;
         }
