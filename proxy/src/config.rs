@@ -442,8 +442,9 @@ impl Default for Drain {
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
     /// Event loops, each a single-threaded runtime on a thread of its own with its own socket
-    /// on every client address (`SO_REUSEPORT`); a session stays on the loop that accepted it.
-    /// 1 runs everything on one thread (fewest wake-ups).
+    /// on every passthrough listener's address (`SO_REUSEPORT`); a session stays on the loop
+    /// that accepted it; pooled listeners stay on the first. 1 runs everything on one thread
+    /// (fewest wake-ups).
     #[serde(default = "default_threads")]
     pub threads: usize,
 }

@@ -145,10 +145,9 @@ async fn bind_clients(config: &Config) -> Result<Listeners, StartError> {
     let mut bound = Vec::new();
     for (addr, kind) in wanted {
         let Some(addr) = addr else { continue };
-        let what = kind.as_str();
-        let fail = |source| StartError::Bind { what, addr, source };
-        let l = loops::bind(addr, several_loops && loops::spreads(kind)).map_err(fail)?;
-        let local = l.local_addr().map_err(fail)?;
+        let fail = loops::bind_failed(kind, addr);
+        let l = loops::bind(addr, several_loops && loops::spreads(kind)).map_err(&fail)?;
+        let local = l.local_addr().map_err(&fail)?;
         bound.push((l, kind, local));
     }
     Ok(bound)

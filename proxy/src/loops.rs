@@ -1,8 +1,9 @@
 //! Event loops: `[runtime] threads = N` runs N single-threaded runtimes, one per thread, each
-//! with a listening socket of its own on every client address (`SO_REUSEPORT`: the kernel
-//! spreads new connections over them). A session lives on the loop that accepted it, with its
-//! sockets, timers and buffers: nothing on the relay's path is shared between loops, so a
-//! loop costs no more per transaction than a single one.
+//! with a listening socket of its own on every passthrough listener's address (`SO_REUSEPORT`:
+//! the kernel spreads new connections over them). A session lives on the loop that accepted it,
+//! with its sockets, timers and buffers: nothing on the relay's path is shared between loops.
+//! (On a 2-core machine shared with Postgres, 2 loops still cost more CPU per transaction than
+//! 1: benches/RESULTS.md.)
 //!
 //! Shared between loops, all behind `Arc` and none taken per relayed message: the topology
 //! (`watch`), the cancel-key registry (a lock per connect and cancel), the connection cap and
@@ -30,6 +31,15 @@ use crate::state::Shared;
 /// (each owns its server connection). Pooled ones stay on the first loop, with the pools.
 pub fn spreads(kind: ListenerKind) -> bool {
     kind.mode == crate::config::PoolMode::Passthrough
+}
+
+/// What a failure to bind or read back the address of a listener of `kind` on `addr` says.
+pub fn bind_failed(kind: ListenerKind, addr: SocketAddr) -> impl Fn(std::io::Error) -> StartError {
+    move |source| StartError::Bind {
+        what: kind.as_str(),
+        addr,
+        source,
+    }
 }
 
 /// Binds a client listener; `shared_port`: with `SO_REUSEPORT`, so that the other loops can
@@ -65,11 +75,7 @@ pub fn bind_extra(
         for &(kind, addr) in clients {
             let l = bind(addr, true)
                 .and_then(TcpListener::into_std)
-                .map_err(|source| StartError::Bind {
-                    what: kind.as_str(),
-                    addr,
-                    source,
-                })?;
+                .map_err(bind_failed(kind, addr))?;
             listeners.push((l, kind));
         }
         loops.push(Bound { n, listeners });
