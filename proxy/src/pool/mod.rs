@@ -83,14 +83,21 @@ pub enum Acquired {
     Open,
 }
 
-/// The pool was full for the whole `checkout_timeout`.
+/// Why [`Pool::acquire`] gave no connection.
 #[derive(Debug, thiserror::Error)]
-#[error("no server connection free after waiting {waited:?} (pool size {size})")]
-pub struct Exhausted {
-    /// How long the client waited.
-    pub waited: Duration,
-    /// The pool's size.
-    pub size: usize,
+pub enum NoConn {
+    /// The pool was full for the whole `checkout_timeout`.
+    #[error("no server connection free after waiting {waited:?} (pool size {size})")]
+    Exhausted {
+        /// How long the client waited.
+        waited: Duration,
+        /// The pool's size.
+        size: usize,
+    },
+    /// The pool was retired (its member changed role or address) before or while the
+    /// client waited: nothing will be given back to it, so route again.
+    #[error("the pool was retired")]
+    Retired,
 }
 
 /// What a waiter is handed.
@@ -98,6 +105,8 @@ pub struct Exhausted {
 enum Grant {
     Conn(ServerConn),
     Open,
+    /// The pool was retired: route again.
+    Retired,
 }
 
 struct Waiter {
@@ -149,18 +158,22 @@ impl Pool {
     }
 
     /// A connection for a client: an idle one, a permit to open one, or the first one given
-    /// back within `timeout`. Idle connections that are too old are closed on the way.
+    /// back within `timeout`. Idle connections that are too old are closed on the way. A
+    /// retired pool gives nothing, and wakes its waiters when it is retired: they route again.
     pub async fn acquire(
         &self,
         settings: &PoolSettings,
         metrics: &Metrics,
-    ) -> Result<Acquired, Exhausted> {
+    ) -> Result<Acquired, NoConn> {
         let started = Instant::now();
         let rx = {
             let mut inner = self.lock();
             if let Some(got) = self.take_idle(&mut inner, settings) {
                 inner.lent += 1;
                 return Ok(got);
+            }
+            if inner.retired {
+                return Err(NoConn::Retired);
             }
             let (tx, rx) = oneshot::channel();
             let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
@@ -181,11 +194,15 @@ impl Pool {
         match got {
             Ok(Ok(Grant::Conn(c))) => Ok(Acquired::Idle(c)),
             Ok(Ok(Grant::Open)) => Ok(Acquired::Open),
+            Ok(Ok(Grant::Retired)) => Err(NoConn::Retired),
             // The pool was dropped, or the wait timed out: leave the queue.
             _ => {
                 let mut inner = self.lock();
                 inner.waiters.retain(|w| w.id != rx.0);
-                Err(Exhausted {
+                if inner.retired {
+                    return Err(NoConn::Retired);
+                }
+                Err(NoConn::Exhausted {
                     waited: started.elapsed(),
                     size: self.size,
                 })
@@ -258,6 +275,7 @@ impl Pool {
                     inner.lent -= 1;
                     inner.open -= 1;
                 }
+                Err(Grant::Retired) => inner.lent -= 1,
             }
         }
         if let Some(mut c) = conn {
@@ -274,6 +292,22 @@ impl Pool {
     /// The pool's knowledge of what its connections report ([`greeting::Greeting`]).
     pub fn greeting(&self) -> MutexGuard<'_, greeting::Greeting> {
         self.greeting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the pool retired: its idle connections close now (counted out of `open`), lent
+    /// ones when given back, and every waiter is woken to route again. Without the wake-up a
+    /// waiter would sit out its whole `checkout_timeout`: a retired pool hands out nothing.
+    fn retire(&self, why: CloseReason) {
+        let mut inner = self.lock();
+        inner.retired = true;
+        let n = inner.idle.len();
+        for c in inner.idle.drain(..) {
+            close(c, why);
+        }
+        inner.open -= n;
+        for w in inner.waiters.drain(..) {
+            let _ = w.tx.send(Grant::Retired);
+        }
     }
 
     /// Counts a lent connection as pinned to its client.
@@ -456,11 +490,7 @@ impl Pools {
             };
             if changed {
                 for pool in pools.values() {
-                    let mut inner = pool.lock();
-                    inner.retired = true;
-                    for c in inner.idle.drain(..) {
-                        close(c, CloseReason::Retired);
-                    }
+                    pool.retire(CloseReason::Retired);
                 }
                 debug!(member, "pools retired after a topology change");
             }
@@ -528,13 +558,7 @@ impl Pools {
     pub fn close_idle(&self) {
         let all = self.by_member.lock().unwrap_or_else(|e| e.into_inner());
         for pool in all.values().flat_map(HashMap::values) {
-            let mut inner = pool.lock();
-            inner.retired = true;
-            let n = inner.idle.len();
-            for c in inner.idle.drain(..) {
-                close(c, CloseReason::Shutdown);
-            }
-            inner.open -= n;
+            pool.retire(CloseReason::Shutdown);
         }
     }
 }
@@ -580,6 +604,56 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn waiters_of_a_retired_pool_are_woken_to_route_again() {
+        let pools = Pools::new(PoolSettings {
+            size: 1,
+            min_idle: 0,
+            server_idle_timeout: Duration::ZERO,
+            server_lifetime: Duration::ZERO,
+            connect_timeout: Duration::from_secs(1),
+            // Far longer than the test may take: a waiter that is not woken fails it.
+            checkout_timeout: Duration::from_secs(3600),
+            max_prepared_statements: 1,
+        });
+        let pools = Arc::new(pools);
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let key = db_user("app", "app");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let pool = pools.get("pg-0", "127.0.0.1:5432", &key);
+            let first = pool.acquire(&pools.settings, &metrics).await;
+            assert!(matches!(first, Ok(Acquired::Open)), "the only permit");
+            let waiter = tokio::spawn({
+                let (pool, pools, metrics) = (pool.clone(), pools.clone(), metrics.clone());
+                async move { pool.acquire(&pools.settings, &metrics).await }
+            });
+            while pool.snapshot().waiting == 0 {
+                tokio::task::yield_now().await;
+            }
+            pool.retire(CloseReason::Retired);
+            let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("the waiter is woken at once, not at its checkout_timeout")
+                .unwrap();
+            assert!(matches!(woken, Err(NoConn::Retired)), "told to route again");
+            assert!(
+                matches!(
+                    pool.acquire(&pools.settings, &metrics).await,
+                    Err(NoConn::Retired)
+                ),
+                "a retired pool queues nobody"
+            );
+            let next = pools.get("pg-0", "127.0.0.1:5432", &key);
+            assert!(!Arc::ptr_eq(&pool, &next), "the member gets a new pool");
+            let fresh = next.acquire(&pools.settings, &metrics).await;
+            assert!(matches!(fresh, Ok(Acquired::Open)), "with room in it");
+        });
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! statements that outlive their server connection, cancel through the pool, waits for a
 //! connection, clients that never log in, and the fence after a promotion.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -305,6 +307,110 @@ async fn after_a_promotion_writes_go_to_the_new_primary_and_the_old_pools_are_go
         pool(&p, "pg-0").await.is_none()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_on_a_pool_whose_member_changes_role_routes_again() {
+    // One connection per pool, and a checkout wait far longer than the test: a waiter left
+    // on the retired pool (nothing is ever given back to it) would only fail at the deadline.
+    let p = Pooled::start(1, |c| {
+        c.pool.size = 1;
+        c.pool.checkout_timeout = Duration::from_secs(3600);
+        c.routing.hold_timeout = Duration::from_secs(120);
+        c.routing.replica_fallback = true;
+    })
+    .await;
+    let busy = connect(p.env.ro(), None).await;
+    let waiter = connect(p.env.ro(), None).await;
+    // `busy` holds pg-1's only connection in a transaction; `waiter` queues behind it.
+    busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let read = tokio::spawn(async move {
+        let row = waiter
+            .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
+            .await;
+        (waiter, row)
+    });
+    eventually("the second client waits on pg-1's pool", || async {
+        pool(&p, "pg-1").await.is_some_and(|v| v["waiting"] == 1)
+    })
+    .await;
+    // pg-1 is promoted while `busy` is still in its transaction there: pg-1's pool is retired
+    // and will never hand out that connection again. The waiter must route again at once:
+    // with two primaries it is held (fail closed), then served by pg-1 once pg-0 has gone.
+    let cluster = &p.env.cluster;
+    tokio::task::block_in_place(|| cluster.promote("pg-1").unwrap());
+    eventually("the waiter left the retired pool", || async {
+        pool(&p, "pg-1").await.is_none_or(|v| v["waiting"] == 0)
+    })
+    .await;
+    tokio::task::block_in_place(|| cluster.stop_node("pg-0", StopMode::Fast).unwrap());
+    let (_waiter, row) = tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("the waiter is served without waiting out its checkout timeout")
+        .unwrap();
+    let row = row.expect("the waiter's read runs");
+    assert_eq!(row.get::<_, i32>(0) as u16, p.env.port_of("pg-1"));
+    assert!(!row.get::<_, bool>(1), "on the promoted pg-1");
+    drop(busy);
+}
+
+/// A TCP forwarder to `to` that, while `refuse` is set, closes each new connection at once
+/// (a server that accepted and went away before its greeting). Returns where to connect.
+fn refusing_forwarder(to: &str, refuse: Arc<AtomicBool>) -> std::net::SocketAddr {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let addr = std_listener.local_addr().expect("address");
+    let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+    let to = to.to_owned();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            if refuse.load(Ordering::SeqCst) {
+                continue;
+            }
+            let to = to.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(&to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_failed_one_server_connection_is_tried_again_while_the_probe_finds_it_well() {
+    // The hold outlasts the test: a client that waited for a topology change (none comes:
+    // the probe's connection, opened before, stays up) would fail only at the deadline.
+    let refuse = Arc::new(AtomicBool::new(false));
+    let gate = refuse.clone();
+    let p = Pooled::start(0, move |c| {
+        c.routing.hold_timeout = Duration::from_secs(3600);
+        let to = c.discovery.members[0].address.clone();
+        c.discovery.members[0].address = refusing_forwarder(&to, gate).to_string();
+    })
+    .await;
+    let busy = connect(p.rw(), None).await;
+    let next = connect(p.rw(), None).await;
+    // `busy` keeps the one open server connection in a transaction: `next` needs a new one.
+    busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    refuse.store(true, Ordering::SeqCst);
+    let read = tokio::spawn(async move {
+        let row = next.query_one("SELECT 1 + 1", &[]).await;
+        (next, row)
+    });
+    eventually("pgsteer failed to open a server connection", || async {
+        metric(&p, "pgsteer_backend_connect_failures_total{pod=\"pg-0\"}").await >= 1.0
+    })
+    .await;
+    refuse.store(false, Ordering::SeqCst);
+    let (_next, row) = tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("the client is served once pg-0 takes connections again")
+        .unwrap();
+    let two: i32 = row.expect("the read runs").get(0);
+    assert_eq!(two, 2);
+    busy.batch_execute("COMMIT").await.expect("busy goes on");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Lent, Session};
 use crate::drain::{self, Binding, Graces};
 use crate::pool::server::{self, Login, OpenError, ServerConn};
-use crate::pool::{Acquired, Pool};
+use crate::pool::{Acquired, NoConn, Pool};
 use crate::router::Target;
 use crate::session::hold::{self, Backends, Refused};
 use crate::session::{SessionError, Side};
@@ -46,35 +46,33 @@ impl Session<'_> {
         let shared = self.shared;
         let pool = self.pool_of(target);
         let settings = &shared.pools.settings;
-        let acquired = pool
-            .acquire(settings, &shared.metrics)
-            .await
-            .map_err(|e| {
+        let acquired = match pool.acquire(settings, &shared.metrics).await {
+            Ok(a) => a,
+            Err(NoConn::Retired) => return Err(Refused::Moved),
+            Err(NoConn::Exhausted { size, .. }) => {
                 shared.metrics.pool_checkout_timeouts.inc();
-                Refused::Fatal(SessionError::fatal(
+                return Err(Refused::Fatal(SessionError::fatal(
                     Side::Internal,
                     SqlState::TOO_MANY_CONNECTIONS,
                     format!(
-                        "pgsteer: no server connection free on {} for {} after waiting {} (pool size {})",
+                        "pgsteer: no server connection free on {} for {} after waiting {} (pool size {size})",
                         target.member,
                         self.user,
                         humantime::format_duration(settings.checkout_timeout),
-                        e.size
                     ),
-                ))
-            })?;
+                )));
+            }
+        };
         let conn = match acquired {
             Acquired::Idle(c) => c,
-            Acquired::Open => match Box::pin(self.open(target)).await {
-                Ok(c) => {
-                    pool.greeting().remember_defaults(&c.reported);
-                    c
-                }
-                Err(e) => {
-                    pool.forget();
-                    return Err(e);
-                }
-            },
+            Acquired::Open => {
+                // Given back if the opening fails, or if this future is dropped halfway.
+                let mut permit = Permit(Some(&pool));
+                let c = Box::pin(self.open(target)).await?;
+                permit.0 = None;
+                pool.greeting().remember_defaults(&c.reported);
+                c
+            }
         };
         Ok((conn, pool))
     }
@@ -141,5 +139,17 @@ impl Session<'_> {
         drain::check(&t, &b, Graces::from(&self.shared.config.drain)).is_none()
             && t.member(&target.member)
                 .is_some_and(|m| m.address == target.address)
+    }
+}
+
+/// A permit to open a connection in a pool ([`Acquired::Open`]), handed back unless the
+/// connection was opened: a permit lost would shrink the pool for good.
+struct Permit<'p>(Option<&'p Pool>);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0 {
+            pool.forget();
+        }
     }
 }
