@@ -66,11 +66,23 @@ pub struct Hold<'a> {
     metrics: &'a Metrics,
     since: Option<std::time::Instant>,
     deadline: Instant,
-    /// Members that refused this connection; forgotten when the topology changes.
+    /// Members that refused this connection; forgotten when the topology changes, or at
+    /// `retry_at` (a refusal may be a one-off: a connect or login timeout under load, on a
+    /// member the probe still finds healthy).
     exclude: Vec<String>,
+    /// When the excluded members are tried again (`None`: none excluded).
+    retry_at: Option<Instant>,
+    /// Refusals so far: the retry delay doubles with each.
+    refusals: u32,
     generation: u64,
     client_quiet: bool,
 }
+
+/// The first retry of a member that refused a connection; doubled per refusal, up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+/// The longest pause before a member that refused is tried again.
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl<'a> Hold<'a> {
     /// A hold that has not started waiting yet.
@@ -80,6 +92,8 @@ impl<'a> Hold<'a> {
             since: None,
             deadline: Instant::now() + b.routing.hold_timeout,
             exclude: Vec::new(),
+            retry_at: None,
+            refusals: 0,
             generation: b.topology.current().generation,
             client_quiet: false,
         }
@@ -90,9 +104,21 @@ impl<'a> Hold<'a> {
         self.generation
     }
 
-    /// Skips `member` until the topology changes (it refused this connection).
+    /// Skips `member` until the topology changes (it refused this connection), or until
+    /// the retry delay has passed: 250 ms after the first refusal, doubling to 2 s.
     pub fn exclude(&mut self, member: String) {
         self.exclude.push(member);
+        let delay = RETRY_FIRST
+            .saturating_mul(1 << self.refusals.min(8))
+            .min(RETRY_MAX);
+        self.refusals += 1;
+        self.retry_at = Some(Instant::now() + delay);
+    }
+
+    /// Forgets the members that refused (the topology changed, or their retry is due).
+    fn forgive(&mut self) {
+        self.exclude.clear();
+        self.retry_at = None;
     }
 
     fn start(&mut self) {
@@ -194,6 +220,7 @@ impl<'b> Routing<'b> {
     ) -> Result<(), SessionError> {
         match refused {
             Refused::Fatal(e) => Err(e),
+            Refused::Moved => Ok(()),
             Refused::Wait(why) => {
                 hold.exclude(target.member);
                 if request.route == Route::Primary && request.pin.is_none() {
@@ -258,7 +285,7 @@ fn decide(
     let t = topology.borrow_and_update();
     if t.generation != hold.generation {
         hold.generation = t.generation;
-        hold.exclude.clear();
+        hold.forgive();
     }
     let load = |m: &str| b.sessions.get(m) + b.pools.lent_on(m);
     match router::decide(&t, request, policy, load, &hold.exclude) {
@@ -287,6 +314,13 @@ async fn wait(
         },
         _ = paused.changed() => Woken::Retry,
         _ = tokio::time::sleep_until(hold.deadline) => Woken::TimedOut,
+        // Before the deadline: a hold that is about to time out is not retried.
+        _ = tokio::time::sleep_until(hold.retry_at.unwrap_or(hold.deadline)),
+            if hold.retry_at.is_some_and(|at| at < hold.deadline) =>
+        {
+            hold.forgive();
+            Woken::Retry
+        }
         gone = client_gone(client), if !hold.client_quiet => {
             if gone {
                 return Err(SessionError::quiet(Side::Client, "client left while held"));
@@ -304,6 +338,9 @@ pub enum Refused {
     Wait(String),
     /// Configuration-level failure (TLS): tell the client now.
     Fatal(SessionError),
+    /// The topology moved under the request (the pool it waited on was retired): route
+    /// again at once, on the latest topology.
+    Moved,
 }
 
 /// Connects to the chosen backend, recording latency, failures and the

@@ -39,7 +39,7 @@ async fn two_event_loops_share_the_listeners_and_serve_sessions_on_both() {
                     "BEGIN; INSERT INTO looped VALUES ({i}, {n}); COMMIT"
                 ))
                 .await
-                .unwrap_or_else(|e| panic!("client {i}, transaction {n}: {e}"));
+                .unwrap_or_else(|e| panic!("client {i}, transaction {n}: {e:?}"));
             }
             c
         }));
