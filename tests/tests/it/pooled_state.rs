@@ -310,6 +310,44 @@ async fn after_a_promotion_writes_go_to_the_new_primary_and_the_old_pools_are_go
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_only_began_a_block_stays_when_its_last_primary_goes() {
+    let p = Pooled::start(1, |_| {}).await;
+    let c = connect(p.rw(), None).await;
+    // A transaction on pg-0 leaves the session bound to pg-0's drain; its next BEGIN is
+    // answered by pgsteer and holds no server connection.
+    c.batch_execute("CREATE TABLE began_before (x int)")
+        .await
+        .unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    let cluster = &p.env.cluster;
+    tokio::task::block_in_place(|| cluster.stop_node("pg-0", StopMode::Fast).unwrap());
+    p.env
+        .wait_topology("pg-0 is no longer the primary", |t| {
+            t.member("pg-0")
+                .is_none_or(|m| m.role != pgsteer_discovery::Role::Primary || !m.routable)
+        })
+        .await;
+    // pg-0 vanished with `demoted_primary_grace` 0: a session with a transaction open there
+    // ends at once. This one had none there, so it stays, and its block runs on pg-1.
+    tokio::task::block_in_place(|| cluster.promote("pg-1").unwrap());
+    p.env
+        .wait_topology("pg-1 is primary", |t| {
+            t.primary().is_some_and(|m| m.name == "pg-1")
+        })
+        .await;
+    c.batch_execute("INSERT INTO began_before VALUES (1)")
+        .await
+        .expect("the block goes on, on pg-1");
+    c.batch_execute("COMMIT").await.expect("and commits");
+    let row = c
+        .query_one("SELECT count(*), inet_server_port() FROM began_before", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1);
+    assert_eq!(row.get::<_, i32>(1) as u16, p.env.port_of("pg-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_waiting_on_a_pool_whose_member_changes_role_routes_again() {
     // One connection per pool, and a checkout wait far longer than the test: a waiter left
     // on the retired pool (nothing is ever given back to it) would only fail at the deadline.

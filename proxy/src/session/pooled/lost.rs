@@ -123,11 +123,22 @@ impl<'a> Session<'a> {
             },
             _ => return false,
         };
-        if lent.is_none()
-            || !self.state.lends()
-            || self.shared.shutdown.drain.is_cancelled()
-            || !relay.can_lose_server()
-        {
+        if !self.state.lends() || self.shared.shutdown.drain.is_cancelled() {
+            return false;
+        }
+        if lent.is_none() {
+            // The order was for the connection the client had before: nothing of its
+            // transaction is on a server (a `BEGIN` answered by the stand-in, or a block it
+            // keeps failed). The client stays; its next statement borrows on whoever leads.
+            if matches!(event, Ok(Event::End(e)) if e.kind == EndKind::Terminated)
+                && !self.shared.shutdown.now.is_cancelled()
+            {
+                self.drained(None, relay);
+                return true;
+            }
+            return false;
+        }
+        if !relay.can_lose_server() {
             return false;
         }
         if let Some(l) = lent.take() {
