@@ -5,23 +5,37 @@
 //! the pod's Postgres port. [`pods`] holds the pure fold (pod → member, events → snapshot),
 //! [`source`] the task around kube-runtime's watcher, [`client`] the API client.
 
+//! Without the `kubernetes` feature only the settings types are here (the proxy's
+//! configuration names them); the API client and the source are not built.
+
+#[cfg(feature = "kubernetes")]
 pub mod client;
+#[cfg(feature = "kubernetes")]
 pub mod peer_pods;
+#[cfg(feature = "kubernetes")]
 pub mod pods;
 pub mod preset;
+#[cfg(feature = "kubernetes")]
 pub mod source;
 
 use std::path::PathBuf;
 
+#[cfg(feature = "kubernetes")]
 use k8s_openapi::api::core::v1::Pod;
+#[cfg(feature = "kubernetes")]
 use kube::Api;
+#[cfg(feature = "kubernetes")]
 use kube::api::ListParams;
 
+#[cfg(feature = "kubernetes")]
 pub use client::{KubeClient, KubernetesError, connect};
+#[cfg(feature = "kubernetes")]
 pub use pods::{PodStore, pending_change, pod_port, pod_to_member};
 pub use preset::{CustomPreset, LabelRole, Preset, PresetError};
+#[cfg(feature = "kubernetes")]
 pub use source::{spawn, spawn_kubernetes};
 
+#[cfg(feature = "kubernetes")]
 use crate::topology::Topology;
 
 /// What the Kubernetes source watches and how it reads pods.
@@ -80,6 +94,7 @@ impl AddressMode {
 }
 
 /// Lists the pods once and folds them, without probing (for `pgsteer check`).
+#[cfg(feature = "kubernetes")]
 pub async fn list_once(settings: &KubernetesSettings) -> Result<Topology, KubernetesError> {
     let client = connect(settings.kubeconfig.as_deref()).await?;
     let namespace = settings

@@ -19,7 +19,9 @@ pub mod verify;
 #[cfg(test)]
 mod test_support;
 
-pub use kubernetes::{KubernetesSettings, Preset, spawn_kubernetes};
+#[cfg(feature = "kubernetes")]
+pub use kubernetes::spawn_kubernetes;
+pub use kubernetes::{KubernetesSettings, Preset};
 pub use patroni::{ClusterDoc, PatroniSettings, fold_cluster, patroni_once, spawn_patroni};
 pub use probe::{Observation, ProbeConfig, StaticMember, fold, parse_lsn};
 pub use probe_set::{ProbeHandle, ProbeSet};

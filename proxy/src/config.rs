@@ -535,6 +535,9 @@ impl Config {
         match d.source {
             Source::Static => self.validate_static()?,
             Source::Kubernetes => {
+                #[cfg(not(feature = "kubernetes"))]
+                return Err(crate::discovery::KUBERNETES_NOT_BUILT);
+                #[cfg(feature = "kubernetes")]
                 d.kubernetes_section()?.address_mode()?;
             }
             Source::Patroni => {

@@ -4,7 +4,9 @@
 //! (the section accessors of `config::Discovery`); these functions use the same
 //! accessors, so a configuration changed after parsing gets the same errors.
 
-use pgsteer_discovery::kubernetes::{KubernetesError, KubernetesSettings};
+#[cfg(feature = "kubernetes")]
+use pgsteer_discovery::kubernetes::KubernetesError;
+use pgsteer_discovery::kubernetes::KubernetesSettings;
 use pgsteer_discovery::{ProbeConfig, ProbeHandle, ProbeTls, StaticMember, Topology};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -23,9 +25,17 @@ pub enum OnceError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     /// The Kubernetes API could not be asked.
+    #[cfg(feature = "kubernetes")]
     #[error("discovery.kubernetes: {0}")]
     Kubernetes(#[source] KubernetesError),
 }
+
+/// `source = "kubernetes"` in a build without the Kubernetes source.
+#[cfg(not(feature = "kubernetes"))]
+pub const KUBERNETES_NOT_BUILT: ConfigError = ConfigError::NotBuilt {
+    setting: "discovery.source = \"kubernetes\"",
+    feature: "kubernetes",
+};
 
 /// The probe settings, if `[discovery.probe]` is configured.
 pub fn probe_config(config: &Config) -> Result<Option<ProbeConfig>, ConfigError> {
@@ -113,12 +123,15 @@ pub fn spawn(
             tx,
             cancel,
         )),
+        #[cfg(feature = "kubernetes")]
         Source::Kubernetes => Ok(pgsteer_discovery::kubernetes::spawn(
             kubernetes_settings(config)?,
             probe()?,
             tx,
             cancel,
         )),
+        #[cfg(not(feature = "kubernetes"))]
+        Source::Kubernetes => Err(KUBERNETES_NOT_BUILT),
         Source::Patroni => Ok(pgsteer_discovery::spawn_patroni(
             patroni_settings(config)?,
             probe()?,
@@ -140,10 +153,13 @@ pub async fn once(config: &Config) -> Result<Topology, OnceError> {
             let probe = probe_config(config)?.map(|p| with_tls(p, &server));
             Ok(pgsteer_discovery::patroni_once(&patroni_settings(config)?, probe.as_ref()).await)
         }
+        #[cfg(feature = "kubernetes")]
         Source::Kubernetes => {
             pgsteer_discovery::kubernetes::list_once(&kubernetes_settings(config)?)
                 .await
                 .map_err(OnceError::Kubernetes)
         }
+        #[cfg(not(feature = "kubernetes"))]
+        Source::Kubernetes => Err(OnceError::Config(KUBERNETES_NOT_BUILT)),
     }
 }

@@ -17,6 +17,14 @@ pub enum ConfigError {
     /// A `[peers]` setting that does not fit.
     #[error("{0}")]
     Peers(String),
+    /// A setting that needs a cargo feature this build was made without.
+    #[error("{setting}: this pgsteer was built without the `{feature}` feature")]
+    NotBuilt {
+        /// The setting, as written in the file.
+        setting: &'static str,
+        /// The cargo feature it needs.
+        feature: &'static str,
+    },
     /// The configuration file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Read {

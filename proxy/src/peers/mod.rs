@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[cfg(feature = "kubernetes")]
 use pgsteer_discovery::kubernetes::peer_pods::{PeerPodSettings, PodIps, spawn_peer_pods};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -100,6 +101,14 @@ impl Peering {
             .map(|m| (m.id, m.address.clone()))
             .collect();
         let (table_tx, table) = watch::channel(statics.clone());
+        #[cfg(not(feature = "kubernetes"))]
+        if p.kubernetes.is_some() {
+            return Err(ConfigError::NotBuilt {
+                setting: "[peers.kubernetes]",
+                feature: "kubernetes",
+            });
+        }
+        #[cfg(feature = "kubernetes")]
         if let Some(k) = &p.kubernetes {
             let discovered = config.discovery.kubernetes.as_ref();
             let settings = PeerPodSettings {
@@ -117,6 +126,9 @@ impl Peering {
             spawn_peer_pods(settings, pods_tx, stop.clone());
             tokio::spawn(follow_pods(pods, statics, (id, k.port), table_tx, stop));
         }
+        // Only the static peers: the table never changes.
+        #[cfg(not(feature = "kubernetes"))]
+        drop((table_tx, stop));
         Ok(Some(Peering {
             id,
             secret,
@@ -217,6 +229,7 @@ async fn send(address: &str, msg: &[u8], tls: Option<Arc<PeerConfigs>>) -> std::
 }
 
 /// Keeps the table at the static peers plus the pods, each pod by the hash of its name.
+#[cfg(feature = "kubernetes")]
 async fn follow_pods(
     mut pods: watch::Receiver<PodIps>,
     statics: PeerTable,

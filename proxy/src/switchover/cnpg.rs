@@ -6,23 +6,36 @@
 //! Like the plugin, the status is changed with a merge patch on the status subresource that
 //! carries the `resourceVersion` read (an optimistic lock: a conflict is read again and
 //! retried), and it also sets `phase`/`phaseReason` and the `Ready` condition as the plugin does.
+//!
+//! Without the `kubernetes` feature, [`promote`] answers that this build cannot ask.
 
+#[cfg(feature = "kubernetes")]
 use std::time::SystemTime;
 
+#[cfg(feature = "kubernetes")]
 use kube::Api;
+#[cfg(feature = "kubernetes")]
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use pgsteer_discovery::kubernetes::{KubernetesSettings, connect};
+use pgsteer_discovery::kubernetes::KubernetesSettings;
+#[cfg(feature = "kubernetes")]
+use pgsteer_discovery::kubernetes::connect;
+#[cfg(feature = "kubernetes")]
 use serde_json::{Value, json};
+#[cfg(feature = "kubernetes")]
 use tracing::info;
 
 /// `apiv1.PhaseSwitchover`.
+#[cfg(feature = "kubernetes")]
 pub const PHASE_SWITCHOVER: &str = "Switchover in progress";
 /// The annotation listing fenced instances (a JSON array of pod names, or `["*"]`).
+#[cfg(feature = "kubernetes")]
 const FENCED: &str = "cnpg.io/fencedInstances";
 /// Attempts when the Cluster changes between our read and our patch.
+#[cfg(feature = "kubernetes")]
 const CONFLICT_ATTEMPTS: usize = 5;
 
 /// `clusters.postgresql.cnpg.io/v1`.
+#[cfg(feature = "kubernetes")]
 fn resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("postgresql.cnpg.io", "v1", "Cluster"),
@@ -37,8 +50,15 @@ pub fn cluster_of(pod: &str) -> Option<&str> {
     (numbered && !cluster.is_empty()).then_some(cluster)
 }
 
+/// Without the Kubernetes API client there is nothing to ask.
+#[cfg(not(feature = "kubernetes"))]
+pub async fn promote(_: &KubernetesSettings, _: &str, _: &str) -> Result<(), String> {
+    Err("this pgsteer was built without the `kubernetes` feature".into())
+}
+
 /// Sets `status.targetPrimary` of Cluster `cluster` (in the namespace the Kubernetes source
 /// watches) to `candidate`. Returns once the API server accepted it; the operator does the rest.
+#[cfg(feature = "kubernetes")]
 pub async fn promote(
     settings: &KubernetesSettings,
     cluster: &str,
@@ -93,6 +113,7 @@ pub async fn promote(
 }
 
 /// Whether the Cluster's fencing annotation names `pod` (or every instance).
+#[cfg(feature = "kubernetes")]
 fn fenced(cluster: &DynamicObject, pod: &str) -> bool {
     let Some(list) = cluster
         .metadata
@@ -108,6 +129,7 @@ fn fenced(cluster: &DynamicObject, pod: &str) -> bool {
 
 /// The merge patch the promote plugin sends: target primary, its timestamp, the switchover
 /// phase and a `Ready=False` condition, locked to the resourceVersion read.
+#[cfg(feature = "kubernetes")]
 fn status_patch(cluster: &DynamicObject, candidate: &str, now: SystemTime) -> Value {
     let micros = humantime::format_rfc3339_micros(now).to_string();
     let ready = json!({
@@ -142,7 +164,7 @@ fn status_patch(cluster: &DynamicObject, candidate: &str, now: SystemTime) -> Va
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "kubernetes"))]
 mod tests {
     use super::*;
 
