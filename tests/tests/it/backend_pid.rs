@@ -23,13 +23,6 @@ pub async fn client_key(c: &tokio_postgres::Client) -> (i32, Vec<u8>) {
     (pid, packet[12..].to_vec())
 }
 
-async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
-    c.query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("query")
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminating_the_pid_the_client_library_reports_ends_that_very_connection() {
     let env = Env::start(1).await;

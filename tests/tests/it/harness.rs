@@ -323,3 +323,11 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The backend process id of the server session `c` is on.
+pub async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("query")
+        .get(0)
+}

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_postgres::AsyncMessage;
 
-use crate::harness::{DEADLINE, conn_str, connect, eventually};
+use crate::harness::{DEADLINE, backend_pid, conn_str, connect, eventually};
 use crate::pooled::Pooled;
 use crate::routing::http_get;
 
@@ -35,13 +35,6 @@ pub async fn metric(p: &Pooled, series: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
-    c.query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("query")
-        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
