@@ -166,7 +166,7 @@ impl Pool {
         metrics: &Metrics,
     ) -> Result<Acquired, NoConn> {
         let started = Instant::now();
-        let rx = {
+        let (id, mut rx) = {
             let mut inner = self.lock();
             if let Some(got) = self.take_idle(&mut inner, settings) {
                 inner.lent += 1;
@@ -186,19 +186,27 @@ impl Pool {
         };
         let waiting = metrics.pool_waiting.with_label_values(&[&self.key.member]);
         waiting.inc();
-        let got = tokio::time::timeout(settings.checkout_timeout, rx.1).await;
+        let got = match tokio::time::timeout(settings.checkout_timeout, &mut rx).await {
+            Ok(got) => got.ok(),
+            // Timed out; but a grant sent between the timer firing and now is the client's
+            // (a grant dropped here would shrink the pool for good).
+            Err(_) => {
+                rx.close();
+                rx.try_recv().ok()
+            }
+        };
         waiting.dec();
         metrics
             .pool_wait_seconds
             .observe(started.elapsed().as_secs_f64());
         match got {
-            Ok(Ok(Grant::Conn(c))) => Ok(Acquired::Idle(c)),
-            Ok(Ok(Grant::Open)) => Ok(Acquired::Open),
-            Ok(Ok(Grant::Retired)) => Err(NoConn::Retired),
-            // The pool was dropped, or the wait timed out: leave the queue.
-            _ => {
+            Some(Grant::Conn(c)) => Ok(Acquired::Idle(c)),
+            Some(Grant::Open) => Ok(Acquired::Open),
+            Some(Grant::Retired) => Err(NoConn::Retired),
+            // The wait timed out (or the pool was dropped): leave the queue.
+            None => {
                 let mut inner = self.lock();
-                inner.waiters.retain(|w| w.id != rx.0);
+                inner.waiters.retain(|w| w.id != id);
                 if inner.retired {
                     return Err(NoConn::Retired);
                 }

@@ -286,6 +286,7 @@ fn decide(
     if t.generation != hold.generation {
         hold.generation = t.generation;
         hold.forgive();
+        hold.refusals = 0;
     }
     let load = |m: &str| b.sessions.get(m) + b.pools.lent_on(m);
     match router::decide(&t, request, policy, load, &hold.exclude) {
