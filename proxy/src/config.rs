@@ -168,6 +168,13 @@ pub struct Discovery {
     pub patroni: Option<PatroniConfig>,
 }
 
+/// `source = "kubernetes"` in a build without the Kubernetes source.
+#[cfg(not(feature = "kubernetes"))]
+pub const KUBERNETES_NOT_BUILT: ConfigError = ConfigError::NotBuilt {
+    setting: "discovery.source = \"kubernetes\"",
+    feature: "kubernetes",
+};
+
 impl Discovery {
     /// `[discovery.probe]`, which the static source needs (the other sources may go without).
     pub fn static_probe(&self) -> Result<&Probe, ConfigError> {
@@ -536,7 +543,7 @@ impl Config {
             Source::Static => self.validate_static()?,
             Source::Kubernetes => {
                 #[cfg(not(feature = "kubernetes"))]
-                return Err(crate::discovery::KUBERNETES_NOT_BUILT);
+                return Err(KUBERNETES_NOT_BUILT);
                 #[cfg(feature = "kubernetes")]
                 d.kubernetes_section()?.address_mode()?;
             }

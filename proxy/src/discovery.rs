@@ -30,13 +30,6 @@ pub enum OnceError {
     Kubernetes(#[source] KubernetesError),
 }
 
-/// `source = "kubernetes"` in a build without the Kubernetes source.
-#[cfg(not(feature = "kubernetes"))]
-pub const KUBERNETES_NOT_BUILT: ConfigError = ConfigError::NotBuilt {
-    setting: "discovery.source = \"kubernetes\"",
-    feature: "kubernetes",
-};
-
 /// The probe settings, if `[discovery.probe]` is configured.
 pub fn probe_config(config: &Config) -> Result<Option<ProbeConfig>, ConfigError> {
     config
@@ -131,7 +124,7 @@ pub fn spawn(
             cancel,
         )),
         #[cfg(not(feature = "kubernetes"))]
-        Source::Kubernetes => Err(KUBERNETES_NOT_BUILT),
+        Source::Kubernetes => Err(crate::config::KUBERNETES_NOT_BUILT),
         Source::Patroni => Ok(pgsteer_discovery::spawn_patroni(
             patroni_settings(config)?,
             probe()?,
@@ -160,6 +153,6 @@ pub async fn once(config: &Config) -> Result<Topology, OnceError> {
                 .map_err(OnceError::Kubernetes)
         }
         #[cfg(not(feature = "kubernetes"))]
-        Source::Kubernetes => Err(OnceError::Config(KUBERNETES_NOT_BUILT)),
+        Source::Kubernetes => Err(OnceError::Config(crate::config::KUBERNETES_NOT_BUILT)),
     }
 }
