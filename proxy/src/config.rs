@@ -454,6 +454,23 @@ pub struct Runtime {
     /// (fewest wake-ups).
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// What relays plaintext passthrough sessions: `epoll`, one engine per loop that drives
+    /// every such session from one epoll instance without a task per session (fewer
+    /// instructions per message), or `tokio`, each session in its own task. TLS and pooled
+    /// sessions always relay in their tasks.
+    #[serde(default)]
+    pub relay_engine: RelayEngine,
+}
+
+/// See [`Runtime::relay_engine`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayEngine {
+    /// One epoll engine per event loop.
+    #[default]
+    Epoll,
+    /// A task per session.
+    Tokio,
 }
 
 fn default_threads() -> usize {
@@ -464,6 +481,7 @@ impl Default for Runtime {
     fn default() -> Self {
         Runtime {
             threads: default_threads(),
+            relay_engine: RelayEngine::default(),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! with a listening socket of its own on every passthrough listener's address (`SO_REUSEPORT`:
 //! the kernel spreads new connections over them). A session lives on the loop that accepted it,
 //! with its sockets, timers and buffers: nothing on the relay's path is shared between loops.
+//! Each loop that relays a plaintext passthrough session starts an epoll engine thread beside
+//! it (`session/engine.rs`) that relays that loop's sessions; it stops with the loop's runtime.
 //! (On a 2-core machine shared with Postgres, 2 loops still cost more CPU per transaction than
 //! 1: benches/RESULTS.md.)
 //!

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub client_accepted: IntCounterVec,
     /// Accepted client connections by event loop.
     pub loop_accepted: IntCounterVec,
+    /// Passthrough sessions relayed, by what drove the relay (the epoll engine or a task).
+    pub relayed: IntCounterVec,
     /// Refused client connections by listener and reason.
     pub client_rejected: IntCounterVec,
     /// Sessions routed, by listener, route and pod.
@@ -231,6 +233,9 @@ families! {
     LOOP_ACCEPTED = "pgsteer_loop_connections_accepted_total",
         "Client connections accepted by each event loop ([runtime] threads), on every listener",
         &["loop"];
+    RELAYED = "pgsteer_relay_sessions_total",
+        "Passthrough sessions relayed, by what drove the relay: the loop's epoll engine, or the session's task (TLS, or relay_engine = \"tokio\")",
+        &["engine"];
     CLIENT_REJECTED = "pgsteer_client_connections_rejected_total",
         "Client connections refused, by reason",
         &["listener", "reason"];
@@ -389,6 +394,7 @@ impl Metrics {
             client_connections: r.gauges(&CLIENT_CONNECTIONS)?,
             client_accepted: r.counters(&CLIENT_ACCEPTED)?,
             loop_accepted: r.counters(&LOOP_ACCEPTED)?,
+            relayed: r.counters(&RELAYED)?,
             client_rejected: r.counters(&CLIENT_REJECTED)?,
             sessions_routed: r.counters(&SESSIONS_ROUTED)?,
             backend_sessions: r.gauges(&BACKEND_SESSIONS)?,

@@ -43,6 +43,10 @@ struct Cli {
     /// same binary as `--baseline-pgsteer`, compares one event loop with several.
     #[arg(long, value_name = "N", default_value_t = 1)]
     baseline_threads: usize,
+    /// `[runtime] relay_engine` of the pgsteer-base instance (`epoll` or `tokio`): with the
+    /// same binary as `--baseline-pgsteer`, compares the epoll engine with a task per session.
+    #[arg(long, value_name = "ENGINE")]
+    baseline_engine: Option<String>,
     /// Server connections of the pooled targets: `[pool] size` of pgsteer-pooled and
     /// `default_pool_size` of pgbouncer-tx (and of the pooled listener in `memory`).
     #[arg(long, default_value_t = 20)]
@@ -152,6 +156,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 pgsteer,
                 baseline_pgsteer: cli.baseline_pgsteer,
                 baseline_threads: cli.baseline_threads.max(1),
+                baseline_engine: cli.baseline_engine,
                 out_dir: cli.out,
                 pool_size: cli.pool_size.max(1),
             })

@@ -377,6 +377,7 @@ impl IdleRun {
                 pool_size: pooled.then_some(opts.pool_size),
                 auto: false,
                 threads: 1,
+                relay_engine: None,
             },
         )?;
         let pid = proxy.proc.pid();
@@ -521,6 +522,7 @@ impl ParkedRun {
                 pool_size: None,
                 auto: false,
                 threads: 1,
+                relay_engine: None,
             },
         )?;
         let pid = proxy.proc.pid();

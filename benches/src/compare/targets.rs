@@ -131,6 +131,8 @@ pub struct PgsteerSpec<'a> {
     /// `[runtime] threads` (event loops); 1 is written only when asked for otherwise (an
     /// older build may not know the section).
     pub threads: usize,
+    /// `[runtime] relay_engine`, written only when given.
+    pub relay_engine: Option<&'a str>,
 }
 
 /// The TOML config of a pgsteer instance: rw and ro stay passthrough; a pooled listener is an
@@ -149,8 +151,14 @@ pub fn pgsteer_config(spec: &PgsteerSpec<'_>, ports: Ports) -> String {
         spec.hold_timeout,
         spec.max_clients,
     );
+    if spec.threads > 1 || spec.relay_engine.is_some() {
+        text.push_str("\n[runtime]\n");
+    }
     if spec.threads > 1 {
-        let _ = write!(text, "\n[runtime]\nthreads = {}\n", spec.threads);
+        let _ = writeln!(text, "threads = {}", spec.threads);
+    }
+    if let Some(engine) = spec.relay_engine {
+        let _ = writeln!(text, "relay_engine = \"{engine}\"");
     }
     if let (Some(port), Some(size)) = (ports.pooled, spec.pool_size) {
         let _ = write!(
@@ -325,6 +333,7 @@ mod tests {
             pool_size,
             auto: false,
             threads: 1,
+            relay_engine: None,
         }
     }
 
@@ -366,6 +375,19 @@ mod tests {
         let config = pgsteer::Config::parse(&text, []).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(config.runtime.threads, 2, "{text}");
         assert!(!pgsteer_config(&spec(None), PORTS).contains("[runtime]"));
+        let tokio = PgsteerSpec {
+            threads: 2,
+            relay_engine: Some("tokio"),
+            ..spec(None)
+        };
+        let text = pgsteer_config(&tokio, PORTS);
+        let config = pgsteer::Config::parse(&text, []).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.runtime.threads, 2, "{text}");
+        assert_eq!(
+            config.runtime.relay_engine,
+            pgsteer::config::RelayEngine::Tokio,
+            "{text}"
+        );
     }
 
     #[test]

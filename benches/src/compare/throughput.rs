@@ -36,6 +36,8 @@ pub struct Options {
     pub baseline_pgsteer: Option<PathBuf>,
     /// `[runtime] threads` of the baseline instance.
     pub baseline_threads: usize,
+    /// `[runtime] relay_engine` of the baseline instance (its default if `None`).
+    pub baseline_engine: Option<String>,
     /// Where results go (`benches/results`).
     pub out_dir: PathBuf,
     /// Server connections of the pooled targets (`[pool] size` of pgsteer-pooled,
@@ -111,6 +113,7 @@ impl Bench {
             pool_size: (wanted(Target::PgsteerPooled) || auto).then_some(opts.pool_size),
             auto,
             threads: 1,
+            relay_engine: None,
         };
         let pgsteer = Pgsteer::start(&opts.pgsteer, log_dir, &spec)?;
         let baseline = match &opts.baseline_pgsteer {
@@ -124,6 +127,7 @@ impl Bench {
                     pool_size: None,
                     auto: false,
                     threads: opts.baseline_threads,
+                    relay_engine: opts.baseline_engine.as_deref(),
                     ..spec
                 };
                 let started = Pgsteer::start(bin, &dir, &spec)
@@ -546,6 +550,9 @@ fn baseline_version(opts: &Options) -> Option<(String, String)> {
         let mut version = command_line(&bin, &["--version"]);
         if opts.baseline_threads > 1 {
             version.push_str(&format!(", [runtime] threads = {}", opts.baseline_threads));
+        }
+        if let Some(engine) = &opts.baseline_engine {
+            version.push_str(&format!(", [runtime] relay_engine = \"{engine}\""));
         }
         (bin, version)
     })

@@ -11,6 +11,7 @@
 mod auth;
 pub mod buffer;
 mod close;
+mod engine;
 mod error;
 mod hold;
 mod pooled;
@@ -27,7 +28,7 @@ use pgsteer_protocol::sqlstate::SqlState;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, warn};
 
-use crate::config::PoolMode;
+use crate::config::{PoolMode, RelayEngine};
 use crate::drain::{self, Binding, Graces};
 use crate::metrics::PodTally;
 use crate::router::{Request, Route, Target};
@@ -177,7 +178,7 @@ async fn relay(
     span: &tracing::Span,
 ) -> Result<(), SessionError> {
     let Established {
-        mut server,
+        server,
         target,
         tx,
         signals,
@@ -185,17 +186,28 @@ async fn relay(
         guards,
     } = session;
     let limit = shared.config.limits.max_message_bytes;
-    let mut relay = Relay::new::<Passthrough>(limit, tx, signals, tally);
+    let use_engine = shared.config.runtime.relay_engine == RelayEngine::Epoll;
+    let mut r = engine::Relaying {
+        relay: Relay::new::<Passthrough>(limit, tx, signals, tally),
+        client: std::mem::replace(client, Stream::Detached),
+        server,
+    };
     let end = loop {
+        let (back, res) = engine::run(r, use_engine, &shared.metrics.relayed).await?;
+        r = back;
         // A passthrough session always has its server and never lends it:
         // only the end comes back.
-        if let Event::End(end) = relay
-            .run(client, Some(&mut server), &mut Passthrough)
-            .await?
-        {
-            break end;
+        match res {
+            Ok(Event::End(end)) => break end,
+            Ok(_) => {}
+            Err(e) => {
+                *client = r.client;
+                return Err(e);
+            }
         }
     };
+    *client = r.client;
+    let mut server = r.server;
     close::close(&shared.metrics, client, &mut server, &target.member, end)
         .instrument(span.clone())
         .await;
@@ -209,7 +221,7 @@ struct Established<'a> {
     target: Target,
     /// Transaction status of the ReadyForQuery that ended authentication.
     tx: TxStatus,
-    signals: Signals<'a>,
+    signals: Signals<'static>,
     tally: PodTally,
     guards: SessionGuards<'a>,
 }
@@ -363,7 +375,7 @@ fn bind<'a>(
     );
     let signals = Signals {
         drain: Box::pin(order.in_current_span()),
-        hard: Box::pin(shared.shutdown.now.cancelled()),
+        hard: Box::pin(shared.shutdown.now.clone().cancelled_owned()),
         paused: shared.paused.subscribe(),
     };
     Established {

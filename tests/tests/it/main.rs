@@ -7,6 +7,7 @@ mod backend_pid;
 mod cancel_peers;
 mod cancel_tls;
 mod drain;
+mod engine;
 mod hardening;
 mod harness;
 mod kubernetes;

@@ -190,6 +190,12 @@ struct Rejecting {
 /// does, so a crowd of mostly idle sessions holds no buffers.
 const BUSY_READS: u32 = 8;
 
+/// Whether a half can do nothing more until its source is ready again: its reads stopped
+/// (not ready, or at the end), everything it read is written, nothing held.
+fn settled(half: &Half, from: &Stream) -> bool {
+    (half.blocked || half.eof || from.read_drained()) && half.delivered() && !half.held
+}
+
 /// Tags the relay itself reads whole on the server side: ReadyForQuery.
 const SERVER_INSPECT: TagSet = TagSet::of(&[btag::READY_FOR_QUERY]);
 
@@ -257,6 +263,22 @@ impl<'a> Relay<'a> {
             owner,
         };
         std::future::poll_fn(|cx| self.poll(cx, &mut sides)).await
+    }
+
+    /// One poll of a passthrough session: relays what can be relayed now
+    /// (the epoll engine drives it without a task of its own).
+    pub fn poll_passthrough(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut Stream,
+        server: &mut Stream,
+    ) -> Poll<Result<Event, SessionError>> {
+        let mut sides = Sides {
+            client,
+            server: Some(server),
+            owner: &mut Passthrough,
+        };
+        self.poll(cx, &mut sides)
     }
 
     /// A new server connection is attached to a pooled session (or it was given back):
@@ -471,7 +493,12 @@ impl<'a> Relay<'a> {
             if let Some(event) = self.event(sides.owner) {
                 return Poll::Ready(Ok(event));
             }
-            if !progress {
+            // Another pass would find what this one left: nothing to read, write or hand on.
+            let settled = progress
+                && self.rejecting.is_none()
+                && settled(&self.c2s, sides.client)
+                && settled(&self.s2c, server);
+            if !progress || settled {
                 self.arm_flush();
                 return Poll::Pending;
             }

@@ -1,0 +1,427 @@
+//! The epoll engine: beside each event loop, a thread that relays every plaintext passthrough
+//! session of that loop, with no task, waker or readiness lock per session.
+//!
+//! tokio's readiness machinery costs, per read or write that finds a socket not ready, a
+//! waker registration under a lock, and per wake-up a task poll: about a third of what the
+//! proxy spent per transaction in user space (benches/RESULTS.md). Here a session's two
+//! sockets are registered once, edge-triggered, in the engine's own epoll instance, and the
+//! engine thread blocks in `epoll_wait` on it. For each ready socket it sets a flag and runs
+//! the session's [`Relay`] directly; a read or write that finds nothing clears the flag (no
+//! syscall is made until the next event). The relay is the same code as in a task: the
+//! engine only replaces what drives it. The control futures (drain orders, timers, shutdown)
+//! still wake it, through a waker that queues the session and wakes the thread.
+//!
+//! A thread of its own rather than a task on the loop: a task could only learn of the
+//! engine's events through tokio's epoll, a nested `epoll_wait` per wake-up, which cost as
+//! much kernel time as the engine saved in user space. The engine thread enters the loop's
+//! runtime, so the relay's timers run on the loop's clock; it stops when that runtime does.
+//!
+//! A session enters at the start of its relay ([`run`]) and leaves when the relay ends; its
+//! sockets are handed back to tokio for closing. TLS sessions and pooled sessions stay in
+//! their tasks. `[runtime] relay_engine = "tokio"` turns the engine off.
+
+use std::cell::RefCell;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Token};
+use tokio::sync::oneshot;
+use tracing::{error, warn};
+
+use super::relay::{Event, Relay};
+use super::stream::{EngineTcp, Stream};
+use super::{SessionError, Side};
+
+/// A relay with its two sides, as handed to the engine and back.
+pub struct Relaying {
+    pub relay: Relay<'static>,
+    pub client: Stream,
+    pub server: Stream,
+}
+
+/// Readiness events taken per `epoll_wait`.
+const EVENTS: usize = 256;
+
+/// The token of the engine's own waker (sessions have `slot << 1 | side`).
+const WAKE: Token = Token(usize::MAX);
+
+/// What [`run`] gives back: the relay and its sides, and how it stopped.
+pub type Outcome = (Relaying, Result<Event, SessionError>);
+
+/// Relays `r` until it stops: on this thread's engine if `use_engine`, or in the calling
+/// task where the engine cannot (a TLS side, or the engine could not start); counted in
+/// `relayed`. `Err`: the engine went away with the session (its runtime is shutting down).
+pub async fn run(
+    mut r: Relaying,
+    use_engine: bool,
+    relayed: &prometheus::IntCounterVec,
+) -> Result<Outcome, SessionError> {
+    let plain = matches!((&r.client, &r.server), (Stream::Plain(_), Stream::Plain(_)));
+    let engine = if use_engine && plain { handle() } else { None };
+    let Some(engine) = engine else {
+        relayed.with_label_values(&["task"]).inc();
+        let res = in_task(&mut r).await;
+        return Ok((r, res));
+    };
+    relayed.with_label_values(&["epoll"]).inc();
+    let (client, server) = match (
+        std::mem::replace(&mut r.client, Stream::Detached),
+        std::mem::replace(&mut r.server, Stream::Detached),
+    ) {
+        (Stream::Plain(c), Stream::Plain(s)) => (c.into_std(), s.into_std()),
+        _ => unreachable!("checked above"),
+    };
+    let (client, server) = match (client, server) {
+        (Ok(c), Ok(s)) => (c, s),
+        (Err(e), _) => return Ok((r, Err(SessionError::io(Side::Client, e)))),
+        (_, Err(e)) => return Ok((r, Err(SessionError::io(Side::Server, e)))),
+    };
+    r.client = Stream::Engine(EngineTcp::new(client));
+    r.server = Stream::Engine(EngineTcp::new(server));
+    let (done, rx) = oneshot::channel();
+    engine.submit(Job {
+        r,
+        done: Some(done),
+        waker: Waker::noop().clone(),
+        batch: 0,
+    });
+    rx.await.map_err(|_| {
+        SessionError::quiet(
+            Side::Internal,
+            "the relay engine dropped the session (its runtime stopped, or its relay failed)",
+        )
+    })
+}
+
+/// The relay run in the session's own task.
+async fn in_task(r: &mut Relaying) -> Result<Event, SessionError> {
+    std::future::poll_fn(|cx| r.relay.poll_passthrough(cx, &mut r.client, &mut r.server)).await
+}
+
+thread_local! {
+    /// The engine of this thread's loop, started by the first session that needs it.
+    static ENGINE: RefCell<Option<Handle>> = const { RefCell::new(None) };
+}
+
+/// This thread's engine, started for the current runtime if it has none (or its runtime has
+/// gone); `None` if it cannot start (logged once per thread).
+fn handle() -> Option<Handle> {
+    ENGINE.with(|e| {
+        let mut e = e.borrow_mut();
+        if let Some(h) = e.as_ref()
+            && !h.shared.stopped.load(Ordering::Acquire)
+        {
+            return Some(h.clone());
+        }
+        match Engine::start() {
+            Ok(h) => {
+                *e = Some(h.clone());
+                Some(h)
+            }
+            Err(err) => {
+                if e.is_none() {
+                    warn!(error = %err, "cannot start the epoll relay engine; sessions relay in their tasks");
+                }
+                None
+            }
+        }
+    })
+}
+
+/// What sessions and wakers share with the engine thread.
+struct Shared {
+    /// Sessions handed over, not yet registered.
+    incoming: Mutex<Vec<Job>>,
+    /// Sessions whose control futures fired.
+    woken: Mutex<Vec<usize>>,
+    /// Something was queued since the engine last looked: the thread has been woken.
+    queued: AtomicBool,
+    waker: mio::Waker,
+    /// The engine has stopped, or is stopping: its runtime is gone.
+    stopped: AtomicBool,
+}
+
+impl Shared {
+    /// Wakes the engine thread, once for everything queued before it looks.
+    fn notify(&self) {
+        if !self.queued.swap(true, Ordering::AcqRel)
+            && let Err(e) = self.waker.wake()
+        {
+            warn!(error = %e, "cannot wake the relay engine");
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    fn submit(&self, job: Job) {
+        lock(&self.shared.incoming).push(job);
+        self.shared.notify();
+        if self.shared.stopped.load(Ordering::Acquire) {
+            // Stopped meanwhile: nothing will take it; its session ends instead of waiting.
+            drop(std::mem::take(&mut *lock(&self.shared.incoming)));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One session in the engine.
+struct Job {
+    r: Relaying,
+    done: Option<oneshot::Sender<Outcome>>,
+    /// Queues this session for a poll (its control futures are polled with it).
+    waker: Waker,
+    /// The batch of events in which it was last polled (one poll per batch).
+    batch: u64,
+}
+
+/// Wakes one session of the engine.
+struct JobWake {
+    slot: usize,
+    shared: Arc<Shared>,
+}
+
+impl Wake for JobWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        lock(&self.shared.woken).push(self.slot);
+        self.shared.notify();
+    }
+}
+
+/// Stops the engine when dropped: held by a task on the engine's runtime (dropped when the
+/// runtime shuts down) and by the engine thread (dropped when it ends, panicking or not).
+struct Stop(Arc<Shared>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Release);
+        let _ = self.0.waker.wake();
+        // Sessions still queued get their channel closed: they end instead of waiting.
+        drop(std::mem::take(&mut *lock(&self.0.incoming)));
+    }
+}
+
+/// The engine thread's state.
+struct Engine {
+    poll: mio::Poll,
+    events: Events,
+    jobs: Vec<Option<Job>>,
+    free: Vec<usize>,
+    /// Sessions to poll in this batch (reused).
+    ready: Vec<usize>,
+    /// Woken sessions taken from the queue (reused).
+    woken: Vec<usize>,
+    batch: u64,
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Starts an engine thread for the current runtime.
+    fn start() -> std::io::Result<Handle> {
+        let poll = mio::Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKE)?;
+        let shared = Arc::new(Shared {
+            incoming: Mutex::new(Vec::new()),
+            woken: Mutex::new(Vec::new()),
+            queued: AtomicBool::new(false),
+            waker,
+            stopped: AtomicBool::new(false),
+        });
+        let engine = Engine {
+            poll,
+            events: Events::with_capacity(EVENTS),
+            jobs: Vec::new(),
+            free: Vec::new(),
+            ready: Vec::with_capacity(EVENTS),
+            woken: Vec::new(),
+            batch: 0,
+            shared: shared.clone(),
+        };
+        let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
+        let name = std::thread::current()
+            .name()
+            .map_or_else(|| "pgsteer-relay".to_string(), |n| format!("{n}-relay"));
+        let stop = Stop(shared.clone());
+        std::thread::Builder::new().name(name).spawn(move || {
+            let _stop = stop;
+            let _runtime = runtime.enter();
+            engine.run();
+        })?;
+        let stop = Stop(shared.clone());
+        tokio::spawn(async move {
+            let _stop = stop;
+            std::future::pending::<()>().await;
+        });
+        Ok(Handle { shared })
+    }
+
+    /// Waits for events and relays, until the runtime stops.
+    fn run(mut self) {
+        while !self.shared.stopped.load(Ordering::Acquire) {
+            match self.poll.poll(&mut self.events, None) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!(error = %e, "the relay engine's epoll failed; its sessions end");
+                    return;
+                }
+            }
+            self.batch();
+            self.intake();
+        }
+    }
+
+    /// Registers a new session and polls it once.
+    fn admit(&mut self, mut job: Job) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.jobs.push(None);
+            self.jobs.len() - 1
+        });
+        job.waker = Waker::from(Arc::new(JobWake {
+            slot,
+            shared: self.shared.clone(),
+        }));
+        let registry = self.poll.registry();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        let mut failed = None;
+        for (side, stream) in [(0, &job.r.client), (1, &job.r.server)] {
+            let Stream::Engine(s) = stream else { continue };
+            let fd = s.sock.as_raw_fd();
+            if let Err(e) = registry.register(&mut SourceFd(&fd), Token(slot << 1 | side), both) {
+                failed = Some((side, e));
+                break;
+            }
+        }
+        self.jobs[slot] = Some(job);
+        if let Some((side, e)) = failed {
+            let side = if side == 0 {
+                Side::Client
+            } else {
+                Side::Server
+            };
+            self.finish(slot, Err(SessionError::io(side, e)));
+            return;
+        }
+        self.poll_job(slot);
+    }
+
+    /// Runs one session's relay until it has nothing to do, or ends it.
+    fn poll_job(&mut self, slot: usize) {
+        let Some(Some(job)) = self.jobs.get_mut(slot) else {
+            return;
+        };
+        let mut cx = Context::from_waker(&job.waker);
+        let r = &mut job.r;
+        // One session's bug must not end the others: a panic drops that session alone.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            r.relay
+                .poll_passthrough(&mut cx, &mut r.client, &mut r.server)
+        }));
+        match polled {
+            Ok(Poll::Pending) => {}
+            Ok(Poll::Ready(res)) => self.finish(slot, res),
+            Err(_) => {
+                error!("a relayed session panicked; it is closed, the others go on");
+                self.jobs[slot] = None;
+                self.free.push(slot);
+            }
+        }
+    }
+
+    /// Takes a session out: its sockets back to tokio, the outcome to its task.
+    fn finish(&mut self, slot: usize, res: Result<Event, SessionError>) {
+        let Some(mut job) = self.jobs[slot].take() else {
+            return;
+        };
+        self.free.push(slot);
+        let registry = self.poll.registry();
+        for stream in [&mut job.r.client, &mut job.r.server] {
+            let Stream::Engine(s) = std::mem::replace(stream, Stream::Detached) else {
+                continue;
+            };
+            let fd = s.sock.as_raw_fd();
+            // Not registered (a failed admission) is fine: the socket leaves either way.
+            let _ = registry.deregister(&mut SourceFd(&fd));
+            match tokio::net::TcpStream::from_std(s.sock) {
+                Ok(t) => *stream = Stream::Plain(t),
+                Err(e) => warn!(error = %e, "cannot hand a relayed socket back to the runtime"),
+            }
+        }
+        if let Some(done) = job.done.take() {
+            let _ = done.send((job.r, res));
+        }
+    }
+
+    /// Takes what other threads queued: new sessions and woken ones.
+    fn intake(&mut self) {
+        if !self.shared.queued.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let jobs = std::mem::take(&mut *lock(&self.shared.incoming));
+        for job in jobs {
+            self.admit(job);
+        }
+        let mut woken = std::mem::take(&mut self.woken);
+        std::mem::swap(&mut woken, &mut *lock(&self.shared.woken));
+        for &slot in &woken {
+            self.poll_job(slot);
+        }
+        woken.clear();
+        self.woken = woken;
+    }
+
+    /// Polls the sessions the last `epoll_wait` named.
+    fn batch(&mut self) {
+        let Engine {
+            events,
+            jobs,
+            ready,
+            batch,
+            ..
+        } = self;
+        *batch += 1;
+        for ev in events.iter() {
+            if ev.token() == WAKE {
+                continue;
+            }
+            let (slot, side) = (ev.token().0 >> 1, ev.token().0 & 1);
+            let Some(Some(job)) = jobs.get_mut(slot) else {
+                continue;
+            };
+            let stream = if side == 0 {
+                &mut job.r.client
+            } else {
+                &mut job.r.server
+            };
+            if let Stream::Engine(s) = stream {
+                let failed = ev.is_error();
+                s.readable |= ev.is_readable() || ev.is_read_closed() || failed;
+                s.writable |= ev.is_writable() || ev.is_write_closed() || failed;
+            }
+            if job.batch != *batch {
+                job.batch = *batch;
+                ready.push(slot);
+            }
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        for &slot in &ready {
+            self.poll_job(slot);
+        }
+        ready.clear();
+        self.ready = ready;
+    }
+}

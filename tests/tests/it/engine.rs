@@ -1,0 +1,158 @@
+//! `[runtime] relay_engine`: plaintext passthrough sessions relayed by the epoll engine (the
+//! default) or each in its own task (`tokio`). Both must move large answers and large uploads
+//! through full socket buffers, serve many sessions at once, and survive a client that leaves
+//! in the middle of an answer; the metric says which engine relayed them.
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use pgsteer::config::RelayEngine;
+use pgsteer_cluster::{APP_PASSWORD, APP_USER};
+
+use crate::harness::{DEADLINE, Env, backend_pid, connect, eventually};
+use crate::routing::http_get;
+
+/// The value of one series on the admin endpoint (0 if absent).
+async fn metric(env: &Env, series: &str) -> f64 {
+    let text = http_get(env.admin(), "/metrics").await;
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Large answers, a large upload and 16 concurrent sessions through `env`'s rw listener.
+async fn relays_everything(env: &Env) {
+    let c = connect(env.rw(), None).await;
+    // An answer of several MB: the relay stops reading the server while the client's socket
+    // is full, and goes on when it drains.
+    let rows = c
+        .query(
+            "SELECT i, md5(i::text) FROM generate_series(1, 100000) AS i",
+            &[],
+        )
+        .await
+        .expect("a large answer");
+    assert_eq!(rows.len(), 100_000);
+    let last: String = rows[99_999].get(1);
+    let want: String = c
+        .query_one("SELECT md5('100000')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(last, want, "the last row arrived intact");
+    let wide: i32 = c
+        .query_one(
+            "SELECT length(string_agg(md5(i::text), '')) FROM generate_series(1, 40000) AS i",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wide, 40_000 * 32);
+
+    // An upload of 8 MB with COPY: the other direction through full buffers.
+    c.batch_execute("CREATE TEMP TABLE up (n int, t text)")
+        .await
+        .unwrap();
+    let sink = c.copy_in("COPY up FROM STDIN").await.expect("copy starts");
+    futures_util::pin_mut!(sink);
+    let line = "x".repeat(1000);
+    for chunk in 0..64 {
+        let mut data = String::with_capacity(130 * 1024);
+        for i in 0..128 {
+            data.push_str(&format!("{}\t{line}\n", chunk * 128 + i));
+        }
+        sink.send(Bytes::from(data)).await.expect("copy data");
+    }
+    let copied = sink.finish().await.expect("copy ends");
+    assert_eq!(copied, 64 * 128);
+    let (n, sum): (i64, i64) = {
+        let r = c
+            .query_one("SELECT count(*), sum(n)::bigint FROM up", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((n, sum), (8192, (0..8192).sum::<i64>()));
+
+    // 16 sessions at once, each checking its own answers.
+    let mut tasks = Vec::new();
+    for i in 0..16i32 {
+        let addr = env.rw();
+        tasks.push(tokio::spawn(async move {
+            let c = connect(addr, None).await;
+            for n in 0..50i32 {
+                let got: i32 = c
+                    .query_one("SELECT $1::int * 1000 + $2::int", &[&i, &n])
+                    .await
+                    .unwrap_or_else(|e| panic!("session {i}, query {n}: {e:?}"))
+                    .get(0);
+                assert_eq!(got, i * 1000 + n, "session {i} got its own answer");
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(DEADLINE, t)
+            .await
+            .expect("every session is served")
+            .unwrap();
+    }
+
+    // A client that leaves in the middle of a large answer: its session ends, its backend
+    // goes away, the others go on.
+    let (leaver, conn) = tokio_postgres::connect(
+        &crate::harness::conn_str(env.rw(), APP_USER, APP_PASSWORD, None),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(conn);
+    let pid = backend_pid(&leaver).await;
+    let out = leaver
+        .copy_out("COPY (SELECT repeat('y', 1000) FROM generate_series(1, 200000)) TO STDOUT")
+        .await
+        .expect("copy out starts");
+    futures_util::pin_mut!(out);
+    let first = out.next().await.expect("a first chunk").expect("copy data");
+    assert!(!first.is_empty());
+    driver.abort();
+    drop(leaver);
+    eventually("the leaving client's backend ends", || async {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 0
+    })
+    .await;
+    let alive: i32 = c.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(alive, 7, "the first session still works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoll_engine_relays_plaintext_passthrough_sessions() {
+    let env = Env::start(0).await;
+    relays_everything(&env).await;
+    let epoll = metric(&env, "pgsteer_relay_sessions_total{engine=\"epoll\"}").await;
+    let task = metric(&env, "pgsteer_relay_sessions_total{engine=\"task\"}").await;
+    assert!(
+        epoll >= 18.0,
+        "every session went through the engine: {epoll}"
+    );
+    assert_eq!(task, 0.0, "none was relayed in its task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_tokio_engine_sessions_relay_in_their_tasks() {
+    let env = Env::start_with(0, |c| c.runtime.relay_engine = RelayEngine::Tokio).await;
+    relays_everything(&env).await;
+    let epoll = metric(&env, "pgsteer_relay_sessions_total{engine=\"epoll\"}").await;
+    let task = metric(&env, "pgsteer_relay_sessions_total{engine=\"task\"}").await;
+    assert!(task >= 18.0, "every session ran in its task: {task}");
+    assert_eq!(epoll, 0.0, "none went through the engine");
+}
