@@ -454,10 +454,10 @@ pub struct Runtime {
     /// (fewest wake-ups).
     #[serde(default = "default_threads")]
     pub threads: usize,
-    /// What relays plaintext passthrough sessions: `epoll`, one engine per loop that drives
-    /// every such session from one epoll instance without a task per session (fewer
-    /// instructions per message), or `tokio`, each session in its own task. TLS and pooled
-    /// sessions always relay in their tasks.
+    /// What relays plaintext passthrough sessions: `epoll`, one engine thread per loop that
+    /// drives every busy session of the loop from one epoll instance without a task per session
+    /// (fewer instructions per message; a session moves there once busy), or `tokio`, each
+    /// session in its own task. TLS and pooled sessions always relay in their tasks.
     #[serde(default)]
     pub relay_engine: RelayEngine,
 }

@@ -16,8 +16,10 @@
 //! much kernel time as the engine saved in user space. The engine thread enters the loop's
 //! runtime, so the relay's timers run on the loop's clock; it stops when that runtime does.
 //!
-//! A session enters at the start of its relay ([`run`]) and leaves when the relay ends; its
-//! sockets are handed back to tokio for closing. TLS sessions and pooled sessions stay in
+//! A session starts its relay in its own task and enters the engine once it is busy ([`run`]):
+//! a connection used for one transaction would pay more for the move (its sockets leave
+//! tokio's epoll for the engine's and come back, two cross-thread wake-ups) than the engine
+//! saves it. It leaves when the relay ends; its sockets are handed back to tokio for closing. TLS sessions and pooled sessions stay in
 //! their tasks. `[runtime] relay_engine = "tokio"` turns the engine off.
 
 use std::cell::RefCell;
@@ -51,36 +53,33 @@ const WAKE: Token = Token(usize::MAX);
 /// What [`run`] gives back: the relay and its sides, and how it stopped.
 pub type Outcome = (Relaying, Result<Event, SessionError>);
 
-/// Relays `r` until it stops: on this thread's engine if `use_engine`, or in the calling
-/// task where the engine cannot (a TLS side, or the engine could not start); counted in
-/// `relayed`. `Err`: the engine went away with the session (its runtime is shutting down).
+/// Relays `r` until it stops. With `use_engine` and plaintext on both sides, it starts in
+/// the calling task and moves to this thread's engine once it is busy (a session that ends
+/// after a round trip or two, one connection per transaction, would pay more for the move
+/// than the engine saves it); otherwise it stays in the task. Counted in `relayed` by where
+/// it ended. `Err`: the engine went away with the session (its runtime is shutting down).
 pub async fn run(
     mut r: Relaying,
     use_engine: bool,
     relayed: &prometheus::IntCounterVec,
 ) -> Result<Outcome, SessionError> {
     let plain = matches!((&r.client, &r.server), (Stream::Plain(_), Stream::Plain(_)));
-    let engine = if use_engine && plain { handle() } else { None };
-    let Some(engine) = engine else {
+    let until_busy = use_engine && plain;
+    if let Some(res) = in_task(&mut r, until_busy).await {
         relayed.with_label_values(&["task"]).inc();
-        let res = in_task(&mut r).await;
         return Ok((r, res));
+    }
+    let Some(engine) = handle() else {
+        relayed.with_label_values(&["task"]).inc();
+        let res = in_task(&mut r, false).await;
+        return Ok((r, res.unwrap_or(Ok(Event::Idle))));
     };
     relayed.with_label_values(&["epoll"]).inc();
-    let (client, server) = match (
-        std::mem::replace(&mut r.client, Stream::Detached),
-        std::mem::replace(&mut r.server, Stream::Detached),
-    ) {
-        (Stream::Plain(c), Stream::Plain(s)) => (c.into_std(), s.into_std()),
-        _ => unreachable!("checked above"),
-    };
-    let (client, server) = match (client, server) {
-        (Ok(c), Ok(s)) => (c, s),
-        (Err(e), _) => return Ok((r, Err(SessionError::io(Side::Client, e)))),
-        (_, Err(e)) => return Ok((r, Err(SessionError::io(Side::Server, e)))),
-    };
-    r.client = Stream::Engine(EngineTcp::new(client));
-    r.server = Stream::Engine(EngineTcp::new(server));
+    let client = into_engine(&mut r.client).map_err(|e| SessionError::io(Side::Client, e));
+    let server = into_engine(&mut r.server).map_err(|e| SessionError::io(Side::Server, e));
+    if let Err(e) = client.and(server) {
+        return Ok((r, Err(e)));
+    }
     let (done, rx) = oneshot::channel();
     engine.submit(Job {
         r,
@@ -96,9 +95,25 @@ pub async fn run(
     })
 }
 
-/// The relay run in the session's own task.
-async fn in_task(r: &mut Relaying) -> Result<Event, SessionError> {
-    std::future::poll_fn(|cx| r.relay.poll_passthrough(cx, &mut r.client, &mut r.server)).await
+/// A plaintext stream taken from tokio for the engine (in place).
+fn into_engine(stream: &mut Stream) -> std::io::Result<()> {
+    if let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Detached) {
+        *stream = Stream::Engine(EngineTcp::new(tcp.into_std()?));
+    }
+    Ok(())
+}
+
+/// The relay run in the session's own task, to its end, or (`until_busy`) until it is busy
+/// and has nothing to do this moment (`None`).
+async fn in_task(r: &mut Relaying, until_busy: bool) -> Option<Result<Event, SessionError>> {
+    std::future::poll_fn(
+        |cx| match r.relay.poll_passthrough(cx, &mut r.client, &mut r.server) {
+            Poll::Ready(res) => Poll::Ready(Some(res)),
+            Poll::Pending if until_busy && r.relay.busy() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        },
+    )
+    .await
 }
 
 thread_local! {

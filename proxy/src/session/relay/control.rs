@@ -71,6 +71,8 @@ pub(super) struct Control<'a> {
     ordered: bool,
     wake: Arc<ControlWake>,
     waker: Waker,
+    /// The task waker `wake.task` holds (until a control future fires and takes it).
+    registered: Option<Waker>,
 }
 
 impl<'a> Control<'a> {
@@ -88,14 +90,29 @@ impl<'a> Control<'a> {
             ordered: false,
             waker: Waker::from(wake.clone()),
             wake,
+            registered: None,
         }
     }
 
     /// Registers the task's waker; `true` if a control future fired since
     /// the last [`Control::poll`].
-    pub fn due(&self, cx: &Context<'_>) -> bool {
-        self.wake.task.register(cx.waker());
-        self.wake.fired.swap(false, Ordering::Acquire)
+    pub fn due(&mut self, cx: &Context<'_>) -> bool {
+        let fired = self.wake.fired.swap(false, Ordering::Acquire);
+        // Not fired since the last registration: the same waker is still there (a firing
+        // sets `fired` before it takes the waker), so registering it again would be a no-op.
+        let same = self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if fired || !same {
+            self.wake.task.register(cx.waker());
+            if !same {
+                self.registered = Some(cx.waker().clone());
+            }
+            // A firing between the swap and the registration found no waker to wake.
+            return self.wake.fired.swap(false, Ordering::Acquire) || fired;
+        }
+        false
     }
 
     pub fn poll(&mut self) -> ControlEvents {

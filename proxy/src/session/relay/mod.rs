@@ -265,6 +265,11 @@ impl<'a> Relay<'a> {
         std::future::poll_fn(|cx| self.poll(cx, &mut sides)).await
     }
 
+    /// Whether the session has been busy lately (it keeps its buffers between reads).
+    pub fn busy(&self) -> bool {
+        self.keeps_buffers()
+    }
+
     /// One poll of a passthrough session: relays what can be relayed now
     /// (the epoll engine drives it without a task of its own).
     pub fn poll_passthrough(
