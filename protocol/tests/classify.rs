@@ -2,7 +2,8 @@
 //! wherever they are, and whatever is quoted or commented out stays hidden.
 
 use pgsteer_protocol::classify::{
-    Effect, Lexer, Reason, Syntax, TokenKind, session_effects, session_effects_with, statements,
+    Effect, Lexer, Reason, Syntax, TokenKind, plain_select, session_effects, session_effects_with,
+    statements,
 };
 use proptest::prelude::*;
 
@@ -129,8 +130,69 @@ fn hide(how: u8, payload: &str, tag: &str) -> (String, String) {
     (format!("{open}{body}{close}"), format!("{open}{body}"))
 }
 
+/// `SELECT` followed by pieces that are harmless, and pieces that are not, in any order.
+fn selectish() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop::sample::select(vec![
+        " a",
+        ",",
+        " *",
+        " from t",
+        " where",
+        " x = $1",
+        " 'lit'",
+        " 'it''s'",
+        " and",
+        " 1",
+        "\n",
+        " for update",
+        ";",
+        " ;",
+        "(",
+        ")",
+        "'",
+        " into",
+        " pg_temp.t",
+        " --",
+        " /*",
+        "*/",
+        "$$",
+        "$t$",
+        "\"q\"",
+        " e'\\''",
+        " set_config",
+        " pg_advisory_lock",
+        " listen x",
+        " select",
+        "\0",
+        "\t",
+    ]);
+    (
+        prop::sample::select(vec!["select", "SELECT", "  Select", "select*"]),
+        prop::collection::vec(piece, 0..12),
+    )
+        .prop_map(|(head, pieces)| {
+            let mut sql = head.as_bytes().to_vec();
+            for p in pieces {
+                sql.extend_from_slice(p.as_bytes());
+            }
+            sql
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_plain_select_is_one_statement_with_no_session_effect_by_the_full_scan(
+        sql in prop_oneof![selectish(), sqlish()],
+    ) {
+        if plain_select(&sql) {
+            for syntax in SYNTAXES {
+                let got: Vec<_> = session_effects_with(&sql, syntax).map(|e| label(&e)).collect();
+                prop_assert_eq!(got, vec!["other"], "{}", String::from_utf8_lossy(&sql));
+            }
+        }
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic_and_tokens_stay_in_bounds(sql in sqlish()) {

@@ -32,7 +32,7 @@ pub use effect::{Discard, Effect, Reason, Tx};
 pub use lexer::{Lexer, Syntax, Token, TokenKind};
 pub use name::{Name, NameBytes, Value};
 pub use read::{Verdict, Why, read_verdict};
-pub use session::{Effects, session_effects, session_effects_with};
+pub use session::{Effects, plain_select, session_effects, session_effects_with};
 pub use split::{Statement, StatementTokens, Statements, statements};
 
 #[cfg(test)]

@@ -30,6 +30,44 @@ pub fn session_effects_with(sql: &[u8], syntax: Syntax) -> Effects<'_> {
     }
 }
 
+/// Whether `sql` is one `SELECT` that cannot touch session state, decided in one pass over the
+/// bytes, before any tokenizing: it calls nothing (no `(`), stores nothing (no `into`), names no
+/// temporary object (no `pg_temp`), hides nothing (no quotes but `'`, no comments, no
+/// backslashes, no dollar quotes; `$1` parameters are fine) and is one statement (a `;` only at
+/// the end). Most queries of a read-heavy pooled workload pass; anything else takes
+/// [`session_effects`], which agrees whenever this says yes (a property test checks it).
+pub fn plain_select(sql: &[u8]) -> bool {
+    let s = sql.trim_ascii();
+    let s = s.strip_suffix(b";").unwrap_or(s);
+    let Some((head, rest)) = s.split_at_checked(6) else {
+        return false;
+    };
+    if !head.eq_ignore_ascii_case(b"select")
+        || !rest
+            .first()
+            .is_some_and(|&b| b.is_ascii_whitespace() || b == b'*')
+    {
+        return false;
+    }
+    let has = |at: usize, word: &[u8]| {
+        rest.get(at..at + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    };
+    let mut quotes = 0usize;
+    for (i, &b) in rest.iter().enumerate() {
+        match b {
+            b'\'' => quotes += 1,
+            b'(' | b';' | b'"' | b'\\' | b'-' | b'/' | 0 => return false,
+            b'$' if !rest.get(i + 1).is_some_and(u8::is_ascii_digit) => return false,
+            b'i' | b'I' if has(i, b"into") => return false,
+            b'p' | b'P' if has(i, b"pg_temp") => return false,
+            _ => {}
+        }
+    }
+    // An odd count leaves a string open, which the full scan calls unsure.
+    quotes.is_multiple_of(2)
+}
+
 impl Effects<'_> {
     /// Whether any statement [affects the session](Effect::affects_session): the check for every
     /// Query and Parse in pooled mode. Stops at the first that does.

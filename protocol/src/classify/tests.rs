@@ -457,3 +457,33 @@ fn set_names_and_values_borrow_from_the_query_text() {
     assert!(name.eq_ignore_ascii_case(b"MYAPP.ID"));
     assert_eq!(value, Value::Text(b"'x', 'y'"));
 }
+
+#[test]
+fn plain_selects_are_told_apart_without_tokenizing() {
+    for sql in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
+        "select * from t where a = $1 and b = 'it''s'",
+        "  SELECT\n  x, y FROM t FOR UPDATE ;  ",
+        "select*from t",
+    ] {
+        assert!(plain_select(sql.as_bytes()), "{sql}");
+        assert_eq!(effects(sql.as_bytes()), ["other"], "{sql}");
+    }
+    for sql in [
+        "SELECT pg_advisory_lock(1)",
+        "SELECT set_config('a', 'b', false)",
+        "SELECT 1 INTO TEMP t",
+        "SELECT * FROM pg_temp.t",
+        "SELECT 1; SET search_path = x",
+        "SELECT 'open",
+        "SELECT $$x$$",
+        "SELECT 1 -- (",
+        "SELECT /* */ 1",
+        "SELECT \"q\" FROM t",
+        "SELECTED",
+        "UPDATE t SET a = 1",
+        "",
+    ] {
+        assert!(!plain_select(sql.as_bytes()), "{sql}");
+    }
+}

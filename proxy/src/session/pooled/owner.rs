@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use pgsteer_protocol::backend::{BackendMessage, tag as btag};
-use pgsteer_protocol::classify::{Discard, Effect, Reason, Tx, session_effects};
+use pgsteer_protocol::classify::{Discard, Effect, Reason, Tx, plain_select, session_effects};
 use pgsteer_protocol::frontend::tag as ftag;
 use pgsteer_protocol::{Flow, FrameRef, TagSet};
 
@@ -235,6 +235,10 @@ impl Pooled<'_> {
 
     /// Acts on what a query string does to the session.
     fn effects(&mut self, sql: &[u8]) {
+        if plain_select(sql) {
+            // Its one effect would be `Other`: nothing to do, and no tokenizing.
+            return;
+        }
         for effect in session_effects(sql) {
             match effect {
                 Effect::Pin(reason) => self.client.pin(reason),
