@@ -72,6 +72,14 @@ pub(super) fn poll_fill(
     if half.eof || half.blocked || !half.win.has_room() {
         return Ok(None);
     }
+    if from.read_drained() {
+        // The engine knows there is nothing: no buffer, no call.
+        if !keep {
+            half.win.release();
+        }
+        half.blocked = true;
+        return Ok(None);
+    }
     let spare = half.win.spare();
     let room = spare.len();
     let mut rb = ReadBuf::new(spare);
