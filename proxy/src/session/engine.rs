@@ -53,8 +53,9 @@ const WAKE: Token = Token(usize::MAX);
 /// What [`run`] gives back: the relay and its sides, and how it stopped.
 pub type Outcome = (Relaying, Result<Event, SessionError>);
 
-/// Relays `r` until it stops. With `use_engine` and plaintext on both sides, it starts in
-/// the calling task and moves to this thread's engine once it is busy (a session that ends
+/// Relays `r` until it stops. With `use_engine`, plaintext on both sides and an engine on this
+/// thread (started if need be), it starts in the calling task and moves to the engine once
+/// it is busy (a session that ends
 /// after a round trip or two, one connection per transaction, would pay more for the move
 /// than the engine saves it); otherwise it stays in the task. Counted in `relayed` by where
 /// it ended. `Err`: the engine went away with the session (its runtime is shutting down).
@@ -64,16 +65,16 @@ pub async fn run(
     relayed: &prometheus::IntCounterVec,
 ) -> Result<Outcome, SessionError> {
     let plain = matches!((&r.client, &r.server), (Stream::Plain(_), Stream::Plain(_)));
-    let until_busy = use_engine && plain;
-    if let Some(res) = in_task(&mut r, until_busy).await {
+    let engine = if use_engine && plain { handle() } else { None };
+    let Some(engine) = engine else {
+        relayed.with_label_values(&["task"]).inc();
+        let res = to_end(&mut r).await;
+        return Ok((r, res));
+    };
+    if let Some(res) = until_busy(&mut r).await {
         relayed.with_label_values(&["task"]).inc();
         return Ok((r, res));
     }
-    let Some(engine) = handle() else {
-        relayed.with_label_values(&["task"]).inc();
-        let res = in_task(&mut r, false).await;
-        return Ok((r, res.unwrap_or(Ok(Event::Idle))));
-    };
     relayed.with_label_values(&["epoll"]).inc();
     let client = into_engine(&mut r.client).map_err(|e| SessionError::io(Side::Client, e));
     let server = into_engine(&mut r.server).map_err(|e| SessionError::io(Side::Server, e));
@@ -103,13 +104,18 @@ fn into_engine(stream: &mut Stream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The relay run in the session's own task, to its end, or (`until_busy`) until it is busy
-/// and has nothing to do this moment (`None`).
-async fn in_task(r: &mut Relaying, until_busy: bool) -> Option<Result<Event, SessionError>> {
+/// The relay run in the session's own task, to its end.
+async fn to_end(r: &mut Relaying) -> Result<Event, SessionError> {
+    std::future::poll_fn(|cx| r.relay.poll_passthrough(cx, &mut r.client, &mut r.server)).await
+}
+
+/// The relay run in the session's own task, to its end, or until it is busy and has nothing
+/// to do this moment (`None`): the point to move it.
+async fn until_busy(r: &mut Relaying) -> Option<Result<Event, SessionError>> {
     std::future::poll_fn(
         |cx| match r.relay.poll_passthrough(cx, &mut r.client, &mut r.server) {
             Poll::Ready(res) => Poll::Ready(Some(res)),
-            Poll::Pending if until_busy && r.relay.busy() => Poll::Ready(None),
+            Poll::Pending if r.relay.busy() => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         },
     )
@@ -117,7 +123,7 @@ async fn in_task(r: &mut Relaying, until_busy: bool) -> Option<Result<Event, Ses
 }
 
 thread_local! {
-    /// The engine of this thread's loop, started by the first session that needs it.
+    /// The engine of this thread's loop, started by its first plaintext passthrough session.
     static ENGINE: RefCell<Option<Handle>> = const { RefCell::new(None) };
 }
 
@@ -168,6 +174,12 @@ impl Shared {
             warn!(error = %e, "cannot wake the relay engine");
         }
     }
+
+    /// Drops the sessions still queued: their channels close, so they end instead of waiting
+    /// for an engine that is gone.
+    fn close_queue(&self) {
+        drop(std::mem::take(&mut *lock(&self.incoming)));
+    }
 }
 
 #[derive(Clone)]
@@ -180,8 +192,8 @@ impl Handle {
         lock(&self.shared.incoming).push(job);
         self.shared.notify();
         if self.shared.stopped.load(Ordering::Acquire) {
-            // Stopped meanwhile: nothing will take it; its session ends instead of waiting.
-            drop(std::mem::take(&mut *lock(&self.shared.incoming)));
+            // Stopped meanwhile: nothing will take it.
+            self.shared.close_queue();
         }
     }
 }
@@ -225,8 +237,7 @@ impl Drop for Stop {
     fn drop(&mut self) {
         self.0.stopped.store(true, Ordering::Release);
         let _ = self.0.waker.wake();
-        // Sessions still queued get their channel closed: they end instead of waiting.
-        drop(std::mem::take(&mut *lock(&self.0.incoming)));
+        self.0.close_queue();
     }
 }
 

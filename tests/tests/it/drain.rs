@@ -43,7 +43,7 @@ fn direct(env: &Env, member: &str) -> SocketAddr {
 }
 
 /// Waits for the connection task to end and returns the server's error.
-async fn ended_with(
+pub async fn ended_with(
     conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
 ) -> tokio_postgres::error::DbError {
     let ended = tokio::time::timeout(DEADLINE, conn)

@@ -7,20 +7,8 @@
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use pgsteer::config::RelayEngine;
-use pgsteer_cluster::{APP_PASSWORD, APP_USER};
 
-use crate::harness::{DEADLINE, Env, backend_pid, connect, eventually};
-use crate::routing::http_get;
-
-/// The value of one series on the admin endpoint (0 if absent).
-async fn metric(env: &Env, series: &str) -> f64 {
-    let text = http_get(env.admin(), "/metrics").await;
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
+use crate::harness::{DEADLINE, Env, backend_pid, connect, connect_watched, eventually};
 
 /// Large answers, a large upload and 16 concurrent sessions through `env`'s rw listener.
 async fn relays_everything(env: &Env) {
@@ -102,13 +90,7 @@ async fn relays_everything(env: &Env) {
 
     // A client that leaves in the middle of a large answer: its session ends, its backend
     // goes away, the others go on.
-    let (leaver, conn) = tokio_postgres::connect(
-        &crate::harness::conn_str(env.rw(), APP_USER, APP_PASSWORD, None),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    let driver = tokio::spawn(conn);
+    let (leaver, driver) = connect_watched(env.rw(), None).await;
     let pid = backend_pid(&leaver).await;
     let out = leaver
         .copy_out("COPY (SELECT repeat('y', 1000) FROM generate_series(1, 200000)) TO STDOUT")
@@ -147,13 +129,13 @@ async fn the_epoll_engine_relays_busy_plaintext_passthrough_sessions() {
         c.batch_execute("SELECT 1").await.unwrap();
     }
     eventually("the short session is counted", || async {
-        metric(&env, task).await == 1.0
+        env.metric(task).await == 1.0
     })
     .await;
-    assert_eq!(metric(&env, epoll).await, 0.0);
+    assert_eq!(env.metric(epoll).await, 0.0);
 
     relays_everything(&env).await;
-    let (moved, stayed) = (metric(&env, epoll).await, metric(&env, task).await);
+    let (moved, stayed) = (env.metric(epoll).await, env.metric(task).await);
     // The first session and the 16 concurrent ones ran enough round trips to move (the
     // client that left may have gone before it was busy).
     assert!(
@@ -170,8 +152,60 @@ async fn the_epoll_engine_relays_busy_plaintext_passthrough_sessions() {
 async fn with_the_tokio_engine_sessions_relay_in_their_tasks() {
     let env = Env::start_with(0, |c| c.runtime.relay_engine = RelayEngine::Tokio).await;
     relays_everything(&env).await;
-    let epoll = metric(&env, "pgsteer_relay_sessions_total{engine=\"epoll\"}").await;
-    let task = metric(&env, "pgsteer_relay_sessions_total{engine=\"task\"}").await;
+    let epoll = env
+        .metric("pgsteer_relay_sessions_total{engine=\"epoll\"}")
+        .await;
+    let task = env
+        .metric("pgsteer_relay_sessions_total{engine=\"task\"}")
+        .await;
     assert!(task >= 18.0, "every session ran in its task: {task}");
     assert_eq!(epoll, 0.0, "none went through the engine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_sessions_in_the_engine_are_fenced_when_their_primary_is_demoted() {
+    let env = Env::start(1).await;
+    let (idle, idle_conn) = connect_watched(env.rw(), None).await;
+    let (open, open_conn) = connect_watched(env.rw(), None).await;
+    open.batch_execute("CREATE TABLE fenced_in_engine(x int)")
+        .await
+        .unwrap();
+    // Enough round trips for both to move to the engine.
+    for c in [&idle, &open] {
+        for n in 0..50i32 {
+            let got: i32 = c.query_one("SELECT $1::int", &[&n]).await.unwrap().get(0);
+            assert_eq!(got, n);
+        }
+    }
+    open.batch_execute("BEGIN; INSERT INTO fenced_in_engine VALUES (1)")
+        .await
+        .unwrap();
+
+    let cluster = &env.cluster;
+    tokio::task::block_in_place(|| cluster.promote("pg-1").unwrap());
+    for conn in [idle_conn, open_conn] {
+        let e = crate::drain::ended_with(conn).await;
+        assert_eq!(e.code().code(), "57P01", "{}", e.message());
+        assert!(e.message().contains("pg-0"), "{}", e.message());
+    }
+    assert!(
+        open.batch_execute("COMMIT").await.is_err(),
+        "the commit must not go through"
+    );
+    let check = connect(
+        std::net::SocketAddr::from(([127, 0, 0, 1], env.port_of("pg-0"))),
+        None,
+    )
+    .await;
+    let n: i64 = check
+        .query_one("SELECT count(*) FROM fenced_in_engine", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the fenced transaction was rolled back");
+    // Both were ended by the engine, not by a task.
+    let epoll = env
+        .metric("pgsteer_relay_sessions_total{engine=\"epoll\"}")
+        .await;
+    assert_eq!(epoll, 2.0, "both sessions ended in the engine");
 }

@@ -90,6 +90,16 @@ impl Env {
         env
     }
 
+    /// The value of an unlabelled or labelled sample in `/metrics` (0 if absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = crate::routing::http_get(self.admin(), "/metrics").await;
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn rw(&self) -> SocketAddr {
         self.proxy.rw.expect("rw listener")
     }

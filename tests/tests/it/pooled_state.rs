@@ -29,12 +29,7 @@ async fn pool(p: &Pooled, member: &str) -> Option<serde_json::Value> {
 
 /// The value of an unlabelled or labelled sample in `/metrics`.
 pub async fn metric(p: &Pooled, series: &str) -> f64 {
-    let text = http_get(p.env.admin(), "/metrics").await;
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    p.env.metric(series).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

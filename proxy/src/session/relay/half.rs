@@ -72,25 +72,24 @@ pub(super) fn poll_fill(
     if half.eof || half.blocked || !half.win.has_room() {
         return Ok(None);
     }
-    if from.read_drained() {
-        // The engine knows there is nothing: no buffer, no call.
+    // Nothing to read: the buffer goes back unless the session is busy, and this poll reads
+    // this side no more.
+    let block = |half: &mut Half| {
         if !keep {
             half.win.release();
         }
         half.blocked = true;
-        return Ok(None);
+        Ok(None)
+    };
+    if from.read_drained() {
+        // The engine knows there is nothing: no buffer, no call.
+        return block(half);
     }
     let spare = half.win.spare();
     let room = spare.len();
     let mut rb = ReadBuf::new(spare);
     match Pin::new(&mut *from).poll_read(cx, &mut rb) {
-        Poll::Pending => {
-            if !keep {
-                half.win.release();
-            }
-            half.blocked = true;
-            Ok(None)
-        }
+        Poll::Pending => block(half),
         Poll::Ready(Ok(())) => {
             let n = rb.filled().len();
             if n == 0 {
