@@ -39,16 +39,20 @@ impl Binding {
         explicit_route: bool,
         pinned: bool,
     ) -> Binding {
-        let role = match route {
+        Binding {
+            member: member.to_owned(),
+            role: Binding::role_of(role, route, explicit_route, pinned),
+        }
+    }
+
+    /// The role a binding made by [`Binding::new`] holds its member to (`None`: any).
+    pub fn role_of(role: Role, route: Route, explicit_route: bool, pinned: bool) -> Option<Role> {
+        match route {
             Route::Primary | Route::Replica | Route::Auto if pinned && !explicit_route => None,
             // An `auto` client's connections are bound by each transaction's own route.
             Route::Primary | Route::Auto => Some(Role::Primary),
             Route::Replica => Some(role),
             Route::Any => None,
-        };
-        Binding {
-            member: member.to_owned(),
-            role,
         }
     }
 }

@@ -92,11 +92,12 @@ pub struct Target {
     pub role: Role,
 }
 
-/// The router's answer.
+/// The router's answer: connect to a [`Target`] ([`decide`]) or to a member of the
+/// topology looked at ([`choose`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub enum Decision<T = Target> {
     /// Connect here.
-    Connect(Target),
+    Connect(T),
     /// Nothing suitable now; wait for the topology to change.
     Wait(String),
     /// Never satisfiable: tell the client why.
@@ -119,6 +120,22 @@ pub fn decide(
     load: impl Fn(&str) -> usize,
     exclude: &[String],
 ) -> Decision {
+    match choose(t, req, policy, load, exclude) {
+        Decision::Connect(m) => Decision::Connect(target(m)),
+        Decision::Wait(why) => Decision::Wait(why),
+        Decision::Refuse(why) => Decision::Refuse(why),
+    }
+}
+
+/// [`decide`], answering with the member itself: a caller that routes every transaction
+/// can reuse the [`Target`] it made last time instead of copying the member's names.
+pub fn choose<'t>(
+    t: &'t Topology,
+    req: &Request,
+    policy: Policy,
+    load: impl Fn(&str) -> usize,
+    exclude: &[String],
+) -> Decision<&'t Member> {
     let usable = |m: &&Member| m.routable && !m.draining && !exclude.contains(&m.name);
     // Replicas past the lag bound take no new sessions (a pinned session still may).
     let fresh = |m: &&Member| usable(m) && !m.lagging && m.lsn.unwrap_or(0) >= req.min_lsn;
@@ -132,7 +149,7 @@ pub fn decide(
             (true, Route::Replica) => m.role == Role::Replica,
         };
         if role_ok && usable(&m) && (m.role != Role::Primary || t.primary().is_some()) {
-            return Decision::Connect(target(m));
+            return Decision::Connect(m);
         }
         return Decision::Wait(format!(
             "member \"{pin}\" is {} and not available for route {}",
@@ -142,24 +159,24 @@ pub fn decide(
     }
     match req.route {
         Route::Primary | Route::Auto => match t.primary().filter(usable) {
-            Some(m) => Decision::Connect(target(m)),
+            Some(m) => Decision::Connect(m),
             None => Decision::Wait(no_primary_reason(t)),
         },
         Route::Replica => {
             if let Some(m) = least_loaded(t.replicas().filter(fresh), &load) {
-                return Decision::Connect(target(m));
+                return Decision::Connect(m);
             }
             if policy.replica_fallback
                 && let Some(m) = t.primary().filter(usable)
             {
-                return Decision::Connect(target(m));
+                return Decision::Connect(m);
             }
             Decision::Wait("no replica available".into())
         }
         Route::Any => {
             let primary = t.primary().filter(usable);
             match least_loaded(t.replicas().filter(fresh).chain(primary), &load) {
-                Some(m) => Decision::Connect(target(m)),
+                Some(m) => Decision::Connect(m),
                 None => Decision::Wait("no member available".into()),
             }
         }

@@ -49,24 +49,46 @@ pub fn plain_select(sql: &[u8]) -> bool {
     {
         return false;
     }
-    let has = |at: usize, word: &[u8]| {
-        rest.get(at..at + word.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    // `into` and `pg_temp` matter as words: looked for where one may start (after anything
+    // but a letter or `_`; after a digit too, as in `1into`, which older servers read as
+    // `1 into`).
+    let word_at = |at: usize, word: &[u8]| {
+        let starts = at == 0 || !matches!(rest[at - 1], b'a'..=b'z' | b'A'..=b'Z' | b'_');
+        starts
+            && rest
+                .get(at..at + word.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(word))
     };
     let mut quotes = 0usize;
     for (i, &b) in rest.iter().enumerate() {
+        // Most bytes are none of those looked at: one table lookup passes them.
+        if !PLAIN_SELECT_LOOKS_AT[usize::from(b)] {
+            continue;
+        }
         match b {
             b'\'' => quotes += 1,
             b'(' | b';' | b'"' | b'\\' | b'-' | b'/' | 0 => return false,
             b'$' if !rest.get(i + 1).is_some_and(u8::is_ascii_digit) => return false,
-            b'i' | b'I' if has(i, b"into") => return false,
-            b'p' | b'P' if has(i, b"pg_temp") => return false,
+            b'i' | b'I' if word_at(i, b"into") => return false,
+            b'p' | b'P' if word_at(i, b"pg_temp") => return false,
             _ => {}
         }
     }
     // An odd count leaves a string open, which the full scan calls unsure.
     quotes.is_multiple_of(2)
 }
+
+/// The bytes [`plain_select`] looks at twice.
+static PLAIN_SELECT_LOOKS_AT: [bool; 256] = {
+    let mut t = [false; 256];
+    let looked_at = b"'(;\"\\-/\0$iIpP";
+    let mut i = 0;
+    while i < looked_at.len() {
+        t[looked_at[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 impl Effects<'_> {
     /// Whether any statement [affects the session](Effect::affects_session): the check for every

@@ -465,6 +465,8 @@ fn plain_selects_are_told_apart_without_tokenizing() {
         "select * from t where a = $1 and b = 'it''s'",
         "  SELECT\n  x, y FROM t FOR UPDATE ;  ",
         "select*from t",
+        // `into` and `pg_temp` inside a longer name are not the words.
+        "select pinto, hint_pg_temp from points",
     ] {
         assert!(plain_select(sql.as_bytes()), "{sql}");
         assert_eq!(effects(sql.as_bytes()), ["other"], "{sql}");
@@ -474,6 +476,9 @@ fn plain_selects_are_told_apart_without_tokenizing() {
         "SELECT set_config('a', 'b', false)",
         "SELECT 1 INTO TEMP t",
         "SELECT * FROM pg_temp.t",
+        "SELECT * FROM x,pg_temp.t",
+        "SELECT 1into t",
+        "select a\tinto t from u",
         "SELECT 1; SET search_path = x",
         "SELECT 'open",
         "SELECT $$x$$",

@@ -73,11 +73,9 @@ pub struct PoolKey {
 }
 
 /// What a client got from [`Pool::acquire`].
-// A connection is moved a few times per checkout, never copied in bulk: not worth a box.
-#[allow(clippy::large_enum_variant)]
 pub enum Acquired {
     /// An idle connection.
-    Idle(ServerConn),
+    Idle(Box<ServerConn>),
     /// A permit to open a connection: the caller opens it, and calls
     /// [`Pool::forget`] if that fails.
     Open,
@@ -101,9 +99,8 @@ pub enum NoConn {
 }
 
 /// What a waiter is handed.
-#[allow(clippy::large_enum_variant)]
 enum Grant {
-    Conn(ServerConn),
+    Conn(Box<ServerConn>),
     Open,
     /// The pool was retired: route again.
     Retired,
@@ -118,7 +115,10 @@ struct Waiter {
 #[derive(Default)]
 struct Inner {
     /// Idle connections, most recently returned last.
-    idle: Vec<ServerConn>,
+    // Boxed: a connection goes in and out of this list at every transaction, and clients
+    // hold it boxed in between.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<ServerConn>>,
     /// Connections open or being opened (idle + lent + opening).
     open: usize,
     /// Connections lent to clients now.
@@ -242,7 +242,7 @@ impl Pool {
 
     /// A connection a client had comes back (`None`: it was closed, or opening it failed
     /// before it was lent). Handed to the first waiter, or put on the idle list.
-    pub fn give_back(&self, conn: Option<ServerConn>, pinned: bool) {
+    pub fn give_back(&self, conn: Option<Box<ServerConn>>, pinned: bool) {
         let mut inner = self.lock();
         inner.lent = inner.lent.saturating_sub(1);
         if pinned {
@@ -346,7 +346,7 @@ impl Pool {
 
 /// Closes a connection pgsteer no longer wants: Terminate, then the socket, off the
 /// caller's path.
-pub fn close(mut c: ServerConn, why: CloseReason) {
+pub fn close(mut c: Box<ServerConn>, why: CloseReason) {
     debug!(conn = c.id, member = %c.cancel.member, reason = why.as_str(), "closing a server connection");
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;

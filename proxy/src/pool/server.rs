@@ -118,7 +118,9 @@ impl From<UpstreamError> for OpenError {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Opens a connection to `target` and logs in.
-pub async fn open(target: &Target, login: Login<'_>) -> Result<ServerConn, OpenError> {
+/// Boxed: a pooled connection moves between its pool and its clients at every transaction,
+/// and a pointer moves cheaper than the connection.
+pub async fn open(target: &Target, login: Login<'_>) -> Result<Box<ServerConn>, OpenError> {
     let started = Instant::now();
     let mut stream = upstream::connect(target, login.tls, login.timeout).await?;
     let left = login.timeout.saturating_sub(started.elapsed());
@@ -131,7 +133,7 @@ pub async fn open(target: &Target, login: Login<'_>) -> Result<ServerConn, OpenE
             ))
         })??;
     let now = Instant::now();
-    Ok(ServerConn {
+    Ok(Box::new(ServerConn {
         stream,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         created: now,
@@ -148,7 +150,7 @@ pub async fn open(target: &Target, login: Login<'_>) -> Result<ServerConn, OpenE
             key: greeting.key,
         }),
         broken: false,
-    })
+    }))
 }
 
 /// What the server said while logging in.

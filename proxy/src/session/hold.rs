@@ -57,6 +57,19 @@ impl<'a> Backends<'a> {
             pools: &shared.pools,
         }
     }
+
+    /// The router's policy knobs out of `[routing]`.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            replica_fallback: self.routing.replica_fallback,
+        }
+    }
+
+    /// A member's load for least-loaded routing: its passthrough sessions and the pooled
+    /// connections lent on it.
+    pub fn load(&self, member: &str) -> usize {
+        self.sessions.get(member) + self.pools.lent_on(member)
+    }
 }
 
 /// One connection's wait for a backend: the deadline, the members that just
@@ -279,17 +292,13 @@ fn decide(
     request: &Request,
     hold: &mut Hold<'_>,
 ) -> Result<Next, SessionError> {
-    let policy = Policy {
-        replica_fallback: b.routing.replica_fallback,
-    };
     let t = topology.borrow_and_update();
     if t.generation != hold.generation {
         hold.generation = t.generation;
         hold.forgive();
         hold.refusals = 0;
     }
-    let load = |m: &str| b.sessions.get(m) + b.pools.lent_on(m);
-    match router::decide(&t, request, policy, load, &hold.exclude) {
+    match router::decide(&t, request, b.policy(), |m| b.load(m), &hold.exclude) {
         Decision::Refuse(why) => Err(SessionError::fatal(
             Side::Internal,
             SqlState::UNABLE_TO_CONNECT,

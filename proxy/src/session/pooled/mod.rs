@@ -48,7 +48,7 @@ use state::{ClientState, SESSION_SETTINGS_SQL, sync_sql};
 
 /// A server connection lent to the client.
 struct Lent {
-    conn: ServerConn,
+    conn: Box<ServerConn>,
     pool: Arc<Pool>,
     target: Target,
 }
@@ -77,6 +77,8 @@ struct Session<'a> {
     lent_binding: Arc<drain::Lent>,
     /// The pool of the last connection, reused while it is current.
     last_pool: Option<Arc<Pool>>,
+    /// Where the last connection went: reused while the router picks the same member.
+    last_target: Option<Target>,
     /// What pgsteer answers for the server while nothing is lent (`stand_in.rs`).
     stand_in: StandIn,
     /// The deferred `BEGIN` to run on the connection lent next.
@@ -140,7 +142,7 @@ pub async fn serve(
                     reported,
                     reported_fingerprint,
                     ..
-                } = &mut l.conn;
+                } = &mut *l.conn;
                 let mut owner = Pooled {
                     client: &mut session.state,
                     statements,
@@ -265,6 +267,7 @@ async fn log_in<'a>(
         tally_pod: String::new(),
         lent_binding: Arc::default(),
         last_pool: None,
+        last_target: None,
         stand_in: StandIn::Off,
         begin: None,
         reply: BytesMut::new(),
@@ -352,9 +355,15 @@ impl<'a> Session<'a> {
                 if let Some(tally) = self.tally(&l.target) {
                     relay.retally(tally);
                 }
-                let binding = self.binding(&l.target);
-                if !self.lent_binding.is(&binding.member, binding.role) {
-                    self.lent_binding.set(Some(binding));
+                let r = &self.route_now;
+                let role = drain::Binding::role_of(
+                    l.target.role,
+                    r.route,
+                    r.explicit_route,
+                    r.pin.is_some(),
+                );
+                if !self.lent_binding.is(&l.target.member, role) {
+                    self.lent_binding.set(Some(self.binding(&l.target)));
                 }
                 *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(l.conn.cancel.clone());
@@ -381,8 +390,15 @@ impl<'a> Session<'a> {
     /// member's pool, with the client's settings applied.
     async fn lend(&mut self, client: &Stream) -> Result<Lent, SessionError> {
         let shared = self.shared;
-        let mut hold = Hold::new(Backends::of(shared));
-        let mut routing = Routing::new(Backends::of(shared));
+        // Set up only when the transaction cannot be routed at once (it holds, or a member
+        // refused it): most transactions need neither.
+        let mut slow: Option<(Hold<'a>, Routing<'a>)> = None;
+        let start = || {
+            (
+                Hold::new(Backends::of(shared)),
+                Routing::new(Backends::of(shared)),
+            )
+        };
         let gate = &shared.switchover;
         let mut broken_begins = 0;
         loop {
@@ -391,12 +407,23 @@ impl<'a> Session<'a> {
                 gate.wait(shared.config.switchover.timeout, &shared.metrics)
                     .await;
             }
-            let target = routing.next(client, &self.route_now, &mut hold).await?;
-            let decided = hold.generation();
+            let at_once = match slow {
+                None => self.route_at_once(),
+                Some(_) => None,
+            };
+            let (target, decided) = match at_once {
+                Some(found) => found,
+                None => {
+                    let (hold, routing) = slow.get_or_insert_with(start);
+                    let target = routing.next(client, &self.route_now, hold).await?;
+                    (target, hold.generation())
+                }
+            };
             let mut lent = match self.take(target).await {
                 Ok(l) => l,
                 Err((refused, target)) => {
-                    routing.refused(&self.route_now, &mut hold, target, refused)?;
+                    let (hold, routing) = slow.get_or_insert_with(start);
+                    routing.refused(&self.route_now, hold, target, refused)?;
                     continue;
                 }
             };
@@ -517,16 +544,18 @@ impl<'a> Session<'a> {
             }
         }
         self.state.pool = None;
+        self.last_target = Some(l.target);
     }
 
     /// A connection taken but not lent (the topology moved, or its settings failed).
-    fn return_conn(&self, l: Lent, broken: bool) {
+    fn return_conn(&mut self, l: Lent, broken: bool) {
         if broken {
             crate::pool::close(l.conn, CloseReason::Broken);
             l.pool.give_back(None, false);
         } else {
             l.pool.give_back(Some(l.conn), false);
         }
+        self.last_target = Some(l.target);
     }
 
     /// The session is over: the connection it has goes back clean or is closed, and the

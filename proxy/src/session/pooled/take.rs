@@ -8,12 +8,41 @@ use super::{Lent, Session};
 use crate::drain::{self, Binding, Graces};
 use crate::pool::server::{self, Login, OpenError, ServerConn};
 use crate::pool::{Acquired, NoConn, Pool};
-use crate::router::Target;
+use crate::router::{self, Decision, Target};
 use crate::session::hold::{self, Backends, Refused};
 use crate::session::{SessionError, Side};
 use pgsteer_protocol::sqlstate::SqlState;
 
 impl Session<'_> {
+    /// Where the current transaction goes when nothing holds it: new sessions are not
+    /// paused and the router picks a member at once (as [`Routing::next`] would without
+    /// waiting), with the topology generation it decided on. `None`: route the slow way.
+    ///
+    /// [`Routing::next`]: crate::session::hold::Routing::next
+    pub(super) fn route_at_once(&mut self) -> Option<(Target, u64)> {
+        let b = Backends::of(self.shared);
+        if *b.paused.borrow() {
+            return None;
+        }
+        let t = b.topology.current();
+        match router::choose(&t, &self.route_now, b.policy(), |m| b.load(m), &[]) {
+            Decision::Connect(m) => {
+                let target = match self.last_target.take() {
+                    Some(last)
+                        if last.member == m.name
+                            && last.address == m.address
+                            && last.role == m.role =>
+                    {
+                        last
+                    }
+                    _ => router::target(m),
+                };
+                Some((target, t.generation))
+            }
+            Decision::Wait(_) | Decision::Refuse(_) => None,
+        }
+    }
+
     /// A connection from `target`'s pool: an idle one or a new one.
     pub(super) async fn take(&mut self, target: Target) -> Result<Lent, (Refused, Target)> {
         match self.take_from(&target).await {
@@ -42,7 +71,7 @@ impl Session<'_> {
     pub(super) async fn take_from(
         &mut self,
         target: &Target,
-    ) -> Result<(ServerConn, Arc<Pool>), Refused> {
+    ) -> Result<(Box<ServerConn>, Arc<Pool>), Refused> {
         let shared = self.shared;
         let pool = self.pool_of(target);
         let settings = &shared.pools.settings;
@@ -77,7 +106,7 @@ impl Session<'_> {
         Ok((conn, pool))
     }
 
-    pub(super) async fn open(&self, target: &Target) -> Result<ServerConn, Refused> {
+    pub(super) async fn open(&self, target: &Target) -> Result<Box<ServerConn>, Refused> {
         let shared = self.shared;
         let started = std::time::Instant::now();
         let login = Login {
