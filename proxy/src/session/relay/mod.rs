@@ -137,13 +137,20 @@ impl State {
             return;
         }
         let now = Instant::now();
-        if let Some(started) = self.query_start.take() {
-            tally.query_seconds.observe((now - started).as_secs_f64());
-        }
+        let query = self.query_start.take().map(|started| {
+            let took = (now - started).as_secs_f64();
+            tally.query_seconds.observe(took);
+            (started, took)
+        });
         if self.tx == TxStatus::Idle {
             tally.transactions += 1;
             if let Some(t) = self.tx_start.take() {
-                tally.transaction_seconds.observe((now - t).as_secs_f64());
+                // A transaction of one request took as long as it (most do, in autocommit).
+                let took = match query {
+                    Some((started, took)) if started == t => took,
+                    _ => (now - t).as_secs_f64(),
+                };
+                tally.transaction_seconds.observe(took);
             }
         }
     }
