@@ -28,7 +28,7 @@ struct Cli {
     /// Only these workloads (comma-separated ids, e.g. select-simple-8,tpcb-8,mixed-9010-8).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
-    /// Only these targets (direct, pgsteer-rw, pgsteer-base, pgsteer-pooled, pgsteer-auto,
+    /// Only these targets (direct, pgsteer-rw, pgsteer-base, pgsteer-pooled, pgsteer-base-pooled, pgsteer-auto,
     /// pgsteer-auto-eventual, pgbouncer, pgbouncer-tx, haproxy, direct-replica, pgsteer-ro).
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
@@ -138,8 +138,10 @@ fn run(cli: Cli) -> Result<(), String> {
                     .into_iter()
                     .find(|t| t.name() == name)
                     .ok_or_else(|| format!("unknown target {name}"))?;
-                if t == Target::PgsteerBase && cli.baseline_pgsteer.is_none() {
-                    return Err("target pgsteer-base needs --baseline-pgsteer PATH".into());
+                if matches!(t, Target::PgsteerBase | Target::PgsteerBasePooled)
+                    && cli.baseline_pgsteer.is_none()
+                {
+                    return Err(format!("target {t} needs --baseline-pgsteer PATH"));
                 }
                 targets.push(t);
             }

@@ -262,34 +262,43 @@ fn row(workload: &str, t: Target, peers: &[(Target, &str)], results: &Results) -
     out
 }
 
-/// pgsteer-rw against pgsteer-base (an older build measured in the same run), per workload: the
-/// tps ratio and the CPU per transaction of both. Empty when no workload has both.
+/// pgsteer-rw against pgsteer-base and pgsteer-pooled against pgsteer-base-pooled (an older
+/// build measured in the same run), per workload: the tps ratio and the CPU per transaction of
+/// both. Empty when no workload has a pair.
 pub fn versus_base(workloads: &[Workload], results: &Results) -> String {
     let mut out = String::new();
-    for w in workloads {
-        let (Some(rw), Some(base)) = (
-            results.point(&w.id, Target::PgsteerRw),
-            results.point(&w.id, Target::PgsteerBase),
-        ) else {
-            continue;
-        };
-        let cpu = match (rw.cpu_us_per_tx, base.cpu_us_per_tx) {
-            (Some(a), Some(b)) => format!("rw {a:.1} vs base {b:.1} us ({})", percent(a / b)),
-            _ => "-".to_owned(),
-        };
-        let _ = writeln!(
-            out,
-            "  {:<24} tps x {:.3} ({:.0} vs {:.0})  CPU/tx {cpu}",
-            w.id,
-            rw.tps / base.tps,
-            rw.tps,
-            base.tps
-        );
+    let pairs = [
+        (Target::PgsteerRw, Target::PgsteerBase, "rw"),
+        (Target::PgsteerPooled, Target::PgsteerBasePooled, "pooled"),
+    ];
+    for (now, then, what) in pairs {
+        for w in workloads {
+            let (Some(now), Some(base)) = (results.point(&w.id, now), results.point(&w.id, then))
+            else {
+                continue;
+            };
+            let cpu = match (now.cpu_us_per_tx, base.cpu_us_per_tx) {
+                (Some(a), Some(b)) => {
+                    format!("{what} {a:.1} vs base {b:.1} us ({})", percent(a / b))
+                }
+                _ => "-".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<24} {what:<6} tps x {:.3} ({:.0} vs {:.0})  CPU/tx {cpu}",
+                w.id,
+                now.tps / base.tps,
+                now.tps,
+                base.tps
+            );
+        }
     }
     if out.is_empty() {
         return out;
     }
-    format!("\npgsteer-rw vs pgsteer-base (same run, medians; tps x = rw / base):\n{out}")
+    format!(
+        "\npgsteer vs pgsteer-base (same run, medians; tps x = this build / base; rw: the rw listener, pooled: the pooled ones):\n{out}"
+    )
 }
 
 /// Route `auto` per workload and auto target: the share of transactions its listener sent to

@@ -117,14 +117,18 @@ impl Bench {
         };
         let pgsteer = Pgsteer::start(&opts.pgsteer, log_dir, &spec)?;
         let baseline = match &opts.baseline_pgsteer {
-            Some(bin) if wanted(Target::PgsteerBase) => {
-                // Same config shape without the pooled listener (an older build may not have
-                // pooled mode), its own ports and its own directory for config and log.
+            Some(bin) if wanted(Target::PgsteerBase) || wanted(Target::PgsteerBasePooled) => {
+                // Same config shape, with the pooled listener only when pgsteer-base-pooled is
+                // asked for by name (an older build may not have pooled mode), its own ports and
+                // its own directory for config and log.
                 let dir = log_dir.join("pgsteer-base");
                 std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 let spec = PgsteerSpec {
                     name: "pgsteer-base",
-                    pool_size: None,
+                    pool_size: opts
+                        .targets
+                        .contains(&Target::PgsteerBasePooled)
+                        .then_some(opts.pool_size),
                     auto: false,
                     threads: opts.baseline_threads,
                     relay_engine: opts.baseline_engine.as_deref(),
@@ -168,6 +172,10 @@ impl Bench {
             Target::PgsteerBase => self.baseline.as_ref().map(|b| (b.rw, Some(b.proc.pid()))),
             Target::PgsteerPooled => {
                 (self.pgsteer.pooled).map(|p| (p, Some(self.pgsteer.proc.pid())))
+            }
+            Target::PgsteerBasePooled => {
+                let b = self.baseline.as_ref()?;
+                b.pooled.map(|p| (p, Some(b.proc.pid())))
             }
             Target::PgsteerAuto | Target::PgsteerAutoEventual => {
                 (self.pgsteer.auto).map(|p| (p, Some(self.pgsteer.proc.pid())))

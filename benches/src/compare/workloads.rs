@@ -14,6 +14,9 @@ pub enum Target {
     PgsteerBase,
     /// pgsteer's pooled listener (transaction mode, `[auth] method = "trust"`) to the primary.
     PgsteerPooled,
+    /// The same pooled listener on the `--baseline-pgsteer` instance: pooled mode before and
+    /// after, in the same run.
+    PgsteerBasePooled,
     /// pgsteer's `auto` listener on the same instance (transaction mode, same pool size): each
     /// transaction to a replica when it only reads and a replica has replayed the client's last
     /// write (read-your-writes, the default), else to the primary.
@@ -35,11 +38,12 @@ pub enum Target {
 
 impl Target {
     /// Every target, in table order.
-    pub const ALL: [Target; 11] = [
+    pub const ALL: [Target; 12] = [
         Target::Direct,
         Target::PgsteerRw,
         Target::PgsteerBase,
         Target::PgsteerPooled,
+        Target::PgsteerBasePooled,
         Target::PgsteerAuto,
         Target::PgsteerAutoEventual,
         Target::Pgbouncer,
@@ -56,6 +60,7 @@ impl Target {
             Target::PgsteerRw => "pgsteer-rw",
             Target::PgsteerBase => "pgsteer-base",
             Target::PgsteerPooled => "pgsteer-pooled",
+            Target::PgsteerBasePooled => "pgsteer-base-pooled",
             Target::PgsteerAuto => "pgsteer-auto",
             Target::PgsteerAutoEventual => "pgsteer-auto-eventual",
             Target::Pgbouncer => "pgbouncer",
@@ -79,6 +84,7 @@ impl Target {
         matches!(
             self,
             Target::PgsteerPooled
+                | Target::PgsteerBasePooled
                 | Target::PgbouncerTx
                 | Target::PgsteerAuto
                 | Target::PgsteerAutoEventual
@@ -321,6 +327,11 @@ mod tests {
         let mixed = ["mixed-9010-8", "mixed-9010-32", "mixed-9010-extended-8"];
         assert_eq!(with(Target::PgsteerPooled), [&asked[..], &mixed].concat());
         assert_eq!(with(Target::PgbouncerTx), asked);
+        assert_eq!(
+            with(Target::PgsteerBasePooled),
+            asked[..3],
+            "before and after wherever pooled mode meets PgBouncer with few clients"
+        );
         let many = standard().swap_remove(9);
         assert_eq!(many.clients, 1000);
         assert!(many.script == Script::SelectOnly && !many.extended && !many.connect_per_tx);

@@ -77,11 +77,20 @@ fn pgsteer_rw_is_compared_with_the_baseline_build_of_the_same_run() {
     assert!(row.contains("0.760"), "x base is / direct: {text}");
     assert!(row.contains("13.1"), "its own CPU figure: {text}");
     let text = versus_base(workloads, &r);
-    assert!(text.contains("pgsteer-rw vs pgsteer-base"), "{text}");
+    assert!(text.contains("pgsteer vs pgsteer-base"), "{text}");
     assert!(text.contains("select-simple-8"), "{text}");
-    assert!(text.contains("tps x 1.053 (8000 vs 7600)"), "{text}");
+    assert!(text.contains("rw     tps x 1.053 (8000 vs 7600)"), "{text}");
     assert!(
         text.contains("CPU/tx rw 11.9 vs base 13.1 us (\u{2212}9 %)"),
+        "{text}"
+    );
+    assert!(!text.contains("pooled tps"), "no pooled pair measured: {text}");
+    put(&mut r, Target::PgsteerPooled, 9_000.0, Some(1.35));
+    put(&mut r, Target::PgsteerBasePooled, 8_000.0, Some(1.36));
+    let text = versus_base(workloads, &r);
+    assert!(text.contains("pooled tps x 1.125 (9000 vs 8000)"), "{text}");
+    assert!(
+        text.contains("CPU/tx pooled 15.0 vs base 17.0 us (\u{2212}12 %)"),
         "{text}"
     );
 }
