@@ -49,11 +49,11 @@ pub fn plain_select(sql: &[u8]) -> bool {
     {
         return false;
     }
-    // `into` and `pg_temp` matter as words: looked for where one may start (after anything
-    // but a letter or `_`; after a digit too, as in `1into`, which older servers read as
-    // `1 into`).
+    // `into` and `pg_temp` matter as words: looked for where one may start, after anything
+    // but a letter (after a digit or `_` too: the lexer reads `1_into` as `1_` and `into`, as
+    // older servers read `1into`).
     let word_at = |at: usize, word: &[u8]| {
-        let starts = at == 0 || !matches!(rest[at - 1], b'a'..=b'z' | b'A'..=b'Z' | b'_');
+        let starts = at == 0 || !rest[at - 1].is_ascii_alphabetic();
         starts
             && rest
                 .get(at..at + word.len())
@@ -78,7 +78,7 @@ pub fn plain_select(sql: &[u8]) -> bool {
     quotes.is_multiple_of(2)
 }
 
-/// The bytes [`plain_select`] looks at twice.
+/// The bytes the loop in [`plain_select`] must examine; it skips all others.
 static PLAIN_SELECT_LOOKS_AT: [bool; 256] = {
     let mut t = [false; 256];
     let looked_at = b"'(;\"\\-/\0$iIpP";

@@ -466,7 +466,7 @@ fn plain_selects_are_told_apart_without_tokenizing() {
         "  SELECT\n  x, y FROM t FOR UPDATE ;  ",
         "select*from t",
         // `into` and `pg_temp` inside a longer name are not the words.
-        "select pinto, hint_pg_temp from points",
+        "select pinto, hintpg_temp from points",
     ] {
         assert!(plain_select(sql.as_bytes()), "{sql}");
         assert_eq!(effects(sql.as_bytes()), ["other"], "{sql}");
@@ -478,6 +478,8 @@ fn plain_selects_are_told_apart_without_tokenizing() {
         "SELECT * FROM pg_temp.t",
         "SELECT * FROM x,pg_temp.t",
         "SELECT 1into t",
+        "SELECT 1_into temp t",
+        "SELECT 1_pg_temp.t",
         "select a\tinto t from u",
         "SELECT 1; SET search_path = x",
         "SELECT 'open",

@@ -117,6 +117,12 @@ impl<'a> Hold<'a> {
         self.generation
     }
 
+    /// A hold set up after a decision made without it, on topology `generation`: a member
+    /// that refused since counts as refused on that topology (a change forgives it).
+    pub fn decided_at(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
     /// Skips `member` until the topology changes (it refused this connection), or until
     /// the retry delay has passed: 250 ms after the first refusal, doubling to 2 s.
     pub fn exclude(&mut self, member: String) {

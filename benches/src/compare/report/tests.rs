@@ -84,7 +84,10 @@ fn pgsteer_rw_is_compared_with_the_baseline_build_of_the_same_run() {
         text.contains("CPU/tx rw 11.9 vs base 13.1 us (\u{2212}9 %)"),
         "{text}"
     );
-    assert!(!text.contains("pooled tps"), "no pooled pair measured: {text}");
+    assert!(
+        !text.contains("pooled tps"),
+        "no pooled pair measured: {text}"
+    );
     put(&mut r, Target::PgsteerPooled, 9_000.0, Some(1.35));
     put(&mut r, Target::PgsteerBasePooled, 8_000.0, Some(1.36));
     let text = versus_base(workloads, &r);

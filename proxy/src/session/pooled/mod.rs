@@ -45,6 +45,7 @@ use lost::Next;
 use owner::{InFlight, Pooled};
 use stand_in::StandIn;
 use state::{ClientState, SESSION_SETTINGS_SQL, sync_sql};
+use take::SlowRouting;
 
 /// A server connection lent to the client.
 struct Lent {
@@ -355,13 +356,7 @@ impl<'a> Session<'a> {
                 if let Some(tally) = self.tally(&l.target) {
                     relay.retally(tally);
                 }
-                let r = &self.route_now;
-                let role = drain::Binding::role_of(
-                    l.target.role,
-                    r.route,
-                    r.explicit_route,
-                    r.pin.is_some(),
-                );
+                let role = self.binding_role(&l.target);
                 if !self.lent_binding.is(&l.target.member, role) {
                     self.lent_binding.set(Some(self.binding(&l.target)));
                 }
@@ -390,39 +385,27 @@ impl<'a> Session<'a> {
     /// member's pool, with the client's settings applied.
     async fn lend(&mut self, client: &Stream) -> Result<Lent, SessionError> {
         let shared = self.shared;
-        // Set up only when the transaction cannot be routed at once (it holds, or a member
-        // refused it): most transactions need neither.
-        let mut slow: Option<(Hold<'a>, Routing<'a>)> = None;
-        let start = || {
-            (
-                Hold::new(Backends::of(shared)),
-                Routing::new(Backends::of(shared)),
-            )
-        };
+        // Set up only when the transaction cannot be routed at once (it holds, a member
+        // refused it, or the switchover gate holds it): most transactions need neither.
+        let mut slow: SlowRouting<'a> = None;
         let gate = &shared.switchover;
         let mut broken_begins = 0;
         loop {
             // A switchover led by pgsteer holds transactions bound for the primary here.
             if self.route_now.route != Route::Replica {
+                if gate.is_closed() && slow.is_none() {
+                    // The hold's deadline runs while the gate holds, as it always has.
+                    slow = Some(self.slow_routing(None));
+                }
                 gate.wait(shared.config.switchover.timeout, &shared.metrics)
                     .await;
             }
-            let at_once = match slow {
-                None => self.route_at_once(),
-                Some(_) => None,
-            };
-            let (target, decided) = match at_once {
-                Some(found) => found,
-                None => {
-                    let (hold, routing) = slow.get_or_insert_with(start);
-                    let target = routing.next(client, &self.route_now, hold).await?;
-                    (target, hold.generation())
-                }
-            };
+            let (target, decided) = self.next_target(client, &mut slow).await?;
             let mut lent = match self.take(target).await {
                 Ok(l) => l,
                 Err((refused, target)) => {
-                    let (hold, routing) = slow.get_or_insert_with(start);
+                    let (hold, routing) =
+                        slow.get_or_insert_with(|| self.slow_routing(Some(decided)));
                     routing.refused(&self.route_now, hold, target, refused)?;
                     continue;
                 }

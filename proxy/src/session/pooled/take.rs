@@ -9,11 +9,45 @@ use crate::drain::{self, Binding, Graces};
 use crate::pool::server::{self, Login, OpenError, ServerConn};
 use crate::pool::{Acquired, NoConn, Pool};
 use crate::router::{self, Decision, Target};
-use crate::session::hold::{self, Backends, Refused};
+use crate::session::hold::{self, Backends, Hold, Refused, Routing};
+use crate::session::stream::Stream;
 use crate::session::{SessionError, Side};
+use pgsteer_discovery::Role;
 use pgsteer_protocol::sqlstate::SqlState;
 
-impl Session<'_> {
+/// A transaction's hold and routing, set up only when it cannot be routed at once.
+pub(super) type SlowRouting<'a> = Option<(Hold<'a>, Routing<'a>)>;
+
+impl<'a> Session<'a> {
+    /// Where the current transaction goes, with the topology generation it was decided on:
+    /// at once when nothing holds it, else through `slow` (set up now if it was not).
+    pub(super) async fn next_target(
+        &mut self,
+        client: &Stream,
+        slow: &mut SlowRouting<'a>,
+    ) -> Result<(Target, u64), SessionError> {
+        if slow.is_none()
+            && let Some(found) = self.route_at_once()
+        {
+            return Ok(found);
+        }
+        let (hold, routing) = slow.get_or_insert_with(|| self.slow_routing(None));
+        let target = routing.next(client, &self.route_now, hold).await?;
+        Ok((target, hold.generation()))
+    }
+
+    /// A hold and routing for the current transaction. `decided`: the topology generation a
+    /// member that refused was chosen on without them (a change since then forgives the
+    /// refusal, as when the hold is set up first).
+    pub(super) fn slow_routing(&self, decided: Option<u64>) -> (Hold<'a>, Routing<'a>) {
+        let b = Backends::of(self.shared);
+        let mut hold = Hold::new(b);
+        if let Some(generation) = decided {
+            hold.decided_at(generation);
+        }
+        (hold, Routing::new(b))
+    }
+
     /// Where the current transaction goes when nothing holds it: new sessions are not
     /// paused and the router picks a member at once (as [`Routing::next`] would without
     /// waiting), with the topology generation it decided on. `None`: route the slow way.
@@ -148,13 +182,16 @@ impl Session<'_> {
 
     /// What a connection to `target` was lent for.
     pub(super) fn binding(&self, target: &Target) -> Binding {
-        Binding::new(
-            &target.member,
-            target.role,
-            self.route_now.route,
-            self.route_now.explicit_route,
-            self.route_now.pin.is_some(),
-        )
+        Binding {
+            member: target.member.clone(),
+            role: self.binding_role(target),
+        }
+    }
+
+    /// The role [`Session::binding`] holds `target`'s member to (`None`: any).
+    pub(super) fn binding_role(&self, target: &Target) -> Option<Role> {
+        let r = &self.route_now;
+        Binding::role_of(target.role, r.route, r.explicit_route, r.pin.is_some())
     }
 
     /// Whether `target`, chosen at topology generation `decided`, is still where the

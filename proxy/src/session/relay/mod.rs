@@ -145,7 +145,8 @@ impl State {
         if self.tx == TxStatus::Idle {
             tally.transactions += 1;
             if let Some(t) = self.tx_start.take() {
-                // A transaction of one request took as long as it (most do, in autocommit).
+                // Its first request is the one just answered (one statement in autocommit,
+                // or one pipelined batch): the same span, measured once.
                 let took = match query {
                     Some((started, took)) if started == t => took,
                     _ => (now - t).as_secs_f64(),
