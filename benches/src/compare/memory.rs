@@ -151,12 +151,16 @@ fn open_sessions(port: u16, n: usize) -> Result<Vec<Session>, String> {
 /// Opens every server connection of a pool of `size` through the pooled listener on `port`:
 /// `size` clients each inside a transaction at once, then done. The pool then stays at `size`
 /// open connections, so the clients measured later add no server connection of their own.
+/// A `BEGIN` alone takes no connection (pgsteer answers it and defers it to the transaction's
+/// first statement), so each filler runs a statement in its transaction too.
 fn fill_pool(port: u16, size: usize) -> Result<(), String> {
     let mut held = Vec::with_capacity(size);
     for i in 0..size {
         let mut s =
             Session::open(port, TRUST_USER, DATABASE).map_err(|e| format!("filler {i}: {e}"))?;
         s.query("BEGIN").map_err(|e| format!("filler {i}: {e}"))?;
+        s.query("SELECT 1")
+            .map_err(|e| format!("filler {i}: {e}"))?;
         held.push(s);
     }
     for mut s in held {
@@ -384,6 +388,16 @@ impl IdleRun {
         let (port, n) = match proxy.pooled {
             Some(port) if pooled => {
                 fill_pool(port, opts.pool_size)?;
+                let open = http_get(proxy.admin, "/pools")
+                    .ok()
+                    .and_then(|(_, body)| PoolFigures::parse(&body))
+                    .map_or(0, |f| f.open);
+                if open < opts.pool_size as u64 {
+                    return Err(format!(
+                        "the pool was not filled before the baseline: {open} of {} server connections open",
+                        opts.pool_size
+                    ));
+                }
                 (port, opts.pooled)
             }
             _ => (proxy.rw, opts.sessions),
