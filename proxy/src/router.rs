@@ -120,10 +120,17 @@ pub fn decide(
     load: impl Fn(&str) -> usize,
     exclude: &[String],
 ) -> Decision {
-    match choose(t, req, policy, load, exclude) {
-        Decision::Connect(m) => Decision::Connect(target(m)),
-        Decision::Wait(why) => Decision::Wait(why),
-        Decision::Refuse(why) => Decision::Refuse(why),
+    choose(t, req, policy, load, exclude).map(target)
+}
+
+impl<T> Decision<T> {
+    /// The same answer, connecting to `f(T)`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Decision<U> {
+        match self {
+            Decision::Connect(t) => Decision::Connect(f(t)),
+            Decision::Wait(why) => Decision::Wait(why),
+            Decision::Refuse(why) => Decision::Refuse(why),
+        }
     }
 }
 

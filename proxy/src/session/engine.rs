@@ -19,8 +19,9 @@
 //! A session starts its relay in its own task and enters the engine once it is busy ([`run`]):
 //! a connection used for one transaction would pay more for the move (its sockets leave
 //! tokio's epoll for the engine's and come back, two cross-thread wake-ups) than the engine
-//! saves it. It leaves when the relay ends; its sockets are handed back to tokio for closing. TLS sessions and pooled sessions stay in
-//! their tasks. `[runtime] relay_engine = "tokio"` turns the engine off.
+//! saves it. It leaves when the relay ends; its sockets are handed back to tokio for closing.
+//! TLS sessions and pooled sessions stay in their tasks. `[runtime] relay_engine = "tokio"`
+//! turns the engine off.
 
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
@@ -54,11 +55,11 @@ const WAKE: Token = Token(usize::MAX);
 pub type Outcome = (Relaying, Result<Event, SessionError>);
 
 /// Relays `r` until it stops. With `use_engine`, plaintext on both sides and an engine on this
-/// thread (started if need be), it starts in the calling task and moves to the engine once
-/// it is busy (a session that ends
-/// after a round trip or two, one connection per transaction, would pay more for the move
-/// than the engine saves it); otherwise it stays in the task. Counted in `relayed` by where
-/// it ended. `Err`: the engine went away with the session (its runtime is shutting down).
+/// thread (started if need be), it starts in the calling task and moves to the engine once it
+/// is busy (a session that ends after a round trip or two, one connection per transaction,
+/// would pay more for the move than the engine saves it); otherwise it stays in the task.
+/// Counted in `relayed` by where it ended. `Err`: the engine went away with the session (its
+/// runtime is shutting down).
 pub async fn run(
     mut r: Relaying,
     use_engine: bool,
@@ -84,7 +85,7 @@ pub async fn run(
     let (done, rx) = oneshot::channel();
     engine.submit(Job {
         r,
-        done: Some(done),
+        done,
         waker: Waker::noop().clone(),
         batch: 0,
     });
@@ -205,7 +206,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// One session in the engine.
 struct Job {
     r: Relaying,
-    done: Option<oneshot::Sender<Outcome>>,
+    done: oneshot::Sender<Outcome>,
     /// Queues this session for a poll (its control futures are polled with it).
     waker: Waker,
     /// The batch of events in which it was last polled (one poll per batch).
@@ -387,9 +388,7 @@ impl Engine {
                 Err(e) => warn!(error = %e, "cannot hand a relayed socket back to the runtime"),
             }
         }
-        if let Some(done) = job.done.take() {
-            let _ = done.send((job.r, res));
-        }
+        let _ = job.done.send((job.r, res));
     }
 
     /// Takes what other threads queued: new sessions and woken ones.
