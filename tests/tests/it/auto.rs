@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pgsteer_discovery::Topology;
 
-use crate::harness::{DEADLINE, connect, eventually};
+use crate::harness::{DEADLINE, connect, count, eventually};
 use crate::pooled::Pooled;
 
 const AUTO: &str = "-c pgsteer.route=auto";
@@ -299,11 +299,7 @@ async fn a_write_the_classifier_missed_runs_again_on_the_primary() {
         2,
         "extended protocol, named statement"
     );
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM sneaky", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(&c, "SELECT count(*) FROM sneaky", &[]).await;
     assert_eq!(n, 2, "each insert ran once, on the primary");
     let retried = crate::pooled_state::metric(
         &p,
@@ -323,10 +319,6 @@ async fn a_write_the_classifier_missed_runs_again_on_the_primary() {
         "{e}"
     );
     c.batch_execute("ROLLBACK").await.unwrap();
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM sneaky", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(&c, "SELECT count(*) FROM sneaky", &[]).await;
     assert_eq!(n, 2);
 }

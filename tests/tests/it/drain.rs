@@ -38,7 +38,8 @@ pub async fn http_post(addr: SocketAddr, path: &str, token: Option<&str>) -> (u1
     )
 }
 
-fn direct(env: &Env, member: &str) -> SocketAddr {
+/// The member's own address (no proxy in between).
+pub fn direct(env: &Env, member: &str) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], env.port_of(member)))
 }
 
@@ -97,11 +98,7 @@ async fn a_transaction_on_a_demoted_primary_is_terminated_and_never_commits() {
     let check = try_connect(direct(&env, "pg-0"), "app", "app-secret", None)
         .await
         .unwrap();
-    let n: i64 = check
-        .query_one("SELECT count(*) FROM fenced", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(&check, "SELECT count(*) FROM fenced", &[]).await;
     assert_eq!(n, 0, "the fenced transaction was rolled back");
 }
 
@@ -128,11 +125,7 @@ async fn with_a_demoted_primary_grace_the_transaction_may_finish() {
     let check = try_connect(direct(&env, "pg-0"), "app", "app-secret", None)
         .await
         .unwrap();
-    let n: i64 = check
-        .query_one("SELECT count(*) FROM graced", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(&check, "SELECT count(*) FROM graced", &[]).await;
     assert_eq!(n, 2);
 }
 
@@ -250,14 +243,7 @@ async fn pause_holds_the_next_transaction_and_new_sessions_until_resume() {
         "session opened while paused"
     );
     // ...and nothing reached Postgres.
-    let reached: i64 = watcher
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%held-query%' AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let reached = count(&watcher, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%held-query%' AND pid <> pg_backend_pid()", &[]).await;
     assert_eq!(reached, 0);
 
     assert_eq!(http_post(env.admin(), "/resume", None).await.0, 200);

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use pgsteer::config::RelayEngine;
 
-use crate::harness::{DEADLINE, Env, backend_pid, connect, connect_watched, eventually};
+use crate::harness::{DEADLINE, Env, backend_pid, connect, connect_watched, count, eventually};
 
 /// Large answers, a large upload and 16 concurrent sessions through `env`'s rw listener.
 async fn relays_everything(env: &Env) {
@@ -102,14 +102,12 @@ async fn relays_everything(env: &Env) {
     driver.abort();
     drop(leaver);
     eventually("the leaving client's backend ends", || async {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-                &[&pid],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let n = count(
+            &c,
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await;
         n == 0
     })
     .await;
@@ -192,16 +190,8 @@ async fn busy_sessions_in_the_engine_are_fenced_when_their_primary_is_demoted() 
         open.batch_execute("COMMIT").await.is_err(),
         "the commit must not go through"
     );
-    let check = connect(
-        std::net::SocketAddr::from(([127, 0, 0, 1], env.port_of("pg-0"))),
-        None,
-    )
-    .await;
-    let n: i64 = check
-        .query_one("SELECT count(*) FROM fenced_in_engine", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let check = connect(crate::drain::direct(&env, "pg-0"), None).await;
+    let n = count(&check, "SELECT count(*) FROM fenced_in_engine", &[]).await;
     assert_eq!(n, 0, "the fenced transaction was rolled back");
     // Both were ended by the engine, not by a task.
     let epoll = env

@@ -164,14 +164,12 @@ async fn a_backend_killed_mid_query_gives_the_client_an_error_not_a_hang() {
     let q = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(60)").await });
     let killer = connect(env.rw(), None).await;
     eventually("sleeping", || async {
-        let n: i64 = killer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'",
-                &[&pid],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let n = count(
+            &killer,
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'",
+            &[&pid],
+        )
+        .await;
         n == 1
     })
     .await;

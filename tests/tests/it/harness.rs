@@ -334,6 +334,18 @@ where
     }
 }
 
+/// The `bigint` (a `count(*)`) in the one row `sql` returns.
+pub async fn count(
+    c: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    c.query_one(sql, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
 /// The backend process id of the server session `c` is on.
 pub async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
     c.query_one("SELECT pg_backend_pid()", &[])

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use crate::harness::{DEADLINE, cancel_ends, connect, wait_running};
+use crate::harness::{DEADLINE, cancel_ends, connect, count, wait_running};
 use crate::pooled::Pooled;
 use crate::pooled_state::metric;
 
@@ -53,11 +53,7 @@ async fn two_event_loops_share_the_listeners_and_serve_sessions_on_both() {
                 .unwrap(),
         );
     }
-    let rows: i64 = setup
-        .query_one("SELECT count(*) FROM looped", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows = count(&setup, "SELECT count(*) FROM looped", &[]).await;
     assert_eq!(rows, 24 * 5, "every transaction committed once");
 
     let first = metric(

@@ -476,11 +476,7 @@ async fn a_write_loop_through_a_switchover_fails_at_most_one_write_per_client_an
         .collect();
     // let every client get going on the old leader first
     eventually("writes flowing", || async {
-        let n: i64 = setup
-            .query_one("SELECT count(DISTINCT client) FROM write_loop", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n = count(&setup, "SELECT count(DISTINCT client) FROM write_loop", &[]).await;
         n == i64::from(CLIENTS)
     })
     .await;

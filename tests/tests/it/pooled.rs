@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use pgsteer::Config;
 use pgsteer_cluster::{APP_PASSWORD, APP_USER, Cluster, Spec};
 
-use crate::harness::{self, DEADLINE, Env, config_for, connect, try_connect};
+use crate::harness::{self, DEADLINE, Env, config_for, connect, count, try_connect};
 
 /// A cluster with pgsteer in front whose rw listener pools per transaction.
 pub struct Pooled {
@@ -92,14 +92,7 @@ async fn a_pooled_client_logs_in_with_scram_and_runs_transactions_on_shared_conn
         assert_eq!(row.get::<_, i32>(1), 2);
     }
     // Both clients' transactions ran on pooled connections: no more than the pool holds.
-    let backends: i64 = a
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let backends = count(&a, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'", &[]).await;
     assert!(backends <= 4, "{backends} backends for the app user");
     let wrong = try_connect(p.rw(), APP_USER, "wrong", None)
         .await

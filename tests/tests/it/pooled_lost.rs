@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use crate::harness::{DEADLINE, connect, eventually, wait_running};
+use crate::harness::{DEADLINE, connect, count, eventually, wait_running};
 use crate::pooled::Pooled;
 
 /// A forwarder between one client and pgsteer that can hold back the end of a client write,
@@ -134,11 +134,7 @@ async fn a_pooled_client_stays_when_its_server_connection_is_lost() {
         .expect_err("the block is failed");
     assert_eq!(code(&e), "25P02");
     client.batch_execute("ROLLBACK").await.unwrap();
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM lost", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(&client, "SELECT count(*) FROM lost", &[]).await;
     assert_eq!(n, 0, "the lost transaction did not commit");
 
     // 2. A statement in flight when the connection goes: its outcome is unknown (08007);
@@ -195,11 +191,7 @@ async fn a_pooled_client_stays_when_its_server_connection_is_lost() {
         .await
         .expect_err("the COMMIT of a lost transaction fails");
     assert_eq!(code(&e), "40001", "{e:?}");
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM lost WHERE id = 4", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(&direct, "SELECT count(*) FROM lost WHERE id = 4", &[]).await;
     assert_eq!(n, 0);
 
     // An empty transaction never needs a server.
@@ -236,15 +228,13 @@ async fn a_pooled_client_stays_when_its_server_connection_is_lost() {
     let there: SocketAddr = ([127, 0, 0, 1], pooled.env.port_of(name)).into();
     let watcher = connect(there, None).await;
     eventually("the read sleeps on its replica", || async {
-        let n: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(CASE%' \
+        let n = count(
+            &watcher,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(CASE%' \
                  AND state = 'active'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+            &[],
+        )
+        .await;
         n == 1
     })
     .await;
@@ -305,10 +295,6 @@ async fn a_pooled_client_stays_when_its_server_connection_is_lost() {
     let one: i32 = cut.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
     assert!(!cut.is_closed(), "the client stays");
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM lost WHERE id IN (6, 7)", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(&direct, "SELECT count(*) FROM lost WHERE id IN (6, 7)", &[]).await;
     assert_eq!(n, 0, "the lost transaction did not commit");
 }

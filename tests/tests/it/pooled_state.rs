@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_postgres::AsyncMessage;
 
-use crate::harness::{DEADLINE, backend_pid, conn_str, connect, eventually};
+use crate::harness::{DEADLINE, backend_pid, conn_str, connect, count, eventually};
 use crate::pooled::Pooled;
 use crate::routing::http_get;
 
@@ -242,14 +242,7 @@ async fn a_client_that_never_finishes_authentication_holds_no_server_connection(
     }
     // pgsteer asks for the password and waits; nothing has reached Postgres.
     let ok = connect(p.rw(), None).await;
-    let n: i64 = ok
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(&ok, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'", &[]).await;
     assert_eq!(
         n, 1,
         "only the logged-in client's transaction has a backend"

@@ -33,11 +33,7 @@ async fn shutdown_lets_a_transaction_commit_then_closes_the_session_with_57p01()
     )
     .await
     .unwrap();
-    let n: i64 = check
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(&check, "SELECT count(*) FROM t", &[]).await;
     assert_eq!(n, 2, "the committed rows are there");
     tokio::time::timeout(DEADLINE, env.proxy.wait())
         .await
