@@ -199,9 +199,14 @@ struct Rejecting {
 const BUSY_READS: u32 = 8;
 
 /// Whether a half can do nothing more until its source is ready again: its reads stopped
-/// (not ready, or at the end), everything it read is written, nothing held.
+/// (not ready, or at the end), everything it read is scanned and written, nothing held.
+/// (Bytes left unscanned behind a held message that was just let go need another pass: the
+/// engine reports no event for bytes already read.)
 fn settled(half: &Half, from: &Stream) -> bool {
-    (half.blocked || half.eof || from.read_drained()) && half.delivered() && !half.held
+    (half.blocked || half.eof || from.read_drained())
+        && half.delivered()
+        && !half.held
+        && half.win.unscanned().is_empty()
 }
 
 /// Tags the relay itself reads whole on the server side: ReadyForQuery.
@@ -252,8 +257,11 @@ impl<'a> Relay<'a> {
             rejecting: None,
             idle_tx_limit: None,
             want_client: 0,
-            short_read_drains: tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
+            // Not inside the engine: there the runtime's IO driver runs on another thread.
+            short_read_drains: !super::engine::in_engine()
+                && tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+                }),
         }
     }
 
