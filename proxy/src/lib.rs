@@ -277,6 +277,7 @@ fn share(
         pools,
         switchover: Default::default(),
         auth,
+        pool_engine: std::sync::OnceLock::new(),
     });
     Ok((shared, discovery_task))
 }

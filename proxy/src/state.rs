@@ -106,6 +106,10 @@ pub struct Shared {
     pub switchover: crate::switchover::gate::Gate,
     /// User secrets, when a listener is pooled.
     pub auth: Option<Arc<crate::auth::store::AuthStore>>,
+    /// The epoll engine of the plaintext pooled sessions: one for all of them, beside the
+    /// loop of the pools, so that a server connection changes hands inside one engine.
+    /// Started by the first such session (`None`: it could not start).
+    pub pool_engine: std::sync::OnceLock<Option<crate::session::engine::Handle>>,
 }
 
 impl Shared {

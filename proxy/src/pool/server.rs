@@ -347,13 +347,7 @@ impl ServerConn {
     /// Whether an idle connection still looks usable: the server has closed nothing and said
     /// nothing since it went idle (a terminated backend sends FATAL, then closes).
     pub fn looks_alive(&self) -> bool {
-        let Some(tcp) = self.stream.tcp() else {
-            return false;
-        };
-        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
-        let mut byte = [0u8; 1];
-        let mut buf = tokio::io::ReadBuf::new(&mut byte);
-        tcp.poll_peek(&mut cx, &mut buf).is_pending()
+        self.stream.quiet()
     }
 
     /// Runs a simple query of pgsteer's own to its ReadyForQuery and gives back the text

@@ -413,9 +413,6 @@ pub fn refused(b: Backends<'_>, target: &Target, e: UpstreamError) -> Refused {
 /// Resolves `true` when the client closed, `false` if it sent data instead.
 /// (A TLS client's close_notify is data: it is noticed at the next read.)
 async fn client_gone(client: &Stream) -> bool {
-    let Some(tcp) = client.tcp() else {
-        return true;
-    };
     let mut b = [0u8; 1];
-    !matches!(tcp.peek(&mut b).await, Ok(n) if n > 0)
+    !matches!(client.peek(&mut b).await, Ok(n) if n > 0)
 }

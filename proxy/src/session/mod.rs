@@ -11,7 +11,7 @@
 mod auth;
 pub mod buffer;
 mod close;
-mod engine;
+pub(crate) mod engine;
 mod error;
 mod hold;
 mod pooled;
@@ -139,7 +139,7 @@ pub async fn serve(
 /// a parked client, a pooled client and a passthrough session each pay only
 /// for the phase they are in.
 async fn run(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     client: &mut Stream,
     (listener, source): (ListenerKind, std::net::IpAddr),
     span: &tracing::Span,
@@ -150,24 +150,67 @@ async fn run(
         Opened::Done => return Ok(()),
         Opened::Passthrough(session) => *session,
         Opened::Pooled(p) => {
-            let PooledStart {
-                request,
-                message,
-                negotiation,
-            } = *p;
-            return Box::pin(pooled::serve(
-                shared,
-                client,
-                listener,
-                request,
-                message,
-                negotiation,
-                span,
-            ))
-            .await;
+            return Box::pin(serve_pooled(shared, client, listener, *p, span)).await;
         }
     };
     Box::pin(relay(shared, client, session, span)).await
+}
+
+/// Serves a pooled session: in the loop's epoll engine when both its sides are plaintext (the
+/// client's now, the server connections' by `server_mode = "disable"`), else in its task.
+async fn serve_pooled(
+    shared: &Arc<Shared>,
+    client: &mut Stream,
+    listener: ListenerKind,
+    start: PooledStart,
+    span: &tracing::Span,
+) -> Result<(), SessionError> {
+    let PooledStart {
+        request,
+        message,
+        negotiation,
+    } = start;
+    let plain = matches!(client, Stream::Plain(_))
+        && shared.tls.server.mode() == crate::config::ServerTlsMode::Disable;
+    let engine = if plain && shared.config.runtime.relay_engine == RelayEngine::Epoll {
+        shared.pool_engine.get_or_init(engine::handle).clone()
+    } else {
+        None
+    };
+    let Some(engine) = engine else {
+        shared.metrics.relayed.with_label_values(&["task"]).inc();
+        return pooled::serve(
+            shared,
+            client,
+            listener,
+            request,
+            message,
+            negotiation,
+            span,
+        )
+        .await;
+    };
+    shared.metrics.relayed.with_label_values(&["epoll"]).inc();
+    let (shared, span) = (shared.clone(), span.clone());
+    let mut c = std::mem::replace(client, Stream::Detached);
+    let session = async move {
+        engine::adopt(&mut c);
+        let res = pooled::serve(
+            &shared,
+            &mut c,
+            listener,
+            request,
+            message,
+            negotiation,
+            &span,
+        )
+        .await;
+        engine::release(&mut c);
+        (c, res)
+    };
+    let (c, res) = engine.spawn(session).await?;
+    *client = c;
+    res
 }
 
 /// Relays an established passthrough session to its end and closes it.

@@ -12,6 +12,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+pub use super::engine::EngineTcp;
+
 /// A client or server connection.
 pub enum Stream {
     /// Plaintext TCP.
@@ -28,84 +30,6 @@ pub enum Stream {
     Engine(EngineTcp),
 }
 
-/// A nonblocking TCP socket registered with the epoll engine (edge-triggered): reading or
-/// writing it when it has not been reported ready since it last said "no more" costs
-/// nothing, no syscall and no waker.
-pub struct EngineTcp {
-    pub(super) sock: std::net::TcpStream,
-    /// Bytes or an end may be waiting: cleared by a short read or `EAGAIN`, set by the engine
-    /// on a readiness event.
-    pub(super) readable: bool,
-    /// Room may be free in the send buffer: cleared by a short write or `EAGAIN`.
-    pub(super) writable: bool,
-}
-
-impl EngineTcp {
-    /// `sock` must be nonblocking. Both directions count as ready until a call says otherwise.
-    pub(super) fn new(sock: std::net::TcpStream) -> EngineTcp {
-        EngineTcp {
-            sock,
-            readable: true,
-            writable: true,
-        }
-    }
-
-    fn poll_read(&mut self, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        use std::io::Read;
-        if !self.readable {
-            return Poll::Pending;
-        }
-        let room = buf.remaining();
-        loop {
-            match (&self.sock).read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    // Edge-triggered: a read that did not fill the room took everything there
-                    // was, and new bytes raise a new event.
-                    if n > 0 && n < room {
-                        self.readable = false;
-                    }
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.readable = false;
-                    return Poll::Pending;
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-
-    fn poll_write(&mut self, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        use std::io::Write;
-        if !self.writable {
-            return Poll::Pending;
-        }
-        let len: usize = bufs.iter().map(|b| b.len()).sum();
-        loop {
-            let r = match bufs {
-                [one] => (&self.sock).write(one),
-                _ => (&self.sock).write_vectored(bufs),
-            };
-            match r {
-                Ok(n) => {
-                    if n < len {
-                        self.writable = false;
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.writable = false;
-                    return Poll::Pending;
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
 impl Stream {
     /// The TCP connection underneath.
     pub fn tcp(&self) -> Option<&TcpStream> {
@@ -114,6 +38,32 @@ impl Stream {
             Stream::Accepted(s) => Some(s.get_ref().0),
             Stream::Connected(s) => Some(s.get_ref().0),
             Stream::Detached | Stream::Engine(_) => None,
+        }
+    }
+
+    /// Looks at the next bytes without taking them: `Ok(0)` is the end of the stream (a
+    /// detached stream has ended). Under TLS, the encrypted bytes.
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Engine(s) => std::future::poll_fn(|cx| s.poll_peek(cx, buf)).await,
+            other => match other.tcp() {
+                Some(tcp) => tcp.peek(buf).await,
+                None => Ok(0),
+            },
+        }
+    }
+
+    /// Whether an idle connection has nothing waiting, neither bytes nor an end: it still
+    /// looks usable. Never waits.
+    pub fn quiet(&self) -> bool {
+        match self {
+            Stream::Engine(s) => s.quiet(),
+            other => other.tcp().is_some_and(|tcp| {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut byte = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut byte);
+                tcp.poll_peek(&mut cx, &mut buf).is_pending()
+            }),
         }
     }
 
@@ -143,7 +93,7 @@ impl Stream {
     /// socket after a short read or `EAGAIN`); `false` where only a read can tell.
     #[inline]
     pub fn read_drained(&self) -> bool {
-        matches!(self, Stream::Engine(s) if !s.readable)
+        matches!(self, Stream::Engine(s) if s.read_drained())
     }
 
     /// The `tls-server-end-point` channel-binding data of the server's certificate on a
@@ -179,7 +129,7 @@ impl AsyncRead for Stream {
             Stream::Accepted(s) => Pin::new(&mut **s).poll_read(cx, buf),
             Stream::Connected(s) => Pin::new(&mut **s).poll_read(cx, buf),
             Stream::Detached => Poll::Ready(Ok(())),
-            Stream::Engine(s) => s.poll_read(buf),
+            Stream::Engine(s) => s.poll_read(cx, buf),
         }
     }
 }
@@ -196,7 +146,7 @@ impl AsyncWrite for Stream {
             Stream::Accepted(s) => Pin::new(&mut **s).poll_write(cx, buf),
             Stream::Connected(s) => Pin::new(&mut **s).poll_write(cx, buf),
             Stream::Detached => Poll::Ready(Err(detached())),
-            Stream::Engine(s) => s.poll_write(&[io::IoSlice::new(buf)]),
+            Stream::Engine(s) => s.poll_write(cx, &[io::IoSlice::new(buf)]),
         }
     }
 
@@ -211,7 +161,7 @@ impl AsyncWrite for Stream {
             Stream::Accepted(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
             Stream::Connected(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
             Stream::Detached => Poll::Ready(Err(detached())),
-            Stream::Engine(s) => s.poll_write(bufs),
+            Stream::Engine(s) => s.poll_write(cx, bufs),
         }
     }
 
@@ -242,10 +192,7 @@ impl AsyncWrite for Stream {
             Stream::Accepted(s) => Pin::new(&mut **s).poll_shutdown(cx),
             Stream::Connected(s) => Pin::new(&mut **s).poll_shutdown(cx),
             Stream::Detached => Poll::Ready(Ok(())),
-            Stream::Engine(s) => Poll::Ready(match s.sock.shutdown(std::net::Shutdown::Write) {
-                Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
-                _ => Ok(()),
-            }),
+            Stream::Engine(s) => Poll::Ready(s.shutdown_write()),
         }
     }
 }

@@ -2,7 +2,9 @@
 //! default) or each in its own task (`tokio`). Both must move large answers and large uploads
 //! through full socket buffers, serve many sessions at once, and survive a client that leaves
 //! in the middle of an answer; the metric says which engine relayed them (a session moves to
-//! the epoll engine once it is busy).
+//! the epoll engine once it is busy). Plaintext pooled sessions run in the engine whole, and
+//! the server connections they adopt there still serve TLS clients, whose sessions stay in
+//! their tasks.
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -198,4 +200,59 @@ async fn busy_sessions_in_the_engine_are_fenced_when_their_primary_is_demoted() 
         .metric("pgsteer_relay_sessions_total{engine=\"epoll\"}")
         .await;
     assert_eq!(epoll, 2.0, "both sessions ended in the engine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_sessions_run_in_the_engine_and_share_its_connections_with_tls_clients() {
+    let pki = crate::tls::Pki::new();
+    let leaf = crate::tls::proxy_leaf(&pki);
+    let p = crate::pooled::Pooled::start(0, |c| {
+        crate::tls::client_tls(c, &pki, &leaf, pgsteer::config::ClientTlsMode::Allow);
+        c.pool.size = 1;
+    })
+    .await;
+    // A plaintext client: its session runs in the engine, and the pool's one connection
+    // joins the engine when it is lent there.
+    let plain = connect(p.rw(), None).await;
+    let pid = backend_pid(&plain).await;
+    // A TLS client's session runs in its task and borrows that same connection: a large
+    // answer makes its reads wait on the engine's socket from outside the engine.
+    let conn = crate::tls::libpq("127.0.0.1", p.rw().port(), "sslmode=require");
+    let sql = "SELECT pg_backend_pid(), string_agg(md5(i::text), '') FROM generate_series(1, 200000) AS i";
+    let (ok, out, err) = crate::tls::psql_conn(&conn, sql).await;
+    assert!(ok, "psql over TLS: {err}");
+    let (their_pid, answer) = out.split_once('|').expect("two columns");
+    assert_eq!(
+        their_pid,
+        pid.to_string(),
+        "the TLS client had the one connection"
+    );
+    assert_eq!(answer.len(), 200_000 * 32, "the whole answer arrived");
+    // Back in the engine, the connection still answers, large and small.
+    let big: i32 = plain
+        .query_one(
+            "SELECT length(string_agg(md5(i::text), '')) FROM generate_series(1, 200000) AS i",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(big, 200_000 * 32);
+    assert_eq!(backend_pid(&plain).await, pid);
+    let epoll = p
+        .env
+        .metric("pgsteer_relay_sessions_total{engine=\"epoll\"}")
+        .await;
+    let task = p
+        .env
+        .metric("pgsteer_relay_sessions_total{engine=\"task\"}")
+        .await;
+    assert!(
+        epoll >= 1.0,
+        "the plaintext pooled session ran in the engine: {epoll}"
+    );
+    assert!(
+        task >= 1.0,
+        "the TLS pooled session ran in its task: {task}"
+    );
 }

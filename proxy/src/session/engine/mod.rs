@@ -1,15 +1,17 @@
-//! The epoll engine: beside each event loop, a thread that relays every plaintext passthrough
-//! session of that loop, with no task, waker or readiness lock per session.
+//! The epoll engine: beside each event loop, a thread that relays every plaintext session of
+//! that loop (passthrough relays, and pooled sessions whole), with no tokio task, waker or
+//! readiness lock per socket.
 //!
 //! tokio's readiness machinery costs, per read or write that finds a socket not ready, a
 //! waker registration under a lock, and per wake-up a task poll: about a third of what the
 //! proxy spent per transaction in user space (benches/RESULTS.md). Here a session's two
 //! sockets are registered once, edge-triggered, in the engine's own epoll instance, and the
 //! engine thread blocks in `epoll_wait` on it. For each ready socket it sets a flag and runs
-//! the session's [`Relay`] directly; a read or write that finds nothing clears the flag (no
-//! syscall is made until the next event). The relay is the same code as in a task: the
+//! the session that waits on it directly; a read or write that finds nothing clears the flag
+//! (no syscall is made until the next event). The relay is the same code as in a task: the
 //! engine only replaces what drives it. The control futures (drain orders, timers, shutdown)
-//! still wake it, through a waker that queues the session and wakes the thread.
+//! still wake it, through a waker that queues the session (and wakes the thread when it is
+//! woken from another one). Sockets and their flags: `io.rs`.
 //!
 //! A thread of its own rather than a task on the loop: a task could only learn of the
 //! engine's events through tokio's epoll, a nested `epoll_wait` per wake-up, which cost as
@@ -20,23 +22,37 @@
 //! a connection used for one transaction would pay more for the move (its sockets leave
 //! tokio's epoll for the engine's and come back, two cross-thread wake-ups) than the engine
 //! saves it. It leaves when the relay ends; its sockets are handed back to tokio for closing.
-//! TLS sessions and pooled sessions stay in their tasks. `[runtime] relay_engine = "tokio"`
-//! turns the engine off.
+//!
+//! A pooled session is handed over whole, as a future, once its client has sent its startup
+//! packet ([`Handle::spawn`]): it borrows a server connection per transaction, so its relay
+//! runs in short passes between lends that only the session's own code strings together. Its
+//! client socket joins the engine at once, and each pooled server connection joins the engine
+//! the first time a session in it borrows it, for the rest of its life ([`adopt`]): a
+//! connection lent to one session after another changes hands inside the engine with no
+//! syscall. The rare steps of a lend that wait on something else (opening a connection,
+//! pgsteer's own queries on a TLS server connection, a pool's queue, a hold) are tokio futures
+//! polled from the engine thread; their wakers queue the session like the control futures.
+//! Sessions with a TLS side stay in their tasks. `[runtime] relay_engine = "tokio"` turns the
+//! engine off.
+
+mod io;
 
 use std::cell::RefCell;
-use std::os::fd::AsRawFd;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Token};
+use mio::{Events, Token};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
 use super::relay::{Event, Relay};
-use super::stream::{EngineTcp, Stream};
+use super::stream::Stream;
 use super::{SessionError, Side};
+pub use io::EngineTcp;
+use io::{NOBODY, Sockets};
 
 /// A relay with its two sides, as handed to the engine and back.
 pub struct Relaying {
@@ -48,8 +64,8 @@ pub struct Relaying {
 /// Readiness events taken per `epoll_wait`.
 const EVENTS: usize = 256;
 
-/// The token of the engine's own waker (sessions have `slot << 1 | side`).
-const WAKE: Token = Token(usize::MAX);
+/// The token of the engine's own waker (sockets have their place in [`Sockets`]).
+const WAKE: Token = Token(usize::MAX - 1);
 
 /// What [`run`] gives back: the relay and its sides, and how it stopped.
 pub type Outcome = (Relaying, Result<Event, SessionError>);
@@ -77,32 +93,74 @@ pub async fn run(
         return Ok((r, res));
     }
     relayed.with_label_values(&["epoll"]).inc();
-    let client = into_engine(&mut r.client).map_err(|e| SessionError::io(Side::Client, e));
-    let server = into_engine(&mut r.server).map_err(|e| SessionError::io(Side::Server, e));
+    let client = into_engine(&mut r.client, &engine.shared, NOBODY)
+        .map_err(|e| SessionError::io(Side::Client, e));
+    let server = into_engine(&mut r.server, &engine.shared, NOBODY)
+        .map_err(|e| SessionError::io(Side::Server, e));
     if let Err(e) = client.and(server) {
         return Ok((r, Err(e)));
     }
     let (done, rx) = oneshot::channel();
-    engine.submit(Job {
-        r,
-        done,
-        waker: Waker::noop().clone(),
-        batch: 0,
-    });
-    rx.await.map_err(|_| {
-        SessionError::quiet(
-            Side::Internal,
-            "the relay engine dropped the session (its runtime stopped, or its relay failed)",
-        )
-    })
+    engine.submit(Job::new(Kind::Relay(r, done)));
+    rx.await.map_err(|_| gone())
 }
 
-/// A plaintext stream taken from tokio for the engine (in place).
-fn into_engine(stream: &mut Stream) -> std::io::Result<()> {
+fn gone() -> SessionError {
+    SessionError::quiet(
+        Side::Internal,
+        "the relay engine dropped the session (its runtime stopped, or its relay failed)",
+    )
+}
+
+/// A plaintext stream taken from tokio for `engine` (in place), its events for `owner`.
+fn into_engine(stream: &mut Stream, engine: &Arc<Shared>, owner: usize) -> std::io::Result<()> {
     if let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Detached) {
-        *stream = Stream::Engine(EngineTcp::new(tcp.into_std()?));
+        *stream = Stream::Engine(EngineTcp::register(tcp.into_std()?, engine, owner)?);
     }
     Ok(())
+}
+
+/// An engine stream handed back to tokio (in place); on failure it is closed (detached).
+fn out_of_engine(stream: &mut Stream) {
+    let Stream::Engine(s) = std::mem::replace(stream, Stream::Detached) else {
+        return;
+    };
+    match s
+        .deregister()
+        .and_then(|sock| tokio::net::TcpStream::from_std(sock))
+    {
+        Ok(t) => *stream = Stream::Plain(t),
+        Err(e) => warn!(error = %e, "cannot hand a relayed socket back to the runtime"),
+    }
+}
+
+/// Inside an engine session: a plaintext stream joins the engine (in place), for the rest of
+/// its life or until [`release`]. Elsewhere, or if it cannot, it stays with tokio.
+pub fn adopt(stream: &mut Stream) {
+    if !matches!(stream, Stream::Plain(_)) || !io::in_engine() {
+        return;
+    }
+    let Some(engine) = ENGINE.with(|e| e.borrow().clone()) else {
+        return;
+    };
+    let Some(slot) = io::polled_here(io::engine_id(&engine.shared)) else {
+        return;
+    };
+    if let Err(e) = into_engine(stream, &engine.shared, slot) {
+        // The socket left tokio and could not join the engine: it is closed.
+        warn!(error = %e, "cannot register a socket with the relay engine");
+    }
+}
+
+/// A stream that joined the engine with [`adopt`] goes back to tokio (in place).
+pub fn release(stream: &mut Stream) {
+    out_of_engine(stream);
+}
+
+/// Whether the caller runs inside an engine session (a task's runtime assumptions do not
+/// hold there: the runtime's IO driver runs on another thread meanwhile).
+pub fn in_engine() -> bool {
+    io::in_engine()
 }
 
 /// The relay run in the session's own task, to its end.
@@ -124,13 +182,16 @@ async fn until_busy(r: &mut Relaying) -> Option<Result<Event, SessionError>> {
 }
 
 thread_local! {
-    /// The engine of this thread's loop, started by its first plaintext passthrough session.
+    /// The engine of this thread's loop, started by its first plaintext session (on an
+    /// engine's own thread: that engine).
     static ENGINE: RefCell<Option<Handle>> = const { RefCell::new(None) };
+    /// On an engine's thread: sessions woken from it, polled before it waits again.
+    static WOKEN_HERE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 /// This thread's engine, started for the current runtime if it has none (or its runtime has
 /// gone); `None` if it cannot start (logged once per thread).
-fn handle() -> Option<Handle> {
+pub fn handle() -> Option<Handle> {
     ENGINE.with(|e| {
         let mut e = e.borrow_mut();
         if let Some(h) = e.as_ref()
@@ -164,6 +225,10 @@ struct Shared {
     waker: mio::Waker,
     /// The engine has stopped, or is stopping: its runtime is gone.
     stopped: AtomicBool,
+    /// Where each registered socket's readiness is, by token.
+    sockets: Mutex<Sockets>,
+    /// The engine's epoll, to register and deregister sockets from any thread.
+    registry: mio::Registry,
 }
 
 impl Shared {
@@ -183,12 +248,26 @@ impl Shared {
     }
 }
 
+/// An engine, to hand sessions to.
 #[derive(Clone)]
-struct Handle {
+pub struct Handle {
     shared: Arc<Shared>,
 }
 
 impl Handle {
+    /// Runs `session` in the engine, to its end; `Err` if the engine went away with it (its
+    /// runtime stopped, or the session panicked).
+    pub async fn spawn<T: Send + 'static>(
+        &self,
+        session: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, SessionError> {
+        let (done, rx) = oneshot::channel();
+        self.submit(Job::new(Kind::Task(Box::pin(async move {
+            let _ = done.send(session.await);
+        }))));
+        rx.await.map_err(|_| gone())
+    }
+
     fn submit(&self, job: Job) {
         lock(&self.shared.incoming).push(job);
         self.shared.notify();
@@ -205,12 +284,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One session in the engine.
 struct Job {
-    r: Relaying,
-    done: oneshot::Sender<Outcome>,
+    kind: Kind,
     /// Queues this session for a poll (its control futures are polled with it).
     waker: Waker,
     /// The batch of events in which it was last polled (one poll per batch).
     batch: u64,
+}
+
+/// What a session in the engine is. A relay stays inline: it is polled on every event of
+/// its sockets, and its slot is reused session after session.
+#[allow(clippy::large_enum_variant)]
+enum Kind {
+    /// A passthrough relay, handed back when it ends.
+    Relay(Relaying, oneshot::Sender<Outcome>),
+    /// A whole session (pooled), polled as a future.
+    Task(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl Job {
+    fn new(kind: Kind) -> Job {
+        Job {
+            kind,
+            waker: Waker::noop().clone(),
+            batch: 0,
+        }
+    }
 }
 
 /// Wakes one session of the engine.
@@ -225,6 +323,18 @@ impl Wake for JobWake {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        // Woken by another session of the engine (a pooled connection given back to a
+        // waiter): queued on the thread, no lock and no wake-up.
+        if io::in_engine()
+            && ENGINE.with(|e| {
+                e.borrow()
+                    .as_ref()
+                    .is_some_and(|h| Arc::ptr_eq(&h.shared, &self.shared))
+            })
+        {
+            WOKEN_HERE.with(|w| w.borrow_mut().push(self.slot));
+            return;
+        }
         lock(&self.shared.woken).push(self.slot);
         self.shared.notify();
     }
@@ -267,6 +377,8 @@ impl Engine {
             queued: AtomicBool::new(false),
             waker,
             stopped: AtomicBool::new(false),
+            sockets: Mutex::new(Sockets::default()),
+            registry: poll.registry().try_clone()?,
         });
         let engine = Engine {
             poll,
@@ -283,10 +395,15 @@ impl Engine {
             .name()
             .map_or_else(|| "pgsteer-relay".to_string(), |n| format!("{n}-relay"));
         let stop = Stop(shared.clone());
+        let own = Handle {
+            shared: shared.clone(),
+        };
         std::thread::Builder::new().name(name).spawn(move || {
             let _stop = stop;
             let _runtime = runtime.enter();
+            ENGINE.with(|e| *e.borrow_mut() = Some(own));
             engine.run();
+            ENGINE.with(|e| e.borrow_mut().take());
         })?;
         let stop = Stop(shared.clone());
         tokio::spawn(async move {
@@ -309,10 +426,28 @@ impl Engine {
             }
             self.batch();
             self.intake();
+            self.woken_here();
         }
     }
 
-    /// Registers a new session and polls it once.
+    /// Polls the sessions woken from the engine's own thread, until none is.
+    fn woken_here(&mut self) {
+        loop {
+            let mut woken = std::mem::take(&mut self.woken);
+            WOKEN_HERE.with(|w| std::mem::swap(&mut woken, &mut *w.borrow_mut()));
+            if woken.is_empty() {
+                self.woken = woken;
+                return;
+            }
+            for &slot in &woken {
+                self.poll_job(slot);
+            }
+            woken.clear();
+            self.woken = woken;
+        }
+    }
+
+    /// Takes a new session in and polls it once.
     fn admit(&mut self, mut job: Job) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.jobs.push(None);
@@ -322,42 +457,33 @@ impl Engine {
             slot,
             shared: self.shared.clone(),
         }));
-        let registry = self.poll.registry();
-        let both = Interest::READABLE | Interest::WRITABLE;
-        let mut failed = None;
-        for (side, stream) in [(0, &job.r.client), (1, &job.r.server)] {
-            let Stream::Engine(s) = stream else { continue };
-            let fd = s.sock.as_raw_fd();
-            if let Err(e) = registry.register(&mut SourceFd(&fd), Token(slot << 1 | side), both) {
-                failed = Some((side, e));
-                break;
+        if let Kind::Relay(r, _) = &job.kind {
+            for stream in [&r.client, &r.server] {
+                if let Stream::Engine(s) = stream {
+                    s.readiness().set_owner(slot);
+                }
             }
         }
         self.jobs[slot] = Some(job);
-        if let Some((side, e)) = failed {
-            let side = if side == 0 {
-                Side::Client
-            } else {
-                Side::Server
-            };
-            self.finish(slot, Err(SessionError::io(side, e)));
-            return;
-        }
         self.poll_job(slot);
     }
 
-    /// Runs one session's relay until it has nothing to do, or ends it.
+    /// Runs one session until it has nothing to do, or ends it.
     fn poll_job(&mut self, slot: usize) {
         let Some(Some(job)) = self.jobs.get_mut(slot) else {
             return;
         };
         let mut cx = Context::from_waker(&job.waker);
-        let r = &mut job.r;
+        let _polling = io::polling(io::engine_id(&self.shared), slot);
         // One session's bug must not end the others: a panic drops that session alone.
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            r.relay
-                .poll_passthrough(&mut cx, &mut r.client, &mut r.server)
-        }));
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &mut job.kind {
+                Kind::Relay(r, _) => r
+                    .relay
+                    .poll_passthrough(&mut cx, &mut r.client, &mut r.server)
+                    .map(Some),
+                Kind::Task(f) => f.as_mut().poll(&mut cx).map(|()| None),
+            }));
         match polled {
             Ok(Poll::Pending) => {}
             Ok(Poll::Ready(res)) => self.finish(slot, res),
@@ -369,26 +495,18 @@ impl Engine {
         }
     }
 
-    /// Takes a session out: its sockets back to tokio, the outcome to its task.
-    fn finish(&mut self, slot: usize, res: Result<Event, SessionError>) {
-        let Some(mut job) = self.jobs[slot].take() else {
+    /// Takes a session out: a relay's sockets back to tokio and the outcome to its task
+    /// (`res`); a finished task has sent its own.
+    fn finish(&mut self, slot: usize, res: Option<Result<Event, SessionError>>) {
+        let Some(job) = self.jobs[slot].take() else {
             return;
         };
         self.free.push(slot);
-        let registry = self.poll.registry();
-        for stream in [&mut job.r.client, &mut job.r.server] {
-            let Stream::Engine(s) = std::mem::replace(stream, Stream::Detached) else {
-                continue;
-            };
-            let fd = s.sock.as_raw_fd();
-            // Not registered (a failed admission) is fine: the socket leaves either way.
-            let _ = registry.deregister(&mut SourceFd(&fd));
-            match tokio::net::TcpStream::from_std(s.sock) {
-                Ok(t) => *stream = Stream::Plain(t),
-                Err(e) => warn!(error = %e, "cannot hand a relayed socket back to the runtime"),
-            }
+        if let (Kind::Relay(mut r, done), Some(res)) = (job.kind, res) {
+            out_of_engine(&mut r.client);
+            out_of_engine(&mut r.server);
+            let _ = done.send((r, res));
         }
-        let _ = job.done.send((job.r, res));
     }
 
     /// Takes what other threads queued: new sessions and woken ones.
@@ -409,38 +527,40 @@ impl Engine {
         self.woken = woken;
     }
 
-    /// Polls the sessions the last `epoll_wait` named.
+    /// Polls the sessions the last `epoll_wait` named, and wakes the tasks outside the engine
+    /// that wait on its sockets.
     fn batch(&mut self) {
         let Engine {
             events,
             jobs,
             ready,
             batch,
+            shared,
             ..
         } = self;
         *batch += 1;
-        for ev in events.iter() {
-            if ev.token() == WAKE {
-                continue;
+        let mut foreign = Vec::new();
+        {
+            let sockets = lock(&shared.sockets);
+            for ev in events.iter() {
+                if ev.token() == WAKE {
+                    continue;
+                }
+                let Some(io) = sockets.get(ev.token().0) else {
+                    continue;
+                };
+                let (owner, waker) = io.event(ev);
+                foreign.extend(waker);
+                if let Some(Some(job)) = jobs.get_mut(owner)
+                    && job.batch != *batch
+                {
+                    job.batch = *batch;
+                    ready.push(owner);
+                }
             }
-            let (slot, side) = (ev.token().0 >> 1, ev.token().0 & 1);
-            let Some(Some(job)) = jobs.get_mut(slot) else {
-                continue;
-            };
-            let stream = if side == 0 {
-                &mut job.r.client
-            } else {
-                &mut job.r.server
-            };
-            if let Stream::Engine(s) = stream {
-                let failed = ev.is_error();
-                s.readable |= ev.is_readable() || ev.is_read_closed() || failed;
-                s.writable |= ev.is_writable() || ev.is_write_closed() || failed;
-            }
-            if job.batch != *batch {
-                job.batch = *batch;
-                ready.push(slot);
-            }
+        }
+        for w in foreign {
+            w.wake();
         }
         let mut ready = std::mem::take(&mut self.ready);
         for &slot in &ready {

@@ -454,6 +454,8 @@ impl<'a> Session<'a> {
                 self.begin = None;
             }
             self.state.pool = Some(lent.pool.clone());
+            // In the engine, a connection joins it the first time it is lent there, for life.
+            super::engine::adopt(&mut lent.conn.stream);
             return Ok(lent);
         }
     }
