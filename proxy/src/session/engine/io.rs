@@ -55,6 +55,7 @@ impl Drop for Polling {
 }
 
 /// The session slot being polled now on engine `id`'s thread, if any.
+#[inline]
 pub(super) fn polled_here(id: usize) -> Option<usize> {
     let (engine, slot) = POLLING.get();
     (engine == id && slot != NOBODY).then_some(slot)
@@ -197,6 +198,8 @@ impl Drop for Registration {
 pub struct EngineTcp {
     sock: std::net::TcpStream,
     reg: Registration,
+    /// [`engine_id`] of its engine, kept at hand for [`EngineTcp::here`].
+    engine: usize,
 }
 
 impl EngineTcp {
@@ -228,14 +231,18 @@ impl EngineTcp {
             Token(token),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        Ok(EngineTcp { sock, reg })
+        Ok(EngineTcp {
+            sock,
+            engine: engine_id(&reg.engine),
+            reg,
+        })
     }
 
     /// Leaves the engine: the socket, deregistered, for tokio to take back.
     pub(super) fn deregister(self) -> io::Result<std::net::TcpStream> {
         let fd = self.sock.as_raw_fd();
         let out = self.reg.engine.registry.deregister(&mut SourceFd(&fd));
-        let EngineTcp { sock, reg } = self;
+        let EngineTcp { sock, reg, .. } = self;
         drop(reg);
         out.map(|()| sock)
     }
@@ -247,7 +254,7 @@ impl EngineTcp {
     /// The session polled now, if this runs inside the socket's engine.
     #[inline]
     fn here(&self) -> Option<usize> {
-        polled_here(engine_id(&self.reg.engine))
+        polled_here(self.engine)
     }
 
     /// Known to have nothing to read until the engine reports it ready again (inside the

@@ -202,11 +202,12 @@ const BUSY_READS: u32 = 8;
 /// (not ready, or at the end), everything it read is scanned and written, nothing held.
 /// (Bytes left unscanned behind a held message that was just let go need another pass: the
 /// engine reports no event for bytes already read.)
+#[inline]
 fn settled(half: &Half, from: &Stream) -> bool {
-    (half.blocked || half.eof || from.read_drained())
-        && half.delivered()
+    half.delivered()
         && !half.held
         && half.win.unscanned().is_empty()
+        && (half.blocked || half.eof || from.read_drained())
 }
 
 /// Tags the relay itself reads whole on the server side: ReadyForQuery.
