@@ -60,6 +60,12 @@ impl Window {
         }
     }
 
+    /// Everything read was scanned (nothing waits to be, whole or in part).
+    #[inline]
+    pub fn all_scanned(&self) -> bool {
+        self.fwd == self.end
+    }
+
     /// Marks `n` more unscanned bytes as approved.
     pub fn approve(&mut self, n: usize) {
         self.fwd += n;

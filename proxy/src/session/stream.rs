@@ -2,8 +2,9 @@
 //!
 //! An enum rather than a trait object or generics: the relay stays one
 //! monomorphic function and a plaintext read or write costs one branch.
-//! While the epoll engine relays a session ([`super::engine`]), its sockets
-//! are [`Stream::Engine`]: plain TCP whose readiness the engine tracks.
+//! While the epoll engine relays a passthrough session ([`super::engine`]), its
+//! sockets are [`Stream::Engine`]: plain TCP whose readiness the engine tracks;
+//! sockets that joined the engine for life are [`Stream::Adopted`].
 
 use std::io;
 use std::pin::Pin;
@@ -12,7 +13,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-pub use super::engine::EngineTcp;
+pub use super::engine::{AdoptedTcp, EngineTcp};
 
 /// A client or server connection.
 pub enum Stream {
@@ -25,9 +26,13 @@ pub enum Stream {
     /// Nothing: the TCP stream was taken for a TLS handshake that did not
     /// finish. Reads see the end of the stream, writes fail.
     Detached,
-    /// Plaintext TCP relayed by the epoll engine: read and written only from
-    /// its task, which knows when the socket is ready.
+    /// Plaintext TCP of a passthrough session relayed by the epoll engine: read
+    /// and written only by that relay, which knows when the socket is ready.
     Engine(EngineTcp),
+    /// Plaintext TCP that joined the epoll engine for life (a pooled session's
+    /// client, a pooled server connection): its readiness is in the engine's
+    /// table, whoever uses it.
+    Adopted(AdoptedTcp),
 }
 
 impl Stream {
@@ -37,7 +42,7 @@ impl Stream {
             Stream::Plain(s) => Some(s),
             Stream::Accepted(s) => Some(s.get_ref().0),
             Stream::Connected(s) => Some(s.get_ref().0),
-            Stream::Detached | Stream::Engine(_) => None,
+            Stream::Detached | Stream::Engine(_) | Stream::Adopted(_) => None,
         }
     }
 
@@ -45,7 +50,7 @@ impl Stream {
     /// detached stream has ended). Under TLS, the encrypted bytes.
     pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Engine(s) => std::future::poll_fn(|cx| s.poll_peek(cx, buf)).await,
+            Stream::Adopted(s) => std::future::poll_fn(|cx| s.poll_peek(cx, buf)).await,
             other => match other.tcp() {
                 Some(tcp) => tcp.peek(buf).await,
                 None => Ok(0),
@@ -57,7 +62,7 @@ impl Stream {
     /// looks usable. Never waits.
     pub fn quiet(&self) -> bool {
         match self {
-            Stream::Engine(s) => s.quiet(),
+            Stream::Adopted(s) => s.quiet(),
             other => other.tcp().is_some_and(|tcp| {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 let mut byte = [0u8; 1];
@@ -93,7 +98,11 @@ impl Stream {
     /// socket after a short read or `EAGAIN`); `false` where only a read can tell.
     #[inline]
     pub fn read_drained(&self) -> bool {
-        matches!(self, Stream::Engine(s) if s.read_drained())
+        match self {
+            Stream::Engine(s) => s.read_drained(),
+            Stream::Adopted(s) => s.read_drained(),
+            _ => false,
+        }
     }
 
     /// The `tls-server-end-point` channel-binding data of the server's certificate on a
@@ -109,7 +118,10 @@ impl Stream {
     /// Whether writes may sit in a TLS buffer until flushed.
     #[inline]
     pub fn buffers_writes(&self) -> bool {
-        !matches!(self, Stream::Plain(_) | Stream::Engine(_))
+        !matches!(
+            self,
+            Stream::Plain(_) | Stream::Engine(_) | Stream::Adopted(_)
+        )
     }
 }
 
@@ -129,7 +141,8 @@ impl AsyncRead for Stream {
             Stream::Accepted(s) => Pin::new(&mut **s).poll_read(cx, buf),
             Stream::Connected(s) => Pin::new(&mut **s).poll_read(cx, buf),
             Stream::Detached => Poll::Ready(Ok(())),
-            Stream::Engine(s) => s.poll_read(cx, buf),
+            Stream::Engine(s) => s.poll_read(buf),
+            Stream::Adopted(s) => s.poll_read(cx, buf),
         }
     }
 }
@@ -146,7 +159,8 @@ impl AsyncWrite for Stream {
             Stream::Accepted(s) => Pin::new(&mut **s).poll_write(cx, buf),
             Stream::Connected(s) => Pin::new(&mut **s).poll_write(cx, buf),
             Stream::Detached => Poll::Ready(Err(detached())),
-            Stream::Engine(s) => s.poll_write(cx, &[io::IoSlice::new(buf)]),
+            Stream::Engine(s) => s.poll_write(&[io::IoSlice::new(buf)]),
+            Stream::Adopted(s) => s.poll_write(cx, &[io::IoSlice::new(buf)]),
         }
     }
 
@@ -161,7 +175,8 @@ impl AsyncWrite for Stream {
             Stream::Accepted(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
             Stream::Connected(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
             Stream::Detached => Poll::Ready(Err(detached())),
-            Stream::Engine(s) => s.poll_write(cx, bufs),
+            Stream::Engine(s) => s.poll_write(bufs),
+            Stream::Adopted(s) => s.poll_write(cx, bufs),
         }
     }
 
@@ -172,7 +187,7 @@ impl AsyncWrite for Stream {
             Stream::Accepted(s) => s.is_write_vectored(),
             Stream::Connected(s) => s.is_write_vectored(),
             Stream::Detached => false,
-            Stream::Engine(_) => true,
+            Stream::Engine(_) | Stream::Adopted(_) => true,
         }
     }
 
@@ -182,7 +197,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Accepted(s) => Pin::new(&mut **s).poll_flush(cx),
             Stream::Connected(s) => Pin::new(&mut **s).poll_flush(cx),
-            Stream::Detached | Stream::Engine(_) => Poll::Ready(Ok(())),
+            Stream::Detached | Stream::Engine(_) | Stream::Adopted(_) => Poll::Ready(Ok(())),
         }
     }
 
@@ -193,6 +208,7 @@ impl AsyncWrite for Stream {
             Stream::Connected(s) => Pin::new(&mut **s).poll_shutdown(cx),
             Stream::Detached => Poll::Ready(Ok(())),
             Stream::Engine(s) => Poll::Ready(s.shutdown_write()),
+            Stream::Adopted(s) => Poll::Ready(s.shutdown_write()),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The engine's sockets: nonblocking TCP registered once, edge-triggered, in one engine's
-//! epoll, with readiness flags the engine sets on an event and a read or write clears when it
+//! The engine's adopted sockets (a pooled session's client, pooled server connections):
+//! nonblocking TCP registered once, edge-triggered, in one engine's epoll, with readiness flags the engine sets on an event and a read or write clears when it
 //! finds nothing, and who to wake then: the engine session that last found the socket not
 //! ready, or a task outside the engine.
 //!
@@ -27,6 +27,10 @@ use super::{Shared, lock};
 
 /// No engine session: the owner of a socket no session has waited on.
 pub(super) const NOBODY: usize = usize::MAX;
+
+/// The bit that marks the token of an adopted socket (its place in [`Sockets`] below it);
+/// a passthrough session's sockets have `slot << 1 | side`.
+pub(super) const ADOPTED: usize = 1 << (usize::BITS - 2);
 
 thread_local! {
     /// While an engine polls one of its sessions on its thread: (the engine, the session's
@@ -152,8 +156,9 @@ pub(super) struct Sockets {
 }
 
 impl Sockets {
+    /// The socket of an adopted token (with its [`ADOPTED`] bit).
     pub(super) fn get(&self, token: usize) -> Option<&Arc<Readiness>> {
-        self.slots.get(token)?.as_ref()
+        self.slots.get(token & !ADOPTED)?.as_ref()
     }
 
     fn insert(&mut self, io: Arc<Readiness>) -> usize {
@@ -179,7 +184,7 @@ impl Sockets {
 }
 
 /// A socket's place in its engine: freed when dropped (after the socket, declared before
-/// it in [`EngineTcp`], is closed or deregistered).
+/// it in [`AdoptedTcp`], is closed or deregistered).
 struct Registration {
     io: Arc<Readiness>,
     token: usize,
@@ -192,24 +197,24 @@ impl Drop for Registration {
     }
 }
 
-/// A nonblocking TCP socket registered with an epoll engine (edge-triggered): inside the
-/// engine, reading or writing it when it has not been reported ready since it last said "no
+/// A nonblocking TCP socket that joined an epoll engine (edge-triggered) for the rest of its
+/// life, whoever uses it: inside the engine, reading or writing it when it has not been reported ready since it last said "no
 /// more" costs nothing, no syscall and no waker.
-pub struct EngineTcp {
+pub struct AdoptedTcp {
     sock: std::net::TcpStream,
     reg: Registration,
-    /// [`engine_id`] of its engine, kept at hand for [`EngineTcp::here`].
+    /// [`engine_id`] of its engine, kept at hand for [`AdoptedTcp::here`].
     engine: usize,
 }
 
-impl EngineTcp {
+impl AdoptedTcp {
     /// Registers `sock` (nonblocking) in `engine`'s epoll for reads and writes. Both
     /// directions count as ready until a call says otherwise; `owner` is woken by its events.
     pub(super) fn register(
         sock: std::net::TcpStream,
         engine: &Arc<Shared>,
         owner: usize,
-    ) -> io::Result<EngineTcp> {
+    ) -> io::Result<AdoptedTcp> {
         let io = Arc::new(Readiness {
             readable: AtomicBool::new(true),
             writable: AtomicBool::new(true),
@@ -228,10 +233,10 @@ impl EngineTcp {
         let fd = sock.as_raw_fd();
         engine.registry.register(
             &mut SourceFd(&fd),
-            Token(token),
+            Token(token | ADOPTED),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        Ok(EngineTcp {
+        Ok(AdoptedTcp {
             sock,
             engine: engine_id(&reg.engine),
             reg,
@@ -242,13 +247,9 @@ impl EngineTcp {
     pub(super) fn deregister(self) -> io::Result<std::net::TcpStream> {
         let fd = self.sock.as_raw_fd();
         let out = self.reg.engine.registry.deregister(&mut SourceFd(&fd));
-        let EngineTcp { sock, reg, .. } = self;
+        let AdoptedTcp { sock, reg, .. } = self;
         drop(reg);
         out.map(|()| sock)
-    }
-
-    pub(super) fn readiness(&self) -> &Arc<Readiness> {
-        &self.reg.io
     }
 
     /// The session polled now, if this runs inside the socket's engine.

@@ -11,14 +11,17 @@
 //! (no syscall is made until the next event). The relay is the same code as in a task: the
 //! engine only replaces what drives it. The control futures (drain orders, timers, shutdown)
 //! still wake it, through a waker that queues the session (and wakes the thread when it is
-//! woken from another one). Sockets and their flags: `io.rs`.
+//! woken from another one). A passthrough session's sockets keep their flags in the session
+//! and their token names it (`owned.rs`); sockets that joined the engine for life are found
+//! by token in a table (`io.rs`).
 //!
 //! A thread of its own rather than a task on the loop: a task could only learn of the
 //! engine's events through tokio's epoll, a nested `epoll_wait` per wake-up, which cost as
 //! much kernel time as the engine saved in user space. The engine thread enters the loop's
 //! runtime, so the relay's timers run on the loop's clock; it stops when that runtime does.
 //!
-//! A session starts its relay in its own task and enters the engine once it is busy ([`run`]):
+//! A passthrough session starts its relay in its own task and enters the engine once it is
+//! busy ([`run`]):
 //! a connection used for one transaction would pay more for the move (its sockets leave
 //! tokio's epoll for the engine's and come back, two cross-thread wake-ups) than the engine
 //! saves it. It leaves when the relay ends; its sockets are handed back to tokio for closing.
@@ -29,15 +32,16 @@
 //! client socket joins the engine at once, and each pooled server connection joins the engine
 //! the first time a session in it borrows it, for the rest of its life ([`adopt`]): a
 //! connection lent to one session after another changes hands inside the engine with no
-//! syscall. The rare steps of a lend that wait on something else (opening a connection,
-//! pgsteer's own queries on a TLS server connection, a pool's queue, a hold) are tokio futures
-//! polled from the engine thread; their wakers queue the session like the control futures.
-//! Sessions with a TLS side stay in their tasks. `[runtime] relay_engine = "tokio"` turns the
+//! syscall. The rare steps of a lend that wait on something else (opening a connection, a
+//! pool's queue, a hold) are tokio futures polled from the engine thread; their wakers queue
+//! the session like the control futures. Sessions with a TLS side stay in their tasks (a
+//! pooled one only with `server_mode = "disable"`, where no server connection is TLS). `[runtime] relay_engine = "tokio"` turns the
 //! engine off.
 
 mod io;
+mod owned;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,8 +55,13 @@ use tracing::{error, warn};
 use super::relay::{Event, Relay};
 use super::stream::Stream;
 use super::{SessionError, Side};
-pub use io::EngineTcp;
-use io::{NOBODY, Sockets};
+pub use io::AdoptedTcp;
+use io::{ADOPTED, Sockets};
+pub use owned::EngineTcp;
+use std::os::fd::AsRawFd;
+
+use mio::Interest;
+use mio::unix::SourceFd;
 
 /// A relay with its two sides, as handed to the engine and back.
 pub struct Relaying {
@@ -93,15 +102,13 @@ pub async fn run(
         return Ok((r, res));
     }
     relayed.with_label_values(&["epoll"]).inc();
-    let client = into_engine(&mut r.client, &engine.shared, NOBODY)
-        .map_err(|e| SessionError::io(Side::Client, e));
-    let server = into_engine(&mut r.server, &engine.shared, NOBODY)
-        .map_err(|e| SessionError::io(Side::Server, e));
+    let client = into_engine(&mut r.client).map_err(|e| SessionError::io(Side::Client, e));
+    let server = into_engine(&mut r.server).map_err(|e| SessionError::io(Side::Server, e));
     if let Err(e) = client.and(server) {
         return Ok((r, Err(e)));
     }
     let (done, rx) = oneshot::channel();
-    engine.submit(Job::new(Kind::Relay(r, done)));
+    engine.submit(Job::new(Kind::Relay(Box::new(r), done)));
     rx.await.map_err(|_| gone())
 }
 
@@ -112,23 +119,29 @@ fn gone() -> SessionError {
     )
 }
 
-/// A plaintext stream taken from tokio for `engine` (in place), its events for `owner`.
-fn into_engine(stream: &mut Stream, engine: &Arc<Shared>, owner: usize) -> std::io::Result<()> {
+/// A passthrough session's plaintext stream taken from tokio for the engine (in place); the
+/// engine registers it when it takes the session in.
+fn into_engine(stream: &mut Stream) -> std::io::Result<()> {
     if let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Detached) {
-        *stream = Stream::Engine(EngineTcp::register(tcp.into_std()?, engine, owner)?);
+        *stream = Stream::Engine(EngineTcp::new(tcp.into_std()?));
     }
     Ok(())
 }
 
-/// An engine stream handed back to tokio (in place); on failure it is closed (detached).
-fn out_of_engine(stream: &mut Stream) {
+/// A passthrough session's stream handed back to tokio by `registry`'s engine (in place).
+fn out_of_engine(stream: &mut Stream, registry: &mio::Registry) {
     let Stream::Engine(s) = std::mem::replace(stream, Stream::Detached) else {
         return;
     };
-    match s
-        .deregister()
-        .and_then(|sock| tokio::net::TcpStream::from_std(sock))
-    {
+    let fd = s.sock.as_raw_fd();
+    // Not registered (a failed admission) is fine: the socket leaves either way.
+    let _ = registry.deregister(&mut SourceFd(&fd));
+    back_to_tokio(stream, Ok(s.sock));
+}
+
+/// `sock`, left by the engine, becomes `stream` again; on failure it is closed (detached).
+fn back_to_tokio(stream: &mut Stream, sock: std::io::Result<std::net::TcpStream>) {
+    match sock.and_then(tokio::net::TcpStream::from_std) {
         Ok(t) => *stream = Stream::Plain(t),
         Err(e) => warn!(error = %e, "cannot hand a relayed socket back to the runtime"),
     }
@@ -146,15 +159,27 @@ pub fn adopt(stream: &mut Stream) {
     let Some(slot) = io::polled_here(io::engine_id(&engine.shared)) else {
         return;
     };
-    if let Err(e) = into_engine(stream, &engine.shared, slot) {
+    let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Detached) else {
+        return;
+    };
+    match tcp
+        .into_std()
+        .and_then(|sock| AdoptedTcp::register(sock, &engine.shared, slot))
+    {
+        Ok(s) => *stream = Stream::Adopted(s),
         // The socket left tokio and could not join the engine: it is closed.
-        warn!(error = %e, "cannot register a socket with the relay engine");
+        Err(e) => warn!(error = %e, "cannot register a socket with the relay engine"),
     }
 }
 
 /// A stream that joined the engine with [`adopt`] goes back to tokio (in place).
 pub fn release(stream: &mut Stream) {
-    out_of_engine(stream);
+    if !matches!(stream, Stream::Adopted(_)) {
+        return;
+    }
+    if let Stream::Adopted(s) = std::mem::replace(stream, Stream::Detached) {
+        back_to_tokio(stream, s.deregister());
+    }
 }
 
 /// Whether the caller runs inside an engine session (a task's runtime assumptions do not
@@ -187,6 +212,8 @@ thread_local! {
     static ENGINE: RefCell<Option<Handle>> = const { RefCell::new(None) };
     /// On an engine's thread: sessions woken from it, polled before it waits again.
     static WOKEN_HERE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// `WOKEN_HERE` has something (looked at before anything else is).
+    static WOKE_HERE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// This thread's engine, started for the current runtime if it has none (or its runtime has
@@ -291,12 +318,11 @@ struct Job {
     batch: u64,
 }
 
-/// What a session in the engine is. A relay stays inline: it is polled on every event of
-/// its sockets, and its slot is reused session after session.
-#[allow(clippy::large_enum_variant)]
+/// What a session in the engine is. A relay is boxed, so that a slot costs little to the
+/// crowd of idle pooled sessions.
 enum Kind {
     /// A passthrough relay, handed back when it ends.
-    Relay(Relaying, oneshot::Sender<Outcome>),
+    Relay(Box<Relaying>, oneshot::Sender<Outcome>),
     /// A whole session (pooled), polled as a future.
     Task(Pin<Box<dyn Future<Output = ()> + Send>>),
 }
@@ -333,6 +359,7 @@ impl Wake for JobWake {
             })
         {
             WOKEN_HERE.with(|w| w.borrow_mut().push(self.slot));
+            WOKE_HERE.set(true);
             return;
         }
         lock(&self.shared.woken).push(self.slot);
@@ -432,7 +459,7 @@ impl Engine {
 
     /// Polls the sessions woken from the engine's own thread, until none is.
     fn woken_here(&mut self) {
-        loop {
+        while WOKE_HERE.replace(false) {
             let mut woken = std::mem::take(&mut self.woken);
             WOKEN_HERE.with(|w| std::mem::swap(&mut woken, &mut *w.borrow_mut()));
             if woken.is_empty() {
@@ -457,14 +484,30 @@ impl Engine {
             slot,
             shared: self.shared.clone(),
         }));
+        let mut failed = None;
         if let Kind::Relay(r, _) = &job.kind {
-            for stream in [&r.client, &r.server] {
-                if let Stream::Engine(s) = stream {
-                    s.readiness().set_owner(slot);
+            let registry = self.poll.registry();
+            let both = Interest::READABLE | Interest::WRITABLE;
+            for (side, stream) in [(0, &r.client), (1, &r.server)] {
+                let Stream::Engine(s) = stream else { continue };
+                let fd = s.sock.as_raw_fd();
+                let token = Token(slot << 1 | side);
+                if let Err(e) = registry.register(&mut SourceFd(&fd), token, both) {
+                    failed = Some((side, e));
+                    break;
                 }
             }
         }
         self.jobs[slot] = Some(job);
+        if let Some((side, e)) = failed {
+            let side = if side == 0 {
+                Side::Client
+            } else {
+                Side::Server
+            };
+            self.finish(slot, Some(Err(SessionError::io(side, e))));
+            return;
+        }
         self.poll_job(slot);
     }
 
@@ -503,9 +546,10 @@ impl Engine {
         };
         self.free.push(slot);
         if let (Kind::Relay(mut r, done), Some(res)) = (job.kind, res) {
-            out_of_engine(&mut r.client);
-            out_of_engine(&mut r.server);
-            let _ = done.send((r, res));
+            let registry = self.poll.registry();
+            out_of_engine(&mut r.client, registry);
+            out_of_engine(&mut r.server, registry);
+            let _ = done.send((*r, res));
         }
     }
 
@@ -528,7 +572,7 @@ impl Engine {
     }
 
     /// Polls the sessions the last `epoll_wait` named, and wakes the tasks outside the engine
-    /// that wait on its sockets.
+    /// that wait on its adopted sockets.
     fn batch(&mut self) {
         let Engine {
             events,
@@ -540,25 +584,48 @@ impl Engine {
         } = self;
         *batch += 1;
         let mut foreign = Vec::new();
-        {
-            let sockets = lock(&shared.sockets);
-            for ev in events.iter() {
-                if ev.token() == WAKE {
-                    continue;
-                }
-                let Some(io) = sockets.get(ev.token().0) else {
+        let mut sockets = None;
+        for ev in events.iter() {
+            let token = ev.token().0;
+            if token == WAKE.0 {
+                continue;
+            }
+            if token & ADOPTED == 0 {
+                // A passthrough session's socket: its flags are in the session.
+                let slot = token >> 1;
+                let Some(Some(job)) = jobs.get_mut(slot) else {
                     continue;
                 };
-                let (owner, waker) = io.event(ev);
-                foreign.extend(waker);
-                if let Some(Some(job)) = jobs.get_mut(owner)
-                    && job.batch != *batch
-                {
-                    job.batch = *batch;
-                    ready.push(owner);
+                if let Kind::Relay(r, _) = &mut job.kind {
+                    let stream = if token & 1 == 0 {
+                        &mut r.client
+                    } else {
+                        &mut r.server
+                    };
+                    if let Stream::Engine(s) = stream {
+                        s.event(ev);
+                    }
                 }
+                if job.batch != *batch {
+                    job.batch = *batch;
+                    ready.push(slot);
+                }
+                continue;
+            }
+            let sockets = sockets.get_or_insert_with(|| lock(&shared.sockets));
+            let Some(io) = sockets.get(token) else {
+                continue;
+            };
+            let (slot, waker) = io.event(ev);
+            foreign.extend(waker);
+            if let Some(Some(job)) = jobs.get_mut(slot)
+                && job.batch != *batch
+            {
+                job.batch = *batch;
+                ready.push(slot);
             }
         }
+        drop(sockets);
         for w in foreign {
             w.wake();
         }

@@ -206,7 +206,7 @@ const BUSY_READS: u32 = 8;
 fn settled(half: &Half, from: &Stream) -> bool {
     half.delivered()
         && !half.held
-        && half.win.unscanned().is_empty()
+        && half.win.all_scanned()
         && (half.blocked || half.eof || from.read_drained())
 }
 
