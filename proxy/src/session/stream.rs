@@ -148,7 +148,8 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    #[inline]
+    // Always: the relay's hot write (one slice to an engine socket) is then a direct call.
+    #[inline(always)]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -272,6 +272,8 @@ impl AdoptedTcp {
         }
     }
 
+    // Out of line: the passthrough relay's `Stream` match stays small enough to inline.
+    #[inline(never)]
     pub(crate) fn poll_read(
         &mut self,
         cx: &Context<'_>,
@@ -318,6 +320,7 @@ impl AdoptedTcp {
         }
     }
 
+    #[inline(never)]
     pub(crate) fn poll_write(
         &mut self,
         cx: &Context<'_>,

@@ -214,6 +214,8 @@ thread_local! {
     static WOKEN_HERE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
     /// `WOKEN_HERE` has something (looked at before anything else is).
     static WOKE_HERE: Cell<bool> = const { Cell::new(false) };
+    /// On an engine's own thread: that engine's id (0 elsewhere).
+    static HOME: Cell<usize> = const { Cell::new(0) };
 }
 
 /// This thread's engine, started for the current runtime if it has none (or its runtime has
@@ -351,13 +353,7 @@ impl Wake for JobWake {
     fn wake_by_ref(self: &Arc<Self>) {
         // Woken by another session of the engine (a pooled connection given back to a
         // waiter): queued on the thread, no lock and no wake-up.
-        if io::in_engine()
-            && ENGINE.with(|e| {
-                e.borrow()
-                    .as_ref()
-                    .is_some_and(|h| Arc::ptr_eq(&h.shared, &self.shared))
-            })
-        {
+        if HOME.get() == io::engine_id(&self.shared) {
             WOKEN_HERE.with(|w| w.borrow_mut().push(self.slot));
             WOKE_HERE.set(true);
             return;
@@ -428,6 +424,7 @@ impl Engine {
         std::thread::Builder::new().name(name).spawn(move || {
             let _stop = stop;
             let _runtime = runtime.enter();
+            HOME.set(io::engine_id(&own.shared));
             ENGINE.with(|e| *e.borrow_mut() = Some(own));
             engine.run();
             ENGINE.with(|e| e.borrow_mut().take());
@@ -517,7 +514,7 @@ impl Engine {
             return;
         };
         let mut cx = Context::from_waker(&job.waker);
-        let _polling = io::polling(io::engine_id(&self.shared), slot);
+        let id = io::engine_id(&self.shared);
         // One session's bug must not end the others: a panic drops that session alone.
         let polled =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &mut job.kind {
@@ -525,7 +522,11 @@ impl Engine {
                     .relay
                     .poll_passthrough(&mut cx, &mut r.client, &mut r.server)
                     .map(Some),
-                Kind::Task(f) => f.as_mut().poll(&mut cx).map(|()| None),
+                // Only a task adopts sockets or asks where it runs; a passthrough relay never.
+                Kind::Task(f) => {
+                    let _polling = io::polling(id, slot);
+                    f.as_mut().poll(&mut cx).map(|()| None)
+                }
             }));
         match polled {
             Ok(Poll::Pending) => {}

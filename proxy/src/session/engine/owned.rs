@@ -39,13 +39,18 @@ impl EngineTcp {
     /// Applies a readiness event.
     #[inline]
     pub(super) fn event(&mut self, ev: &mio::event::Event) {
-        let failed = ev.is_error();
-        let read_closed = ev.is_read_closed() || failed;
-        let write_closed = ev.is_write_closed() || failed;
-        self.read_closed |= read_closed;
-        self.write_closed |= write_closed;
-        self.readable |= read_closed || ev.is_readable();
-        self.writable |= write_closed || ev.is_writable();
+        self.readable |= ev.is_readable();
+        self.writable |= ev.is_writable();
+        // Ends and failures are rare: looked at apart from the common edges.
+        if ev.is_read_closed() | ev.is_write_closed() | ev.is_error() {
+            let failed = ev.is_error();
+            let read_closed = ev.is_read_closed() || failed;
+            let write_closed = ev.is_write_closed() || failed;
+            self.read_closed |= read_closed;
+            self.write_closed |= write_closed;
+            self.readable |= read_closed;
+            self.writable |= write_closed;
+        }
     }
 
     /// Known to have nothing to read until the engine reports it ready again.
