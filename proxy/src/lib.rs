@@ -277,7 +277,7 @@ fn share(
         pools,
         switchover: Default::default(),
         auth,
-        pool_engine: std::sync::OnceLock::new(),
+        pool_engine: std::sync::Mutex::new(None),
     });
     Ok((shared, discovery_task))
 }

@@ -3,7 +3,9 @@
 //! the kernel spreads new connections over them). A session lives on the loop that accepted it,
 //! with its sockets, timers and buffers: nothing on the relay's path is shared between loops.
 //! Each loop that relays a plaintext passthrough session starts an epoll engine thread beside
-//! it (`session/engine.rs`) that relays that loop's sessions; it stops with the loop's runtime.
+//! it (`session/engine/`) that relays that loop's sessions; it stops with the loop's runtime.
+//! Busy plaintext pooled sessions move to the first loop's engine (the pools' loop), which
+//! their server connections join while lent there (`Shared::pool_engine`).
 //! (On a 2-core machine shared with Postgres, 2 loops still cost more CPU per transaction than
 //! 1: benches/RESULTS.md.)
 //!

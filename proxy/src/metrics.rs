@@ -58,8 +58,8 @@ pub struct Metrics {
     pub client_accepted: IntCounterVec,
     /// Accepted client connections by event loop.
     pub loop_accepted: IntCounterVec,
-    /// Sessions relayed, by where: the epoll engine (busy passthrough sessions, plaintext pooled
-    /// ones) or their task.
+    /// Sessions relayed, by where: the epoll engine (busy plaintext sessions, passthrough and
+    /// pooled) or their task.
     pub relayed: IntCounterVec,
     /// Refused client connections by listener and reason.
     pub client_rejected: IntCounterVec,
@@ -235,7 +235,7 @@ families! {
         "Client connections accepted by each event loop ([runtime] threads), on every listener",
         &["loop"];
     RELAYED = "pgsteer_relay_sessions_total",
-        "Client sessions relayed, by where their relay ended: the loop's epoll engine (passthrough sessions that became busy, plaintext pooled sessions), or their own task (short passthrough sessions, TLS, or relay_engine = \"tokio\")",
+        "Client sessions relayed, by where their relay ended: the loop's epoll engine (plaintext passthrough and pooled sessions that became busy), or their own task (short sessions, TLS, or relay_engine = \"tokio\")",
         &["engine"];
     CLIENT_REJECTED = "pgsteer_client_connections_rejected_total",
         "Client connections refused, by reason",

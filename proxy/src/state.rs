@@ -108,8 +108,8 @@ pub struct Shared {
     pub auth: Option<Arc<crate::auth::store::AuthStore>>,
     /// The epoll engine of the plaintext pooled sessions: one for all of them, beside the
     /// loop of the pools, so that a server connection changes hands inside one engine.
-    /// Started by the first such session (`None`: it could not start).
-    pub pool_engine: std::sync::OnceLock<Option<crate::session::engine::Handle>>,
+    /// Started by the first such session, again by the next one if it stopped.
+    pub pool_engine: std::sync::Mutex<Option<crate::session::engine::Handle>>,
 }
 
 impl Shared {

@@ -156,8 +156,9 @@ async fn run(
     Box::pin(relay(shared, client, session, span)).await
 }
 
-/// Serves a pooled session: in the loop's epoll engine when both its sides are plaintext (the
-/// client's now, the server connections' by `server_mode = "disable"`), else in its task.
+/// Serves a pooled session in its task; when both its sides are plaintext (the client's now,
+/// the server connections' by `server_mode = "disable"`), it moves to the first loop's epoll
+/// engine once it is busy, between two transactions.
 async fn serve_pooled(
     shared: &Arc<Shared>,
     client: &mut Stream,
@@ -173,7 +174,7 @@ async fn serve_pooled(
     let plain = matches!(client, Stream::Plain(_))
         && shared.tls.server.mode() == crate::config::ServerTlsMode::Disable;
     let engine = if plain && shared.config.runtime.relay_engine == RelayEngine::Epoll {
-        shared.pool_engine.get_or_init(engine::handle).clone()
+        engine::shared_handle(&shared.pool_engine)
     } else {
         None
     };
@@ -190,11 +191,10 @@ async fn serve_pooled(
         )
         .await;
     };
-    shared.metrics.relayed.with_label_values(&["epoll"]).inc();
+    let relayed = shared.metrics.relayed.clone();
     let (shared, span) = (shared.clone(), span.clone());
     let mut c = std::mem::replace(client, Stream::Detached);
     let session = async move {
-        engine::adopt(&mut c);
         let res = pooled::serve(
             &shared,
             &mut c,
@@ -208,7 +208,7 @@ async fn serve_pooled(
         engine::release(&mut c);
         (c, res)
     };
-    let (c, res) = engine.spawn(session).await?;
+    let (c, res) = engine.hop_when_busy(session, &relayed).await?;
     *client = c;
     res
 }

@@ -4,7 +4,7 @@
 //! monomorphic function and a plaintext read or write costs one branch.
 //! While the epoll engine relays a passthrough session ([`super::engine`]), its
 //! sockets are [`Stream::Engine`]: plain TCP whose readiness the engine tracks;
-//! sockets that joined the engine for life are [`Stream::Adopted`].
+//! sockets that joined the engine beyond one relay are [`Stream::Adopted`].
 
 use std::io;
 use std::pin::Pin;
@@ -29,9 +29,9 @@ pub enum Stream {
     /// Plaintext TCP of a passthrough session relayed by the epoll engine: read
     /// and written only by that relay, which knows when the socket is ready.
     Engine(EngineTcp),
-    /// Plaintext TCP that joined the epoll engine for life (a pooled session's
-    /// client, a pooled server connection): its readiness is in the engine's
-    /// table, whoever uses it.
+    /// Plaintext TCP that joined the epoll engine beyond one relay (a pooled
+    /// session's client, a pooled server connection lent there): its readiness
+    /// is in the engine's table, whoever uses it.
     Adopted(AdoptedTcp),
 }
 

@@ -7,8 +7,8 @@
 //! session after another), so the engine finds a socket's state by its token in a table, not
 //! in the session that registered it. Inside the engine (a session being polled on its
 //! thread) the flags are exact: events are applied between polls, on the same thread, so a
-//! session parks on a flag without a syscall. Anywhere else (a TLS pooled client's task that
-//! borrows a server connection the engine adopted, or the task that closes one) the flags
+//! session parks on a flag without a syscall. Anywhere else (a task that uses a connection
+//! the engine adopted without taking it back, such as the one that closes it) the flags
 //! are not trusted: the caller tries the syscall, and on `EAGAIN` leaves its waker and tries
 //! once more, so that an event in between is not lost.
 
@@ -138,6 +138,9 @@ impl Readiness {
     }
 
     fn wait_foreign(&self, cx: &Context<'_>) {
+        // No engine session uses the socket now (its users take turns): events need not
+        // poll the slot that last did, which may hold another session by now.
+        self.owner.store(NOBODY, Ordering::Relaxed);
         let mut w = lock(&self.foreign);
         match &mut *w {
             Some(old) if old.will_wake(cx.waker()) => {}
@@ -402,6 +405,10 @@ impl AdoptedTcp {
     /// Whether an idle socket has nothing waiting (no bytes, no end): inside the engine, a
     /// socket drained since its last event does without the syscall.
     pub(crate) fn quiet(&self) -> bool {
+        // An engine that stopped reports nothing more: the connection cannot be used.
+        if self.reg.engine.stopped.load(Ordering::Acquire) {
+            return false;
+        }
         if self.here().is_some() && !self.reg.io.readable.load(Ordering::Relaxed) {
             return true;
         }

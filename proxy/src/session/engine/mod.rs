@@ -12,8 +12,8 @@
 //! engine only replaces what drives it. The control futures (drain orders, timers, shutdown)
 //! still wake it, through a waker that queues the session (and wakes the thread when it is
 //! woken from another one). A passthrough session's sockets keep their flags in the session
-//! and their token names it (`owned.rs`); sockets that joined the engine for life are found
-//! by token in a table (`io.rs`).
+//! and their token names it (`owned.rs`); sockets that joined the engine for longer (a pooled
+//! session's client, pooled server connections) are found by token in a table (`io.rs`).
 //!
 //! A thread of its own rather than a task on the loop: a task could only learn of the
 //! engine's events through tokio's epoll, a nested `epoll_wait` per wake-up, which cost as
@@ -26,16 +26,20 @@
 //! tokio's epoll for the engine's and come back, two cross-thread wake-ups) than the engine
 //! saves it. It leaves when the relay ends; its sockets are handed back to tokio for closing.
 //!
-//! A pooled session is handed over whole, as a future, once its client has sent its startup
-//! packet ([`Handle::spawn`]): it borrows a server connection per transaction, so its relay
-//! runs in short passes between lends that only the session's own code strings together. Its
-//! client socket joins the engine at once, and each pooled server connection joins the engine
-//! the first time a session in it borrows it, for the rest of its life ([`adopt`]): a
-//! connection lent to one session after another changes hands inside the engine with no
-//! syscall. The rare steps of a lend that wait on something else (opening a connection, a
-//! pool's queue, a hold) are tokio futures polled from the engine thread; their wakers queue
-//! the session like the control futures. Sessions with a TLS side stay in their tasks (a
-//! pooled one only with `server_mode = "disable"`, where no server connection is TLS). `[runtime] relay_engine = "tokio"` turns the
+//! A pooled session is handed over whole, as a future, once it is busy between two
+//! transactions ([`Handle::hop_when_busy`], [`hop`]): it borrows a server connection per
+//! transaction, so its relay runs in short passes between lends that only the session's own
+//! code strings together. Until then it runs in its task, like a passthrough session, so a
+//! connection opened for one transaction (`pgbench -C`) pays no move. Its client socket joins
+//! the engine when it moves, and a pooled server connection joins the engine when a session
+//! there borrows it and goes back to tokio when a session in a task does ([`settle`]): a
+//! connection lent from one engine session to the next changes hands with no syscall, and one
+//! lent to a task is reported by that task's own loop (through the engine, each wait would
+//! wake a second thread). The rare steps of a lend that wait on something else (opening a
+//! connection, a pool's queue, a hold) are tokio futures polled from the engine thread; their
+//! wakers queue the session like the control futures. Sessions with a TLS side stay in their
+//! tasks (a pooled one moves only with `server_mode = "disable"`, where no server connection is
+//! TLS). `[runtime] relay_engine = "tokio"` turns the
 //! engine off.
 
 mod io;
@@ -172,6 +176,16 @@ pub fn adopt(stream: &mut Stream) {
     }
 }
 
+/// A stream joins the engine of the session polled now ([`adopt`]), or, outside an engine,
+/// goes back to tokio ([`release`]).
+pub fn settle(stream: &mut Stream) {
+    if io::in_engine() {
+        adopt(stream);
+    } else {
+        release(stream);
+    }
+}
+
 /// A stream that joined the engine with [`adopt`] goes back to tokio (in place).
 pub fn release(stream: &mut Stream) {
     if !matches!(stream, Stream::Adopted(_)) {
@@ -180,6 +194,22 @@ pub fn release(stream: &mut Stream) {
     if let Stream::Adopted(s) = std::mem::replace(stream, Stream::Detached) {
         back_to_tokio(stream, s.deregister());
     }
+}
+
+/// Moves the calling session into its engine when it runs under
+/// [`Handle::hop_when_busy`]: it resumes there (one `Pending` in between, with nothing else
+/// awaited meanwhile). Elsewhere, or already in an engine, it returns at once.
+pub async fn hop() {
+    let mut asked = false;
+    std::future::poll_fn(|_| {
+        if asked || io::in_engine() || !HOP_OFFERED.get() {
+            return Poll::Ready(());
+        }
+        asked = true;
+        HOP_WANTED.set(true);
+        Poll::Pending
+    })
+    .await
 }
 
 /// Whether the caller runs inside an engine session (a task's runtime assumptions do not
@@ -216,6 +246,24 @@ thread_local! {
     static WOKE_HERE: Cell<bool> = const { Cell::new(false) };
     /// On an engine's own thread: that engine's id (0 elsewhere).
     static HOME: Cell<usize> = const { Cell::new(0) };
+    /// The task polling now would move its session to an engine if asked ([`hop`]).
+    static HOP_OFFERED: Cell<bool> = const { Cell::new(false) };
+    /// The session polled now asked to move.
+    static HOP_WANTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The engine kept in `slot` for sessions of several threads (pooled ones, whose server
+/// connections join it while lent there), started from this thread if there is none or it stopped;
+/// `None` if it cannot start.
+pub fn shared_handle(slot: &Mutex<Option<Handle>>) -> Option<Handle> {
+    let mut slot = lock(slot);
+    if let Some(h) = slot.as_ref()
+        && !h.shared.stopped.load(Ordering::Acquire)
+    {
+        return Some(h.clone());
+    }
+    *slot = handle();
+    slot.clone()
 }
 
 /// This thread's engine, started for the current runtime if it has none (or its runtime has
@@ -273,7 +321,9 @@ impl Shared {
     /// Drops the sessions still queued: their channels close, so they end instead of waiting
     /// for an engine that is gone.
     fn close_queue(&self) {
-        drop(std::mem::take(&mut *lock(&self.incoming)));
+        // Dropped after the lock is let go: a session's drop code must not run under it.
+        let queued = std::mem::take(&mut *lock(&self.incoming));
+        drop(queued);
     }
 }
 
@@ -295,6 +345,39 @@ impl Handle {
             let _ = done.send(session.await);
         }))));
         rx.await.map_err(|_| gone())
+    }
+
+    /// Runs `session` in its task until it asks to move ([`hop`]: it is busy), then in the
+    /// engine to its end; a session that never asks never moves (a connection used for one
+    /// transaction pays no move). Counted in `relayed`: `epoll` when it moves, `task` when it
+    /// ends in its task.
+    pub async fn hop_when_busy<T: Send + 'static>(
+        &self,
+        session: impl Future<Output = T> + Send + 'static,
+        relayed: &prometheus::IntCounterVec,
+    ) -> Result<T, SessionError> {
+        let mut session = Box::pin(session);
+        let moved = std::future::poll_fn(|cx| {
+            HOP_OFFERED.set(true);
+            let polled = session.as_mut().poll(cx);
+            HOP_OFFERED.set(false);
+            match polled {
+                Poll::Ready(out) => Poll::Ready(Some(out)),
+                Poll::Pending if HOP_WANTED.replace(false) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match moved {
+            Some(out) => {
+                relayed.with_label_values(&["task"]).inc();
+                Ok(out)
+            }
+            None => {
+                relayed.with_label_values(&["epoll"]).inc();
+                self.spawn(session).await
+            }
+        }
     }
 
     fn submit(&self, job: Job) {

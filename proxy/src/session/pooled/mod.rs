@@ -176,7 +176,7 @@ pub async fn serve(
                 session.route_transaction(relay.client_unscanned());
                 lent = session.lend_for(client, &mut relay).await?;
             }
-            Ok(Event::Idle) => session.idle(lent.take(), &mut relay).await,
+            Ok(Event::Idle) => session.between(lent.take(), &mut relay, client).await,
             // The member of the lent connection lost its role and the client reached an idle
             // point: the connection goes (its pool is retired), the client stays.
             Ok(Event::End(end))
@@ -381,6 +381,16 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Between two transactions: [`Self::idle`], then, if the session is busy, the move to the
+    /// engine (where it can go), holding no connection; its client socket joins it there.
+    async fn between(&mut self, lent: Option<Lent>, relay: &mut Relay<'_>, client: &mut Stream) {
+        self.idle(lent, relay).await;
+        if relay.busy() && !super::engine::in_engine() {
+            super::engine::hop().await;
+            super::engine::adopt(client);
+        }
+    }
+
     /// Routes the client (holding while no member fits) and takes a connection from the
     /// member's pool, with the client's settings applied.
     async fn lend(&mut self, client: &Stream) -> Result<Lent, SessionError> {
@@ -410,6 +420,11 @@ impl<'a> Session<'a> {
                     continue;
                 }
             };
+            // A connection lives where its borrower runs: in the engine, it joins the engine
+            // (the first time it is lent there); lent to a session in its task, it goes back
+            // to the task's loop, whose IO driver then reports its readiness straight to the
+            // task (through the engine, every wait would wake a second thread).
+            super::engine::settle(&mut lent.conn.stream);
             if !self.still_fits(&lent.target, decided) {
                 // The topology moved while the connection was taken: route again.
                 self.return_conn(lent, false);
@@ -454,8 +469,6 @@ impl<'a> Session<'a> {
                 self.begin = None;
             }
             self.state.pool = Some(lent.pool.clone());
-            // In the engine, a connection joins it the first time it is lent there, for life.
-            super::engine::adopt(&mut lent.conn.stream);
             return Ok(lent);
         }
     }
