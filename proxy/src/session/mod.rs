@@ -178,23 +178,12 @@ async fn serve_pooled(
     } else {
         None
     };
-    let Some(engine) = engine else {
-        shared.metrics.relayed.with_label_values(&["task"]).inc();
-        return pooled::serve(
-            shared,
-            client,
-            listener,
-            request,
-            message,
-            negotiation,
-            span,
-        )
-        .await;
-    };
     let relayed = shared.metrics.relayed.clone();
     let (shared, span) = (shared.clone(), span.clone());
     let mut c = std::mem::replace(client, Stream::Detached);
-    let session = async move {
+    // One box for the session, on either path: a second path awaiting `pooled::serve` inline
+    // would make this future as large as the session again (an idle pooled client pays both).
+    let session = Box::pin(async move {
         let res = pooled::serve(
             &shared,
             &mut c,
@@ -207,8 +196,14 @@ async fn serve_pooled(
         .await;
         engine::release(&mut c);
         (c, res)
+    });
+    let (c, res) = match engine {
+        Some(engine) => engine.hop_when_busy(session, &relayed).await?,
+        None => {
+            relayed.with_label_values(&["task"]).inc();
+            session.await
+        }
     };
-    let (c, res) = engine.hop_when_busy(session, &relayed).await?;
     *client = c;
     res
 }

@@ -351,12 +351,15 @@ impl Handle {
     /// engine to its end; a session that never asks never moves (a connection used for one
     /// transaction pays no move). Counted in `relayed`: `epoll` when it moves, `task` when it
     /// ends in its task.
+    ///
+    /// Boxed by the caller, in the expression that builds it: an async fn keeps its arguments
+    /// in its own state, so a session passed by value would take its room twice (an idle
+    /// pooled client's memory).
     pub async fn hop_when_busy<T: Send + 'static>(
         &self,
-        session: impl Future<Output = T> + Send + 'static,
+        mut session: Pin<Box<dyn Future<Output = T> + Send + 'static>>,
         relayed: &prometheus::IntCounterVec,
     ) -> Result<T, SessionError> {
-        let mut session = Box::pin(session);
         let moved = std::future::poll_fn(|cx| {
             HOP_OFFERED.set(true);
             let polled = session.as_mut().poll(cx);
