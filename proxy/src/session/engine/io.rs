@@ -275,6 +275,48 @@ impl AdoptedTcp {
         }
     }
 
+    /// One syscall on the socket, `op`, for a direction that `ready` reports (the read or the
+    /// write flag): inside the engine, a direction known not ready costs nothing, and
+    /// `EAGAIN` clears its flag (`drained`) and parks the session polled now; outside, `EAGAIN`
+    /// leaves the caller's waker and tries once more, so that an event in between is not lost.
+    /// `op` is told whether it runs in the engine.
+    fn attempt<T>(
+        &self,
+        cx: &Context<'_>,
+        ready: &AtomicBool,
+        drained: fn(&Readiness),
+        mut op: impl FnMut(bool) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        let here = self.here();
+        let io = &self.reg.io;
+        if let Some(slot) = here
+            && !ready.load(Ordering::Relaxed)
+        {
+            io.set_owner(slot);
+            return Poll::Pending;
+        }
+        let mut waiting = false;
+        loop {
+            match op(here.is_some()) {
+                Ok(v) => return Poll::Ready(Ok(v)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match here {
+                    Some(slot) => {
+                        drained(io);
+                        io.set_owner(slot);
+                        return Poll::Pending;
+                    }
+                    None if !waiting => {
+                        io.wait_foreign(cx);
+                        waiting = true;
+                    }
+                    None => return Poll::Pending,
+                },
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
     // Out of line: the passthrough relay's `Stream` match stays small enough to inline.
     #[inline(never)]
     pub(crate) fn poll_read(
@@ -283,44 +325,24 @@ impl AdoptedTcp {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         use std::io::Read;
-        let here = self.here();
-        let io = &self.reg.io;
-        if let Some(slot) = here
-            && !io.readable.load(Ordering::Relaxed)
-        {
-            io.set_owner(slot);
-            return Poll::Pending;
-        }
+        let (io, sock) = (&self.reg.io, &self.sock);
         let room = buf.remaining();
-        let mut waiting = false;
-        loop {
-            match (&self.sock).read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    // Edge-triggered: a read that did not fill the room took everything there
-                    // was, and new bytes raise a new event.
-                    if n > 0 && n < room && here.is_some() {
-                        io.drained_reads();
-                    }
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+        let n = std::task::ready!(self.attempt(
+            cx,
+            &io.readable,
+            Readiness::drained_reads,
+            |in_engine| {
+                let n = (&*sock).read(buf.initialize_unfilled())?;
+                // Edge-triggered: a read that did not fill the room took everything there was,
+                // and new bytes raise a new event.
+                if n > 0 && n < room && in_engine {
+                    io.drained_reads();
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match here {
-                    Some(slot) => {
-                        io.drained_reads();
-                        io.set_owner(slot);
-                        return Poll::Pending;
-                    }
-                    // Outside the engine: leave the waker, then look once more.
-                    None if !waiting => {
-                        io.wait_foreign(cx);
-                        waiting = true;
-                    }
-                    None => return Poll::Pending,
-                },
-                Err(e) => return Poll::Ready(Err(e)),
+                Ok(n)
             }
-        }
+        ))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
     }
 
     #[inline(never)]
@@ -329,77 +351,23 @@ impl AdoptedTcp {
         cx: &Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        use std::io::Write;
-        let here = self.here();
-        let io = &self.reg.io;
-        if let Some(slot) = here
-            && !io.writable.load(Ordering::Relaxed)
-        {
-            io.set_owner(slot);
-            return Poll::Pending;
-        }
+        let (io, sock) = (&self.reg.io, &self.sock);
         let len: usize = bufs.iter().map(|b| b.len()).sum();
-        let mut waiting = false;
-        loop {
-            let r = match bufs {
-                [one] => (&self.sock).write(one),
-                _ => (&self.sock).write_vectored(bufs),
-            };
-            match r {
-                Ok(n) => {
-                    if n < len && here.is_some() {
-                        io.full_writes();
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match here {
-                    Some(slot) => {
-                        io.full_writes();
-                        io.set_owner(slot);
-                        return Poll::Pending;
-                    }
-                    None if !waiting => {
-                        io.wait_foreign(cx);
-                        waiting = true;
-                    }
-                    None => return Poll::Pending,
-                },
-                Err(e) => return Poll::Ready(Err(e)),
+        self.attempt(cx, &io.writable, Readiness::full_writes, |in_engine| {
+            let n = super::write_bufs(sock, bufs)?;
+            if n < len && in_engine {
+                io.full_writes();
             }
-        }
+            Ok(n)
+        })
     }
 
     /// Looks at what is waiting without taking it: `Ok(0)` is the end of the stream.
     pub(crate) fn poll_peek(&self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let here = self.here();
         let io = &self.reg.io;
-        if let Some(slot) = here
-            && !io.readable.load(Ordering::Relaxed)
-        {
-            io.set_owner(slot);
-            return Poll::Pending;
-        }
-        let mut waiting = false;
-        loop {
-            match self.sock.peek(buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match here {
-                    Some(slot) => {
-                        io.drained_reads();
-                        io.set_owner(slot);
-                        return Poll::Pending;
-                    }
-                    None if !waiting => {
-                        io.wait_foreign(cx);
-                        waiting = true;
-                    }
-                    None => return Poll::Pending,
-                },
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        self.attempt(cx, &io.readable, Readiness::drained_reads, |_| {
+            self.sock.peek(buf)
+        })
     }
 
     /// Whether an idle socket has nothing waiting (no bytes, no end): inside the engine, a

@@ -132,6 +132,16 @@ fn into_engine(stream: &mut Stream) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One write of `bufs` to `sock` (a plain write for one slice).
+#[inline]
+fn write_bufs(sock: &std::net::TcpStream, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+    use std::io::Write;
+    match bufs {
+        [one] => (&*sock).write(one),
+        _ => (&*sock).write_vectored(bufs),
+    }
+}
+
 /// A passthrough session's stream handed back to tokio by `registry`'s engine (in place).
 fn out_of_engine(stream: &mut Stream, registry: &mio::Registry) {
     let Stream::Engine(s) = std::mem::replace(stream, Stream::Detached) else {

@@ -87,17 +87,12 @@ impl EngineTcp {
     }
 
     pub(crate) fn poll_write(&mut self, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        use std::io::Write;
         if !self.writable {
             return Poll::Pending;
         }
         let len: usize = bufs.iter().map(|b| b.len()).sum();
         loop {
-            let r = match bufs {
-                [one] => (&self.sock).write(one),
-                _ => (&self.sock).write_vectored(bufs),
-            };
-            match r {
+            match super::write_bufs(&self.sock, bufs) {
                 Ok(n) => {
                     if n < len {
                         self.writable = self.write_closed;
