@@ -387,7 +387,10 @@ impl<'a> Session<'a> {
         self.idle(lent, relay).await;
         if relay.busy() && !super::engine::in_engine() {
             super::engine::hop().await;
-            super::engine::adopt(client);
+            if super::engine::in_engine() {
+                relay.driven_off_thread();
+                super::engine::adopt(client);
+            }
         }
     }
 

@@ -258,12 +258,17 @@ impl<'a> Relay<'a> {
             rejecting: None,
             idle_tx_limit: None,
             want_client: 0,
-            // Not inside the engine: there the runtime's IO driver runs on another thread.
-            short_read_drains: !super::engine::in_engine()
-                && tokio::runtime::Handle::try_current().is_ok_and(|h| {
-                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
-                }),
+            // Relays are built in their session's task (see `driven_off_thread`).
+            short_read_drains: tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         }
+    }
+
+    /// From now on the relay is driven from another thread than its runtime's IO driver (a
+    /// pooled session moved to the engine): a short read no longer marks a tokio stream
+    /// drained, since readiness the driver sets between the read and the mark would be lost.
+    pub fn driven_off_thread(&mut self) {
+        self.short_read_drains = false;
     }
 
     /// Relays between `client` and `server` (none: not attached) until the
