@@ -460,6 +460,23 @@ fn set_names_and_values_borrow_from_the_query_text() {
 
 #[test]
 fn plain_selects_are_told_apart_without_tokenizing() {
+    // The scan takes eight bytes at a time: what it looks for is found at every offset, in a
+    // full run of eight and in the tail.
+    for pad in 0..20 {
+        let pad = " ".repeat(pad);
+        for (bad, good) in [
+            ("into t", "pinto"),
+            ("pg_temp.t", "xpg_temp"),
+            ("f(1)", "f"),
+            ("'a", "'a'"),
+            ("$$", "$1"),
+        ] {
+            let bad = format!("SELECT x{pad} {bad}");
+            let good = format!("SELECT x{pad} {good}");
+            assert!(!plain_select(bad.as_bytes()), "{bad}");
+            assert!(plain_select(good.as_bytes()), "{good}");
+        }
+    }
     for sql in [
         "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
         "select * from t where a = $1 and b = 'it''s'",
