@@ -5,7 +5,10 @@
 //! A client borrows a connection with [`Pool::acquire`]: an idle one, or a permit to open
 //! one ([`Acquired::Open`]) while the pool is below its size, or it waits until one is given
 //! back, up to `checkout_timeout`. [`Pool::give_back`] hands a returned connection straight
-//! to the first waiter. What happens to a connection at each turn is decided by the pure
+//! to the first waiter. A wait arms no timer of its own: [`maintain`] sweeps the queues for
+//! waits past `checkout_timeout` every tenth of it (at most every second), as PgBouncer's
+//! janitor does for `query_wait_timeout`; at 32 clients on a pool of 20, half the
+//! transactions wait, and a timer per wait cost a lock on the runtime's timer wheel twice. What happens to a connection at each turn is decided by the pure
 //! functions of [`lifecycle`]; [`Pools::retire`] closes what belongs to members that lost
 //! their role or address, and [`Pools::janitor`] closes idle and old ones.
 
@@ -15,11 +18,12 @@ pub mod server;
 pub mod statements;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use pgsteer_discovery::Topology;
+use prometheus::IntGauge;
 use tokio::sync::oneshot;
 use tracing::debug;
 
@@ -107,7 +111,6 @@ enum Grant {
 }
 
 struct Waiter {
-    id: u64,
     tx: oneshot::Sender<Grant>,
     since: Instant,
 }
@@ -138,13 +141,14 @@ pub struct Pool {
     pub address: String,
     size: usize,
     inner: Mutex<Inner>,
-    next_waiter: AtomicU64,
     /// Client sessions using this pool's credentials (for `/pools`).
     pub clients: AtomicUsize,
     /// Connections lent on this pool's member, all its pools together.
     pub member_lent: Arc<AtomicUsize>,
     /// What a new client is shown at login without waiting for a connection.
     greeting: Mutex<greeting::Greeting>,
+    /// This member's waiting-clients gauge, looked up at the first wait.
+    waiting: OnceLock<IntGauge>,
 }
 
 impl Pool {
@@ -158,15 +162,15 @@ impl Pool {
     }
 
     /// A connection for a client: an idle one, a permit to open one, or the first one given
-    /// back within `timeout`. Idle connections that are too old are closed on the way. A
-    /// retired pool gives nothing, and wakes its waiters when it is retired: they route again.
+    /// back within `checkout_timeout` (the sweep of [`maintain`] ends longer waits). Idle
+    /// connections that are too old are closed on the way. A retired pool gives nothing, and
+    /// wakes its waiters when it is retired: they route again.
     pub async fn acquire(
         &self,
         settings: &PoolSettings,
         metrics: &Metrics,
     ) -> Result<Acquired, NoConn> {
-        let started = Instant::now();
-        let (id, mut rx) = {
+        let (started, rx) = {
             let mut inner = self.lock();
             if let Some(got) = self.take_idle(&mut inner, settings) {
                 inner.lent += 1;
@@ -176,25 +180,16 @@ impl Pool {
                 return Err(NoConn::Retired);
             }
             let (tx, rx) = oneshot::channel();
-            let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
-            inner.waiters.push_back(Waiter {
-                id,
-                tx,
-                since: started,
-            });
-            (id, rx)
+            let since = Instant::now();
+            inner.waiters.push_back(Waiter { tx, since });
+            (since, rx)
         };
-        let waiting = metrics.pool_waiting.with_label_values(&[&self.key.member]);
+        let waiting = self
+            .waiting
+            .get_or_init(|| metrics.pool_waiting.with_label_values(&[&self.key.member]));
         waiting.inc();
-        let got = match tokio::time::timeout(settings.checkout_timeout, &mut rx).await {
-            Ok(got) => got.ok(),
-            // Timed out; but a grant sent between the timer firing and now is the client's
-            // (a grant dropped here would shrink the pool for good).
-            Err(_) => {
-                rx.close();
-                rx.try_recv().ok()
-            }
-        };
+        // A closed channel: the sweep took the wait out of the queue (or the pool is gone).
+        let got = rx.await.ok();
         waiting.dec();
         metrics
             .pool_wait_seconds
@@ -203,10 +198,9 @@ impl Pool {
             Some(Grant::Conn(c)) => Ok(Acquired::Idle(c)),
             Some(Grant::Open) => Ok(Acquired::Open),
             Some(Grant::Retired) => Err(NoConn::Retired),
-            // The wait timed out (or the pool was dropped): leave the queue.
+            // The wait timed out (or the pool was dropped): out of the queue already.
             None => {
-                let mut inner = self.lock();
-                inner.waiters.retain(|w| w.id != id);
+                let inner = self.lock();
                 if inner.retired {
                     return Err(NoConn::Retired);
                 }
@@ -315,6 +309,19 @@ impl Pool {
         inner.open -= n;
         for w in inner.waiters.drain(..) {
             let _ = w.tx.send(Grant::Retired);
+        }
+    }
+
+    /// Ends the waits that reached `timeout`: their clients get no connection (53300).
+    fn expire_waits(&self, timeout: Duration) {
+        let mut inner = self.lock();
+        // First come first served: the longest waits are at the front.
+        while inner
+            .waiters
+            .front()
+            .is_some_and(|w| w.since.elapsed() >= timeout)
+        {
+            inner.waiters.pop_front();
         }
     }
 
@@ -470,10 +477,10 @@ impl Pools {
             address: address.to_owned(),
             size: self.settings.size.max(1),
             inner: Mutex::new(Inner::default()),
-            next_waiter: AtomicU64::new(0),
             clients: AtomicUsize::new(0),
             member_lent: lent,
             greeting: Mutex::default(),
+            waiting: OnceLock::new(),
         });
         pools.insert(db_user.to_owned(), pool.clone());
         pool
@@ -539,6 +546,14 @@ impl Pools {
         }
     }
 
+    /// Ends every wait for a connection that reached `checkout_timeout`.
+    pub fn expire_waits(&self) {
+        let all = self.by_member.lock().unwrap_or_else(|e| e.into_inner());
+        for pool in all.values().flat_map(HashMap::values) {
+            pool.expire_waits(self.settings.checkout_timeout);
+        }
+    }
+
     /// Every pool's figures, for `/pools`.
     pub fn snapshot(&self) -> Vec<PoolSnapshot> {
         let all = self.by_member.lock().unwrap_or_else(|e| e.into_inner());
@@ -572,7 +587,8 @@ impl Pools {
 }
 
 /// Keeps the pools in step with the topology (retiring what belongs to members that changed)
-/// and runs the janitor every second, until `stop`; then closes the idle connections.
+/// runs the janitor every second and ends waits past `checkout_timeout` (looked at every
+/// tenth of it, between 10 ms and 1 s), until `stop`; then closes the idle connections.
 pub async fn maintain(
     pools: Arc<Pools>,
     mut topology: tokio::sync::watch::Receiver<Topology>,
@@ -581,10 +597,15 @@ pub async fn maintain(
     let mut before = topology.borrow_and_update().clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let every = (pools.settings.checkout_timeout / 10)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut sweep = tokio::time::interval(every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => pools.janitor(),
+            _ = sweep.tick() => pools.expire_waits(),
             r = topology.changed() => {
                 if r.is_err() {
                     break;
