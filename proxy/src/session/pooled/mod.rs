@@ -80,6 +80,9 @@ struct Session<'a> {
     last_pool: Option<Arc<Pool>>,
     /// Where the last connection went: reused while the router picks the same member.
     last_target: Option<Target>,
+    /// The topology generation `last_target` was chosen on for an unpinned primary route:
+    /// while it is current, the router would choose the same (see `route_at_once`).
+    routed_at: Option<u64>,
     /// What pgsteer answers for the server while nothing is lent (`stand_in.rs`).
     stand_in: StandIn,
     /// The deferred `BEGIN` to run on the connection lent next.
@@ -269,6 +272,7 @@ async fn log_in<'a>(
         lent_binding: Arc::default(),
         last_pool: None,
         last_target: None,
+        routed_at: None,
         stand_in: StandIn::Off,
         begin: None,
         reply: BytesMut::new(),
@@ -417,6 +421,7 @@ impl<'a> Session<'a> {
             let mut lent = match self.take(target).await {
                 Ok(l) => l,
                 Err((refused, target)) => {
+                    self.routed_at = None;
                     let (hold, routing) =
                         slow.get_or_insert_with(|| self.slow_routing(Some(decided)));
                     routing.refused(&self.route_now, hold, target, refused)?;

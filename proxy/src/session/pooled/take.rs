@@ -8,7 +8,7 @@ use super::{Lent, Session};
 use crate::drain::{self, Binding, Graces};
 use crate::pool::server::{self, Login, OpenError, ServerConn};
 use crate::pool::{Acquired, NoConn, Pool};
-use crate::router::{self, Decision, Target};
+use crate::router::{self, Decision, Route, Target};
 use crate::session::hold::{self, Backends, Hold, Refused, Routing};
 use crate::session::stream::Stream;
 use crate::session::{SessionError, Side};
@@ -31,6 +31,8 @@ impl<'a> Session<'a> {
         {
             return Ok(found);
         }
+        // What the slow way chooses is no choice of the router alone.
+        self.routed_at = None;
         let (hold, routing) = slow.get_or_insert_with(|| self.slow_routing(None));
         let target = routing.next(client, &self.route_now, hold).await?;
         Ok((target, hold.generation()))
@@ -59,6 +61,16 @@ impl<'a> Session<'a> {
             return None;
         }
         let t = b.topology.current();
+        // An unpinned primary route depends on the topology alone, and the generation moves
+        // with everything the router looks at: the last choice stands while it is current.
+        let primary = self.route_now.route == Route::Primary && self.route_now.pin.is_none();
+        if primary
+            && self.routed_at == Some(t.generation)
+            && let Some(last) = self.last_target.take()
+        {
+            return Some((last, t.generation));
+        }
+        self.routed_at = None;
         match router::choose(&t, &self.route_now, b.policy(), |m| b.load(m), &[]) {
             Decision::Connect(m) => {
                 let target = match self.last_target.take() {
@@ -71,6 +83,9 @@ impl<'a> Session<'a> {
                     }
                     _ => router::target(m),
                 };
+                if primary {
+                    self.routed_at = Some(t.generation);
+                }
                 Some((target, t.generation))
             }
             Decision::Wait(_) | Decision::Refuse(_) => None,
