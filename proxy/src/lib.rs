@@ -14,6 +14,7 @@ pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod cancel_forward;
+pub mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -215,7 +215,7 @@ impl Pool {
     /// An idle connection or a permit, counted as lent by the caller.
     fn take_idle(&self, inner: &mut Inner, settings: &PoolSettings) -> Option<Acquired> {
         while let Some(c) = inner.idle.pop() {
-            let age = c.created.elapsed();
+            let age = crate::clock::now().saturating_duration_since(c.created);
             match lifecycle::on_checkout(age, settings.server_lifetime, inner.retired) {
                 None if !c.looks_alive() => {
                     inner.open -= 1;
@@ -281,7 +281,7 @@ impl Pool {
             }
         }
         if let Some(mut c) = conn {
-            c.idle_since = Instant::now();
+            c.idle_since = crate::clock::now();
             inner.idle.push(c);
         }
     }

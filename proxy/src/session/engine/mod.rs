@@ -537,7 +537,7 @@ impl Engine {
     fn run(mut self) {
         while !self.shared.stopped.load(Ordering::Acquire) {
             match self.poll.poll(&mut self.events, None) {
-                Ok(()) => {}
+                Ok(()) => crate::clock::woke(),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     warn!(error = %e, "the relay engine's epoll failed; its sessions end");

@@ -540,7 +540,7 @@ impl<'a> Session<'a> {
             dirty: false,
             // A retired pool closes what it gets back.
             retired: false,
-            age: l.conn.created.elapsed(),
+            age: crate::clock::now().saturating_duration_since(l.conn.created),
         };
         match lifecycle::on_return(facts, self.shared.pools.settings.server_lifetime) {
             Disposition::Keep | Disposition::Reset => l.pool.give_back(Some(l.conn), pinned),

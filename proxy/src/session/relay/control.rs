@@ -96,6 +96,7 @@ impl<'a> Control<'a> {
 
     /// Registers the task's waker; `true` if a control future fired since
     /// the last [`Control::poll`].
+    #[inline]
     pub fn due(&mut self, cx: &Context<'_>) -> bool {
         let fired = self.wake.fired.swap(false, Ordering::Acquire);
         // Not fired since the last registration: the same waker is still there (a firing

@@ -42,7 +42,7 @@ use pgsteer_protocol::backend::{TxStatus, tag as btag};
 use pgsteer_protocol::frame::{HEADER_LEN, Header};
 use pgsteer_protocol::frontend::tag as ftag;
 use pgsteer_protocol::{Flow, Scanner, TagSet};
-use tokio::time::Instant;
+use std::time::Instant;
 
 use super::buffer::BUF_SIZE;
 use super::stream::Stream;
@@ -121,7 +121,7 @@ impl State {
     fn request(&mut self) {
         self.batch_open = false;
         if self.pending == 0 {
-            let now = Instant::now();
+            let now = crate::clock::now();
             self.query_start = Some(now);
             if self.tx == TxStatus::Idle && self.tx_start.is_none() {
                 self.tx_start = Some(now);
@@ -136,7 +136,7 @@ impl State {
         if self.pending > 0 {
             return;
         }
-        let now = Instant::now();
+        let now = crate::clock::now();
         let query = self.query_start.take().map(|started| {
             let took = (now - started).as_secs_f64();
             tally.query_seconds.observe(took);
