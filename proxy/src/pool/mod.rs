@@ -457,11 +457,14 @@ impl Pools {
             Some(p) => p,
             None => all.entry(member.to_owned()).or_default(),
         };
-        if let Some(p) = pools.get(db_user)
-            && p.address == address
-            && !p.retired()
-        {
-            return p.clone();
+        if let Some(p) = pools.get(db_user) {
+            if p.address == address && !p.retired() {
+                return p.clone();
+            }
+            // A session saw the member's new address before `maintain` did: the old pool
+            // is replaced here, so retire it here, or its waiters (which no sweep would see
+            // any more) would wait for connections to an address no one routes to.
+            p.retire(CloseReason::Retired);
         }
         let (database, user) = db_user.split_once('\0').unwrap_or((db_user, ""));
         let lent = {
@@ -601,14 +604,17 @@ pub async fn maintain(
         .clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut sweep = tokio::time::interval(every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Without topology updates (their sender gone) the janitor and the sweep go on.
+    let mut watching = true;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => pools.janitor(),
             _ = sweep.tick() => pools.expire_waits(),
-            r = topology.changed() => {
+            r = topology.changed(), if watching => {
                 if r.is_err() {
-                    break;
+                    watching = false;
+                    continue;
                 }
                 let after = topology.borrow_and_update().clone();
                 pools.retire(&before, &after);
@@ -682,6 +688,93 @@ mod tests {
             assert!(!Arc::ptr_eq(&pool, &next), "the member gets a new pool");
             let fresh = next.acquire(&pools.settings, &metrics).await;
             assert!(matches!(fresh, Ok(Acquired::Open)), "with room in it");
+        });
+    }
+
+    fn one_connection_pools(checkout_timeout: Duration) -> Arc<Pools> {
+        Arc::new(Pools::new(PoolSettings {
+            size: 1,
+            min_idle: 0,
+            server_idle_timeout: Duration::ZERO,
+            server_lifetime: Duration::ZERO,
+            connect_timeout: Duration::from_secs(1),
+            checkout_timeout,
+            max_prepared_statements: 1,
+        }))
+    }
+
+    #[test]
+    fn a_wait_past_checkout_timeout_ends_at_the_sweep_after_it() {
+        let pools = one_connection_pools(Duration::from_millis(200));
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let pool = pools.get("pg-0", "127.0.0.1:5432", &db_user("app", "app"));
+            let first = pool.acquire(&pools.settings, &metrics).await;
+            assert!(matches!(first, Ok(Acquired::Open)), "the only permit");
+            let waiter = tokio::spawn({
+                let (pool, pools, metrics) = (pool.clone(), pools.clone(), metrics.clone());
+                async move { pool.acquire(&pools.settings, &metrics).await }
+            });
+            // What `maintain` does every tenth of the timeout, until the wait ends.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !waiter.is_finished() {
+                assert!(Instant::now() < deadline, "the sweep never ended the wait");
+                pools.expire_waits();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            match waiter.await.unwrap() {
+                Err(NoConn::Exhausted { waited, size: 1 }) => assert!(
+                    waited >= Duration::from_millis(200),
+                    "ended before its checkout_timeout: {waited:?}"
+                ),
+                _ => panic!("the client is told no connection was free"),
+            }
+            assert_eq!(pool.snapshot().waiting, 0, "out of the queue");
+            // The permit given back goes to nobody and stays in the pool.
+            pool.forget();
+            let again = pool.acquire(&pools.settings, &metrics).await;
+            assert!(
+                matches!(again, Ok(Acquired::Open)),
+                "the pool kept its room"
+            );
+        });
+    }
+
+    #[test]
+    fn a_pool_replaced_for_a_new_address_wakes_its_waiters_to_route_again() {
+        // Far longer than the test may take: a waiter that is not woken fails it.
+        let pools = one_connection_pools(Duration::from_secs(3600));
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let key = db_user("app", "app");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let old = pools.get("pg-0", "10.0.0.1:5432", &key);
+            let first = old.acquire(&pools.settings, &metrics).await;
+            assert!(matches!(first, Ok(Acquired::Open)), "the only permit");
+            let waiter = tokio::spawn({
+                let (pool, pools, metrics) = (old.clone(), pools.clone(), metrics.clone());
+                async move { pool.acquire(&pools.settings, &metrics).await }
+            });
+            while old.snapshot().waiting == 0 {
+                tokio::task::yield_now().await;
+            }
+            // A session routes to the member's new address before `maintain` saw the change.
+            let new = pools.get("pg-0", "10.0.0.2:5432", &key);
+            assert!(!Arc::ptr_eq(&old, &new));
+            let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("the waiter is woken at once, not at its checkout_timeout")
+                .unwrap();
+            assert!(matches!(woken, Err(NoConn::Retired)), "told to route again");
+            let fresh = new.acquire(&pools.settings, &metrics).await;
+            assert!(matches!(fresh, Ok(Acquired::Open)), "the new pool has room");
         });
     }
 

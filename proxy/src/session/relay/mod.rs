@@ -138,7 +138,9 @@ impl State {
         }
         let now = crate::clock::now();
         let query = self.query_start.take().map(|started| {
-            let took = (now - started).as_secs_f64();
+            // A relay stamped in its task before it moved mid-batch can be a little ahead
+            // of the engine's stamp: that reads as zero.
+            let took = now.saturating_duration_since(started).as_secs_f64();
             tally.query_seconds.observe(took);
             (started, took)
         });
@@ -149,7 +151,7 @@ impl State {
                 // or one pipelined batch): the same span, measured once.
                 let took = match query {
                     Some((started, took)) if started == t => took,
-                    _ => (now - t).as_secs_f64(),
+                    _ => now.saturating_duration_since(t).as_secs_f64(),
                 };
                 tally.transaction_seconds.observe(took);
             }
