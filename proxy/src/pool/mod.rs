@@ -641,56 +641,6 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn waiters_of_a_retired_pool_are_woken_to_route_again() {
-        let pools = Pools::new(PoolSettings {
-            size: 1,
-            min_idle: 0,
-            server_idle_timeout: Duration::ZERO,
-            server_lifetime: Duration::ZERO,
-            connect_timeout: Duration::from_secs(1),
-            // Far longer than the test may take: a waiter that is not woken fails it.
-            checkout_timeout: Duration::from_secs(3600),
-            max_prepared_statements: 1,
-        });
-        let pools = Arc::new(pools);
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let key = db_user("app", "app");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let pool = pools.get("pg-0", "127.0.0.1:5432", &key);
-            let first = pool.acquire(&pools.settings, &metrics).await;
-            assert!(matches!(first, Ok(Acquired::Open)), "the only permit");
-            let waiter = tokio::spawn({
-                let (pool, pools, metrics) = (pool.clone(), pools.clone(), metrics.clone());
-                async move { pool.acquire(&pools.settings, &metrics).await }
-            });
-            while pool.snapshot().waiting == 0 {
-                tokio::task::yield_now().await;
-            }
-            pool.retire(CloseReason::Retired);
-            let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
-                .await
-                .expect("the waiter is woken at once, not at its checkout_timeout")
-                .unwrap();
-            assert!(matches!(woken, Err(NoConn::Retired)), "told to route again");
-            assert!(
-                matches!(
-                    pool.acquire(&pools.settings, &metrics).await,
-                    Err(NoConn::Retired)
-                ),
-                "a retired pool queues nobody"
-            );
-            let next = pools.get("pg-0", "127.0.0.1:5432", &key);
-            assert!(!Arc::ptr_eq(&pool, &next), "the member gets a new pool");
-            let fresh = next.acquire(&pools.settings, &metrics).await;
-            assert!(matches!(fresh, Ok(Acquired::Open)), "with room in it");
-        });
-    }
-
     fn one_connection_pools(checkout_timeout: Duration) -> Arc<Pools> {
         Arc::new(Pools::new(PoolSettings {
             size: 1,
@@ -703,22 +653,74 @@ mod tests {
         }))
     }
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    type Waiting = tokio::task::JoinHandle<Result<Acquired, NoConn>>;
+
+    /// pg-0's pool at `address`, its one permit taken, and a second client in its queue.
+    async fn full_pool_with_a_waiter(
+        pools: &Arc<Pools>,
+        metrics: &Arc<Metrics>,
+        address: &str,
+    ) -> (Arc<Pool>, Waiting) {
+        let pool = pools.get("pg-0", address, &db_user("app", "app"));
+        let first = pool.acquire(&pools.settings, metrics).await;
+        assert!(matches!(first, Ok(Acquired::Open)), "the only permit");
+        let waiter = tokio::spawn({
+            let (pool, pools, metrics) = (pool.clone(), pools.clone(), metrics.clone());
+            async move { pool.acquire(&pools.settings, &metrics).await }
+        });
+        while pool.snapshot().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+        (pool, waiter)
+    }
+
+    /// The waiter's answer, which must come at once (long before its checkout_timeout).
+    async fn woken(waiter: Waiting) -> Result<Acquired, NoConn> {
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the waiter is woken at once, not at its checkout_timeout")
+            .unwrap()
+    }
+
+    #[test]
+    fn waiters_of_a_retired_pool_are_woken_to_route_again() {
+        // Far longer than the test may take: a waiter that is not woken fails it.
+        let pools = one_connection_pools(Duration::from_secs(3600));
+        let metrics = Arc::new(Metrics::new().unwrap());
+        runtime().block_on(async {
+            let (pool, waiter) = full_pool_with_a_waiter(&pools, &metrics, "127.0.0.1:5432").await;
+            pool.retire(CloseReason::Retired);
+            assert!(
+                matches!(woken(waiter).await, Err(NoConn::Retired)),
+                "told to route again"
+            );
+            assert!(
+                matches!(
+                    pool.acquire(&pools.settings, &metrics).await,
+                    Err(NoConn::Retired)
+                ),
+                "a retired pool queues nobody"
+            );
+            let next = pools.get("pg-0", "127.0.0.1:5432", &db_user("app", "app"));
+            assert!(!Arc::ptr_eq(&pool, &next), "the member gets a new pool");
+            let fresh = next.acquire(&pools.settings, &metrics).await;
+            assert!(matches!(fresh, Ok(Acquired::Open)), "with room in it");
+        });
+    }
+
     #[test]
     fn a_wait_past_checkout_timeout_ends_at_the_sweep_after_it() {
         let pools = one_connection_pools(Duration::from_millis(200));
         let metrics = Arc::new(Metrics::new().unwrap());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let pool = pools.get("pg-0", "127.0.0.1:5432", &db_user("app", "app"));
-            let first = pool.acquire(&pools.settings, &metrics).await;
-            assert!(matches!(first, Ok(Acquired::Open)), "the only permit");
-            let waiter = tokio::spawn({
-                let (pool, pools, metrics) = (pool.clone(), pools.clone(), metrics.clone());
-                async move { pool.acquire(&pools.settings, &metrics).await }
-            });
+        runtime().block_on(async {
+            let (pool, waiter) = full_pool_with_a_waiter(&pools, &metrics, "127.0.0.1:5432").await;
             // What `maintain` does every tenth of the timeout, until the wait ends.
             let deadline = Instant::now() + Duration::from_secs(10);
             while !waiter.is_finished() {
@@ -746,33 +748,17 @@ mod tests {
 
     #[test]
     fn a_pool_replaced_for_a_new_address_wakes_its_waiters_to_route_again() {
-        // Far longer than the test may take: a waiter that is not woken fails it.
         let pools = one_connection_pools(Duration::from_secs(3600));
         let metrics = Arc::new(Metrics::new().unwrap());
-        let key = db_user("app", "app");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let old = pools.get("pg-0", "10.0.0.1:5432", &key);
-            let first = old.acquire(&pools.settings, &metrics).await;
-            assert!(matches!(first, Ok(Acquired::Open)), "the only permit");
-            let waiter = tokio::spawn({
-                let (pool, pools, metrics) = (old.clone(), pools.clone(), metrics.clone());
-                async move { pool.acquire(&pools.settings, &metrics).await }
-            });
-            while old.snapshot().waiting == 0 {
-                tokio::task::yield_now().await;
-            }
+        runtime().block_on(async {
+            let (old, waiter) = full_pool_with_a_waiter(&pools, &metrics, "10.0.0.1:5432").await;
             // A session routes to the member's new address before `maintain` saw the change.
-            let new = pools.get("pg-0", "10.0.0.2:5432", &key);
+            let new = pools.get("pg-0", "10.0.0.2:5432", &db_user("app", "app"));
             assert!(!Arc::ptr_eq(&old, &new));
-            let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
-                .await
-                .expect("the waiter is woken at once, not at its checkout_timeout")
-                .unwrap();
-            assert!(matches!(woken, Err(NoConn::Retired)), "told to route again");
+            assert!(
+                matches!(woken(waiter).await, Err(NoConn::Retired)),
+                "told to route again"
+            );
             let fresh = new.acquire(&pools.settings, &metrics).await;
             assert!(matches!(fresh, Ok(Acquired::Open)), "the new pool has room");
         });
