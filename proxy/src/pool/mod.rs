@@ -8,9 +8,10 @@
 //! to the first waiter. A wait arms no timer of its own: [`maintain`] sweeps the queues for
 //! waits past `checkout_timeout` every tenth of it (at most every second), as PgBouncer's
 //! janitor does for `query_wait_timeout`; at 32 clients on a pool of 20, half the
-//! transactions wait, and a timer per wait cost a lock on the runtime's timer wheel twice. What happens to a connection at each turn is decided by the pure
-//! functions of [`lifecycle`]; [`Pools::retire`] closes what belongs to members that lost
-//! their role or address, and [`Pools::janitor`] closes idle and old ones.
+//! transactions wait, and a timer per wait cost a lock on the runtime's timer wheel twice.
+//! What happens to a connection at each turn is decided by the pure functions of
+//! [`lifecycle`]; [`Pools::retire`] closes what belongs to members that lost their role or
+//! address, and [`Pools::janitor`] closes idle and old ones.
 
 pub mod greeting;
 pub mod lifecycle;

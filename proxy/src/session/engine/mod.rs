@@ -39,8 +39,7 @@
 //! connection, a pool's queue, a hold) are tokio futures polled from the engine thread; their
 //! wakers queue the session like the control futures. Sessions with a TLS side stay in their
 //! tasks (a pooled one moves only with `server_mode = "disable"`, where no server connection is
-//! TLS). `[runtime] relay_engine = "tokio"` turns the
-//! engine off.
+//! TLS). `[runtime] relay_engine = "tokio"` turns the engine off.
 
 mod io;
 mod owned;
@@ -346,7 +345,7 @@ pub struct Handle {
 impl Handle {
     /// Runs `session` in the engine, to its end; `Err` if the engine went away with it (its
     /// runtime stopped, or the session panicked).
-    pub async fn spawn<T: Send + 'static>(
+    async fn spawn<T: Send + 'static>(
         &self,
         session: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, SessionError> {
